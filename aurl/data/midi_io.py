@@ -1,0 +1,234 @@
+"""MIDI in and out: read with symusic (fast), pretty_midi as the reference reader, write with pretty_midi.
+
+A ``Score`` is columnar (one numpy array per note field, times in seconds) so that encoding a long file is a
+handful of vectorized operations; ``Score.notes`` gives the readable list of ``Note`` objects.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MAX_SECONDS = 4 * 3600.0  # a file longer than this is "absurd" (corrupt tick values), not music
+SUSTAIN_CC = 64
+
+
+class MidiReadError(Exception):
+    """A file that cannot be used, with the reason shown in the build summary."""
+
+
+@dataclass(frozen=True)
+class Note:
+    pitch: int
+    start: float  # seconds
+    end: float  # seconds
+    velocity: int
+    program: int = 0
+    is_drum: bool = False
+
+
+def _arr(dtype):
+    return field(default_factory=lambda: np.zeros(0, dtype=dtype))
+
+
+@dataclass
+class Score:
+    """Notes (columnar, seconds), tempo changes and sustain-pedal changes of one piece."""
+
+    pitch: np.ndarray = _arr(np.int64)
+    start: np.ndarray = _arr(np.float64)
+    end: np.ndarray = _arr(np.float64)
+    velocity: np.ndarray = _arr(np.int64)
+    program: np.ndarray = _arr(np.int64)
+    is_drum: np.ndarray = _arr(bool)
+    tempo_time: np.ndarray = _arr(np.float64)
+    tempo_bpm: np.ndarray = _arr(np.float64)
+    sustain_time: np.ndarray = _arr(np.float64)
+    sustain_on: np.ndarray = _arr(bool)
+
+    def __post_init__(self):
+        self.pitch = np.asarray(self.pitch, dtype=np.int64)
+        self.start = np.asarray(self.start, dtype=np.float64)
+        self.end = np.asarray(self.end, dtype=np.float64)
+        self.velocity = np.asarray(self.velocity, dtype=np.int64)
+        self.program = np.asarray(self.program, dtype=np.int64)
+        self.is_drum = np.asarray(self.is_drum, dtype=bool)
+        self.tempo_time = np.asarray(self.tempo_time, dtype=np.float64)
+        self.tempo_bpm = np.asarray(self.tempo_bpm, dtype=np.float64)
+        self.sustain_time = np.asarray(self.sustain_time, dtype=np.float64)
+        self.sustain_on = np.asarray(self.sustain_on, dtype=bool)
+        n = len(self.pitch)
+        assert all(len(a) == n for a in (self.start, self.end, self.velocity, self.program, self.is_drum))
+        assert len(self.tempo_time) == len(self.tempo_bpm) and len(self.sustain_time) == len(self.sustain_on)
+
+    @classmethod
+    def from_notes(cls, notes, tempos=((0.0, 120.0),), sustain=()) -> Score:
+        """Build from Note objects, (time s, bpm) tempo changes and (time s, on) pedal changes."""
+        notes = list(notes)
+        return cls(
+            pitch=[n.pitch for n in notes],
+            start=[n.start for n in notes],
+            end=[n.end for n in notes],
+            velocity=[n.velocity for n in notes],
+            program=[n.program for n in notes],
+            is_drum=[n.is_drum for n in notes],
+            tempo_time=[t for t, _ in tempos],
+            tempo_bpm=[b for _, b in tempos],
+            sustain_time=[t for t, _ in sustain],
+            sustain_on=[bool(on) for _, on in sustain],
+        )
+
+    @property
+    def notes(self) -> list[Note]:
+        return [
+            Note(int(p), float(s), float(e), int(v), int(pr), bool(d))
+            for p, s, e, v, pr, d in zip(
+                self.pitch, self.start, self.end, self.velocity, self.program, self.is_drum, strict=True
+            )
+        ]
+
+    @property
+    def num_notes(self) -> int:
+        return len(self.pitch)
+
+    @property
+    def duration(self) -> float:
+        """Seconds to the last note's end (0 for no notes)."""
+        return float(self.end.max()) if len(self.end) else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading
+def check_header(data: bytes) -> str | None:
+    """The reason a file is unusable judged from its first bytes, or None (symusic checks the rest)."""
+    if len(data) == 0:
+        return "empty file"
+    if data[:4] != b"MThd":
+        return "not a MIDI file (no MThd header)"
+    if len(data) < 14:
+        return "truncated (incomplete header)"
+    (division,) = struct.unpack(">h", data[12:14])
+    if division <= 0:
+        # negative = SMPTE time codes, which no reader here supports; zero = no timing at all
+        return f"ticks per beat is {division} (must be > 0)"
+    return None
+
+
+def read_midi(path: str | Path, max_seconds: float = MAX_SECONDS) -> Score:
+    """Read a MIDI file with symusic. Raises MidiReadError(reason) for a file that cannot be used."""
+    import symusic
+
+    data = Path(path).read_bytes()
+    reason = check_header(data)
+    if reason:
+        raise MidiReadError(reason)
+    try:
+        score = symusic.Score.from_midi(data).to("second")
+    except RuntimeError as e:  # symusic's error for malformed/truncated data
+        raise MidiReadError(f"unreadable ({str(e).strip()[:120]})") from e
+    end = float(score.end())
+    if not np.isfinite(end) or end > max_seconds:
+        raise MidiReadError(f"absurd length ({end:.0f} s > {max_seconds:.0f} s)")
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("pitch", "start", "dur", "vel", "prog", "drum")}
+    sus_t, sus_v = [], []
+    for track in score.tracks:
+        n = track.notes.numpy()
+        k = len(n["pitch"])
+        if k:
+            cols["pitch"].append(n["pitch"].astype(np.int64))
+            cols["start"].append(n["time"].astype(np.float64))
+            cols["dur"].append(n["duration"].astype(np.float64))
+            cols["vel"].append(n["velocity"].astype(np.int64))
+            cols["prog"].append(np.full(k, int(track.program), dtype=np.int64))
+            cols["drum"].append(np.full(k, bool(track.is_drum)))
+        if not track.is_drum:
+            c = track.controls.numpy()
+            sel = c["number"] == SUSTAIN_CC
+            sus_t.append(c["time"][sel].astype(np.float64))
+            sus_v.append(c["value"][sel] >= 64)
+    if not cols["pitch"]:
+        raise MidiReadError("no notes")
+    tempos = score.tempos.numpy()
+    start = np.concatenate(cols["start"])
+    sus_time = np.concatenate(sus_t) if sus_t else np.zeros(0)
+    sus_on = np.concatenate(sus_v) if sus_v else np.zeros(0, dtype=bool)
+    o = np.argsort(sus_time, kind="stable")
+    return Score(
+        pitch=np.concatenate(cols["pitch"]),
+        start=start,
+        end=start + np.maximum(np.concatenate(cols["dur"]), 0.0),
+        velocity=np.concatenate(cols["vel"]),
+        program=np.concatenate(cols["prog"]),
+        is_drum=np.concatenate(cols["drum"]),
+        tempo_time=tempos["time"].astype(np.float64),
+        tempo_bpm=60e6 / np.maximum(tempos["mspq"].astype(np.float64), 1.0),
+        sustain_time=sus_time[o],
+        sustain_on=sus_on[o],
+    )
+
+
+def read_midi_pretty(path: str | Path) -> Score:
+    """The reference reader (pretty_midi, ~400x slower): used to check symusic, not in the pipeline."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(str(path))
+    notes, sustain = [], []
+    for inst in pm.instruments:
+        notes += [Note(n.pitch, n.start, n.end, n.velocity, inst.program, inst.is_drum) for n in inst.notes]
+        if not inst.is_drum:
+            sustain += [(c.time, c.value >= 64) for c in inst.control_changes if c.number == SUSTAIN_CC]
+    times, bpms = pm.get_tempo_changes()
+    sustain.sort(key=lambda x: x[0])
+    return Score.from_notes(notes, tempos=list(zip(times, bpms, strict=True)), sustain=sustain)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+def write_midi(score: Score, path: str | Path, resolution: int = 480) -> None:
+    """Write with pretty_midi: one instrument per (program, drum), every tempo change, CC64 on each track."""
+    import pretty_midi
+
+    from aurl.atomic import atomic_write_bytes
+
+    t_time, t_bpm = score.tempo_time, score.tempo_bpm
+    if len(t_time) == 0 or t_time.min() > 0:
+        t_time, t_bpm = np.r_[0.0, t_time], np.r_[120.0, t_bpm]
+    o = np.argsort(t_time, kind="stable")
+    t_time, t_bpm = t_time[o], t_bpm[o]
+    pm = pretty_midi.PrettyMIDI(resolution=resolution, initial_tempo=float(t_bpm[0]))
+    # pretty_midi writes tempo changes from _tick_scales (tick, seconds per tick); it has no public setter
+    scales, tick, last_t = [], 0, 0.0
+    for t, bpm in zip(t_time.tolist(), t_bpm.tolist(), strict=True):
+        if scales:
+            tick += int(round((t - last_t) / scales[-1][1]))
+        last_t = t
+        spt = 60.0 / (bpm * resolution)
+        if scales and scales[-1][0] == tick:
+            scales[-1] = (tick, spt)
+        else:
+            scales.append((tick, spt))
+    pm._tick_scales = scales
+    end_time = max(score.duration, float(t_time.max()), float(score.sustain_time.max(initial=0.0))) + 1.0
+    pm._update_tick_to_time(int(tick + (end_time - last_t) / scales[-1][1]) + 1)
+
+    instruments: dict[tuple[int, bool], pretty_midi.Instrument] = {}
+    for n in score.notes:
+        key = (n.program, n.is_drum)
+        if key not in instruments:
+            instruments[key] = pretty_midi.Instrument(program=n.program, is_drum=n.is_drum)
+        instruments[key].notes.append(pretty_midi.Note(n.velocity, n.pitch, n.start, n.end))
+    if not instruments:
+        instruments[(0, False)] = pretty_midi.Instrument(program=0)
+    for (_, drum), inst in sorted(instruments.items()):
+        if not drum:
+            for t, on in zip(score.sustain_time.tolist(), score.sustain_on.tolist(), strict=True):
+                inst.control_changes.append(pretty_midi.ControlChange(SUSTAIN_CC, 127 if on else 0, t))
+        pm.instruments.append(inst)
+    import io
+
+    buf = io.BytesIO()
+    pm.write(buf)
+    atomic_write_bytes(path, buf.getvalue())

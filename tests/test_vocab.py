@@ -1,0 +1,160 @@
+"""The vocabulary: layout, bins, encode/decode round trips, robustness of decode, grammar check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from midi_factory import random_score
+
+from aurl import vocab
+from aurl.data.midi_io import Note, Score
+
+
+def test_layout_sizes_and_kinds():
+    assert vocab.VOCAB_SIZE == 774
+    assert [vocab.PAD_ID, vocab.START_ID, vocab.END_ID, vocab.UNK_ID] == [0, 1, 2, 3]
+    assert vocab.SPECIAL_IDS == frozenset({0, 1, 2, 3})
+    counts = {k: n for k, _, n in vocab.RANGES}
+    assert counts == {
+        "pad": 1, "start": 1, "end": 1, "unk": 1, "note_on": 88, "note_off": 88, "time_shift": 512,
+        "velocity": 32, "sustain": 2, "tempo": 32, "instrument": 16,
+    }
+    for kind, off, n in vocab.RANGES:
+        assert vocab.token_kind(off) == kind and vocab.token_kind(off + n - 1) == kind
+    with pytest.raises(ValueError):
+        vocab.token_kind(774)
+    assert vocab.note_on_id(21) == vocab.NOTE_ON_OFFSET and vocab.note_off_id(108) == vocab.TIME_SHIFT_OFFSET - 1
+    assert vocab.time_shift_id(512) == vocab.VELOCITY_OFFSET - 1
+
+
+def test_spec_is_json_and_hash_is_stable():
+    spec = vocab.vocab_spec()
+    assert json.loads(json.dumps(spec)) == spec
+    assert vocab.vocab_hash() == vocab.vocab_hash() and len(vocab.vocab_hash()) == 64
+
+
+def test_every_velocity_and_tempo_bin_is_reachable_and_stable():
+    bins = vocab.velocity_bin(np.arange(1, 128))
+    assert set(bins.tolist()) == set(range(32))
+    assert (vocab.velocity_bin(vocab.velocity_of_bin(np.arange(32))) == np.arange(32)).all()
+    assert (vocab.tempo_bin(vocab.tempo_of_bin(np.arange(32))) == np.arange(32)).all()
+    assert set(vocab.tempo_bin(np.linspace(30, 240, 500)).tolist()) == set(range(32))
+
+
+def _cases():
+    step = vocab.STEP_SECONDS
+    return {
+        "single_note": Score.from_notes([Note(60, 0.0, 0.5, 100)]),
+        "chord": Score.from_notes([Note(p, 1.0, 2.0, 64) for p in (60, 64, 67, 72)]),
+        "long_gap_20s": Score.from_notes([Note(60, 0.0, 0.5, 90), Note(62, 20.5, 21.0, 90)]),
+        "exactly_8s_gap": Score.from_notes([Note(60, 0.0, 1.0, 90), Note(62, 9.0, 9.5, 90)]),
+        "tiny_note": Score.from_notes([Note(60, 0.3, 0.3 + step / 10, 90)]),
+        "same_pitch_overlap": Score.from_notes([Note(60, 0.0, 2.0, 90), Note(60, 1.0, 3.0, 70)]),
+        "edges_of_range": Score.from_notes([Note(21, 0, 1, 1), Note(108, 0, 1, 127)]),
+        "instruments": Score.from_notes([Note(60, 0, 1, 80, 0), Note(48, 0, 1, 80, 33), Note(72, 0.5, 1, 80, 73)]),
+        **{f"random_seed{s}": random_score(s, drums=s == 2) for s in range(4)},
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_encode_decode_encode_is_identical(name):
+    tokens = vocab.encode(CASES[name])
+    assert tokens.dtype == np.int16 and tokens[0] == vocab.START_ID and tokens[-1] == vocab.END_ID
+    assert vocab.grammar_errors(tokens) == dict.fromkeys(vocab.grammar_errors([]), 0)
+    again = vocab.encode(vocab.decode(tokens))
+    np.testing.assert_array_equal(again, tokens)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_decoded_notes_within_half_a_step(name):
+    score = CASES[name]
+    st = vocab.EncodeStats()
+    dec = vocab.decode(vocab.encode(score, st))
+    assert dec.num_notes == st.notes_out == st.notes_in - st.out_of_range - st.drum_notes - st.merged
+    keep = ~score.is_drum & (score.pitch >= 21) & (score.pitch <= 108)
+    if st.merged == 0 and st.truncated == 0:
+        # every onset lies on the absolute grid within half a step: no drift, whatever the length
+        orig = sorted(zip(score.pitch[keep].tolist(), score.start[keep].tolist(), strict=True))
+        got = sorted(zip(dec.pitch.tolist(), dec.start.tolist(), strict=True))
+        for (p0, s0), (p1, s1) in zip(orig, got, strict=True):
+            assert p0 == p1 and abs(s0 - s1) <= vocab.STEP_SECONDS / 2 + 1e-9
+
+
+def test_no_drift_over_a_long_piece():
+    # 2,000 onsets every 0.1 s (not a multiple of the step): gap-by-gap flooring would drift by ~ 30 s
+    notes = [Note(60 + i % 12, 0.1 * i, 0.1 * i + 0.05, 80) for i in range(2000)]
+    dec = vocab.decode(vocab.encode(Score.from_notes(notes)))
+    err = np.abs(np.sort(dec.start) - 0.1 * np.arange(2000))
+    assert err.max() <= vocab.STEP_SECONDS / 2 + 1e-9
+
+
+def test_long_gap_is_several_shifts_not_truncated():
+    tokens = vocab.encode(CASES["long_gap_20s"])
+    kinds = [vocab.token_kind(t) for t in tokens]
+    assert kinds.count("time_shift") >= 3
+    assert vocab.decode(tokens).start.max() == pytest.approx(20.5)
+
+
+def test_out_of_range_dropped_and_counted_never_clamped():
+    st = vocab.EncodeStats()
+    score = Score.from_notes([Note(20, 0, 1, 80), Note(109, 0, 1, 80), Note(60, 0, 1, 80), Note(0, 0, 1, 8)])
+    dec = vocab.decode(vocab.encode(score, st))
+    assert st.out_of_range == 3 and dec.pitch.tolist() == [60]
+
+
+def test_drums_are_dropped_and_counted():
+    st = vocab.EncodeStats()
+    score = Score.from_notes([Note(36, 0, 1, 80, 0, True), Note(60, 0, 1, 80)])
+    assert vocab.decode(vocab.encode(score, st)).pitch.tolist() == [60] and st.drum_notes == 1
+
+
+def test_same_pitch_overlap_is_deterministic_whatever_the_input_order():
+    notes = [Note(60, 0.0, 2.0, 90, 0), Note(60, 1.0, 3.0, 70, 40), Note(60, 1.0, 1.5, 50, 0), Note(62, 0, 1, 9)]
+    ref = vocab.encode(Score.from_notes(notes))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        perm = rng.permutation(len(notes))
+        np.testing.assert_array_equal(vocab.encode(Score.from_notes([notes[i] for i in perm])), ref)
+    st = vocab.EncodeStats()
+    dec = vocab.decode(vocab.encode(Score.from_notes(notes), st))
+    assert st.merged == 1 and st.truncated == 1
+    sixty = sorted((s, e) for p, s, e in zip(dec.pitch, dec.start, dec.end, strict=True) if p == 60)
+    assert sixty == [(0.0, 1.0), (1.0, 3.0)]  # the longer of the two 1.0 s onsets wins
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decode_of_any_sequence_gives_valid_notes(seed):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab.VOCAB_SIZE, 3000)
+    dec = vocab.decode(tokens)
+    assert dec.num_notes > 0
+    assert (dec.end > dec.start).all() and (dec.start >= 0).all()
+    assert ((dec.pitch >= 21) & (dec.pitch <= 108)).all()
+    assert ((dec.velocity >= 1) & (dec.velocity <= 127)).all()
+    assert ((dec.program >= 0) & (dec.program <= 127)).all()
+    errs = vocab.grammar_errors(tokens)
+    assert errs["special_inside"] > 0 and errs["note_off_without_on"] > 0
+    # the decoded score re-encodes to a clean sequence
+    assert sum(vocab.grammar_errors(vocab.encode(dec)).values()) == 0
+
+
+def test_decode_rules_for_malformed_input():
+    on, off, sh = vocab.note_on_id, vocab.note_off_id, vocab.time_shift_id
+    dec = vocab.decode([off(60), on(60), on(60), sh(4), on(60), on(64), vocab.PAD_ID, 9999])
+    notes = sorted((n.pitch, n.start, n.end) for n in dec.notes)
+    step = vocab.STEP_SECONDS
+    # stray off ignored; duplicate onset at one step ignored; re-onset closes; open notes closed >= 1 step
+    assert notes == [(60, 0.0, 4 * step), (60, 4 * step, 5 * step), (64, 4 * step, 5 * step)]
+    assert vocab.grammar_errors([vocab.START_ID, on(60), vocab.END_ID, vocab.PAD_ID])["unclosed_notes"] == 1
+    assert vocab.grammar_errors([on(60), vocab.START_ID, off(60)])["special_inside"] == 1
+
+
+def test_empty_score_encodes_to_framing_and_tempo():
+    tokens = vocab.encode(Score())
+    assert [vocab.token_kind(t) for t in tokens] == ["start", "tempo", "end"]
+    assert vocab.decode(tokens).num_notes == 0
