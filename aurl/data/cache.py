@@ -1,0 +1,443 @@
+"""The token cache: flat int16 token shards (numpy memmap) plus a JSON manifest, built incrementally.
+
+Layout of a cache folder:
+
+    manifest.json        vocab hash + spec, build options, one entry per piece and per skipped file
+    shards/NNNNNN.bin    raw int16 tokens of many pieces back to back (a piece = offset + length in a shard)
+    .lock                held while a build runs (several ranks calling ensure_cache wait for the first)
+
+How a build works, and why:
+- Files (recursive, .mid/.midi in any case) whose size and mtime match the manifest are not touched; any
+  other file is hashed (sha256), and one whose content is unchanged is kept as is. Only new or changed
+  files are tokenized; a file gone from the folder leaves the manifest (its shard bytes are reclaimed once
+  no piece uses the shard).
+- Files are read and tokenized in worker processes, one file per message, each with a timeout: a reader
+  crash (even a segfault) or hang costs only that file, which is skipped with the reason; the worker is
+  replaced. Skipped files are kept in the manifest with their reason (and are not retried until changed).
+- Results are flushed every few seconds: the new shard is written atomically first, then the manifest
+  (atomically, through aurl.atomic). An interrupted build (Ctrl-C, kill -9) therefore loses at most the
+  last few seconds of work, never anything the manifest already lists; the next build goes on from there.
+- The train/validation split is by piece: a piece is in validation when a hash of (seed, relative path)
+  falls below val_fraction, so adding files never moves the others between splits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from pathlib import Path
+
+import numpy as np
+
+from aurl import vocab
+from aurl.atomic import atomic_write_bytes, atomic_write_json
+from aurl.console import UserError
+from aurl.data.midi_io import MAX_SECONDS, MidiReadError, read_midi
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+MIDI_SUFFIXES = (".mid", ".midi")
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_FLUSH_S = 5.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Worker side (runs in a child process; also in-process when workers=0)
+def _tokenize_file(path: str, reader, max_seconds: float) -> tuple:
+    try:
+        score = reader(path, max_seconds)
+    except MidiReadError as e:
+        return ("skip", str(e))
+    except (OSError, ValueError, RuntimeError, IndexError, KeyError, EOFError) as e:
+        return ("skip", f"reader error ({type(e).__name__}: {str(e)[:120]})")
+    st = vocab.EncodeStats()
+    tokens = vocab.encode(score, st)
+    if st.notes_out == 0:
+        return ("skip", f"no usable notes ({st.drum_notes} drum, {st.out_of_range} out of range)")
+    return ("ok", tokens, st.notes_out, score.duration, asdict(st))
+
+
+def _worker_main(conn, reader, max_seconds: float) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business: it flushes and stops us
+    while True:
+        try:
+            path = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if path is None:
+            return
+        conn.send(_tokenize_file(path, reader, max_seconds))
+
+
+class _Worker:
+    def __init__(self, ctx, reader, max_seconds: float):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, reader, max_seconds), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: str | None = None
+        self.since = 0.0
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def _run_isolated(tasks: list[str], reader, max_seconds: float, workers: int, timeout_s: float):
+    """Yield (task, result) for each task, each read in a worker process with a timeout."""
+    ctx = mp.get_context("spawn")  # no fork: the parent may hold torch threads
+    pool = [_Worker(ctx, reader, max_seconds) for _ in range(min(workers, len(tasks)))]
+    queue = deque(tasks)
+    try:
+        while queue or any(w.task for w in pool):
+            for w in pool:
+                if w.task is None and queue:
+                    w.task, w.since = queue.popleft(), time.monotonic()
+                    w.conn.send(w.task)
+            busy = [w for w in pool if w.task]
+            mp_wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=0.5)
+            for i, w in enumerate(pool):
+                if w.task is None:
+                    continue
+                result = None
+                if w.conn.poll():
+                    try:
+                        result = w.conn.recv()
+                    except (EOFError, OSError):
+                        result = None
+                if result is not None:
+                    task, w.task = w.task, None
+                    yield task, result
+                    continue
+                dead = not w.proc.is_alive()
+                late = time.monotonic() - w.since > timeout_s
+                if dead or late:
+                    task = w.task
+                    code = w.proc.exitcode
+                    w.stop(kill=True)
+                    pool[i] = _Worker(ctx, reader, max_seconds)
+                    why = f"reader crashed (exit code {code})" if dead else f"reader timed out after {timeout_s:g} s"
+                    yield task, ("skip", why)
+    finally:
+        for w in pool:
+            w.stop(kill=w.task is not None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Build
+@dataclass
+class BuildSummary:
+    """What one build did; printed by `python -m aurl.data build`."""
+
+    cache_dir: str
+    data_dir: str
+    files: int = 0
+    pieces: int = 0
+    tokens: int = 0
+    notes: int = 0
+    duration_s: float = 0.0
+    train_pieces: int = 0
+    val_pieces: int = 0
+    train_tokens: int = 0
+    val_tokens: int = 0
+    tokenized: int = 0
+    reused: int = 0
+    removed: int = 0
+    new_skipped: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        rate = self.tokenized / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"cache {self.cache_dir} (data: {self.data_dir})",
+            f"  {self.pieces} pieces, {self.tokens:,} tokens, {self.notes:,} notes, {self.duration_s / 3600:.2f} h of music",
+            f"  train: {self.train_pieces} pieces / {self.train_tokens:,} tokens;"
+            f" val: {self.val_pieces} pieces / {self.val_tokens:,} tokens",
+            f"  this build: {self.tokenized} files tokenized, {self.reused} unchanged, {self.removed} removed,"
+            f" {self.new_skipped} newly skipped, {self.seconds:.1f} s ({rate:.0f} files/s)",
+            "  notes left out: " + ", ".join(f"{k} {v}" for k, v in self.dropped.items()),
+            f"  skipped files: {len(self.skipped)}",
+        ]
+        lines += [f"    {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _split_score(seed: int, rel: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_split(pieces: list[dict], val_fraction: float, seed: int) -> None:
+    """Set piece["split"] in place: by a hash of (seed, path); both splits non-empty when that is possible."""
+    scores = [_split_score(seed, p["path"]) for p in pieces]
+    for p, s in zip(pieces, scores, strict=True):
+        p["split"] = "val" if s < val_fraction else "train"
+    if len(pieces) >= 2 and val_fraction > 0:
+        order = np.argsort(scores)
+        if not any(p["split"] == "val" for p in pieces):
+            pieces[order[0]]["split"] = "val"
+        if not any(p["split"] == "train" for p in pieces):
+            pieces[order[-1]]["split"] = "train"
+
+
+def scan_midi_files(data_dir: Path) -> list[Path]:
+    return sorted(
+        p for p in data_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()
+    )
+
+
+def _load_manifest(cache_dir: Path) -> dict | None:
+    try:
+        return json.loads((cache_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build(
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    val_fraction: float = 0.05,
+    split_seed: int = 0,
+    workers: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_seconds: float = MAX_SECONDS,
+    flush_seconds: float = DEFAULT_FLUSH_S,
+    progress: bool = True,
+    reader=read_midi,
+) -> BuildSummary:
+    """Build or update the cache of data_dir in cache_dir (see the module docstring). UserError on bad input.
+
+    workers: reader processes (default: all cores; 0 = in this process, without crash isolation).
+    reader: path, max_seconds -> Score (a module-level function, so worker processes can import it).
+    """
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    data = Path(data_dir).expanduser().resolve()
+    if not data.is_dir():
+        raise UserError(f"data folder not found: {data_dir}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    cache = Path(cache_dir).expanduser()
+    (cache / "shards").mkdir(parents=True, exist_ok=True)
+    lock = open(cache / ".lock", "w")  # noqa: SIM115 - held for the whole build
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        return _build_locked(
+            data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
+            progress, reader, t0, tqdm,
+        )
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
+                  progress, reader, t0, tqdm) -> BuildSummary:
+    old = _load_manifest(cache)
+    if old is not None and (old.get("format") != FORMAT_VERSION or old.get("vocab_hash") != vocab.vocab_hash()):
+        old = None  # another vocabulary: tokens are worthless, start over
+    same_dir = old is not None and old["options"].get("data_dir") == str(data)
+    old_entries = {e["path"]: e for e in (old["pieces"] + old["skipped"])} if old else {}
+
+    files = scan_midi_files(data)
+    pieces: list[dict] = []
+    skipped: list[dict] = []
+    todo: list[tuple[str, dict]] = []
+    summary = BuildSummary(cache_dir=str(cache), data_dir=str(data), files=len(files))
+    for f in files:
+        rel = f.relative_to(data).as_posix()
+        st = f.stat()
+        meta = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        prev = old_entries.get(rel)
+        if prev is not None and same_dir and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns:
+            (skipped if "reason" in prev else pieces).append(prev)
+            summary.reused += 1
+            continue
+        meta["sha256"] = _sha256(f)
+        if prev is not None and prev["sha256"] == meta["sha256"]:
+            (skipped if "reason" in prev else pieces).append({**prev, **meta})
+            summary.reused += 1
+            continue
+        todo.append((rel, meta))
+    seen = {f.relative_to(data).as_posix() for f in files}
+    summary.removed = sum(1 for rel in old_entries if rel not in seen)
+
+    options = {"data_dir": str(data), "val_fraction": val_fraction, "split_seed": split_seed,
+               "max_seconds": max_seconds, "timeout_s": timeout_s}
+
+    def write_manifest() -> None:
+        assign_split(pieces, val_fraction, split_seed)
+        atomic_write_json(cache / MANIFEST, {
+            "format": FORMAT_VERSION,
+            "vocab_hash": vocab.vocab_hash(),
+            "vocab_spec": vocab.vocab_spec(),
+            "options": options,
+            "pieces": sorted(pieces, key=lambda p: p["path"]),
+            "skipped": sorted(skipped, key=lambda p: p["path"]),
+        })
+
+    pending: list[tuple[dict, np.ndarray]] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        if pending:
+            existing = [int(p.stem) for p in (cache / "shards").glob("*.bin") if p.stem.isdigit()]
+            shard = f"{max(existing, default=0) + 1:06d}.bin"
+            offset = 0
+            for entry, toks in pending:
+                entry.update(shard=shard, offset=offset, length=len(toks))
+                offset += len(toks)
+            atomic_write_bytes(cache / "shards" / shard, np.concatenate([t for _, t in pending]).astype("<i2").tobytes())
+            pieces.extend(e for e, _ in pending)
+            pending.clear()
+        write_manifest()
+        last_flush = time.monotonic()
+
+    by_rel = dict(todo)
+    n_workers = (os.cpu_count() or 1) if workers is None else workers
+    paths = [str(data / rel) for rel, _ in todo]
+    if n_workers == 0:
+        results = ((p, _tokenize_file(p, reader, max_seconds)) for p in paths)
+    else:
+        results = _run_isolated(paths, reader, max_seconds, n_workers, timeout_s)
+    try:
+        with tqdm(total=len(paths), desc="tokenizing MIDI", unit="file", disable=not progress or not paths) as bar:
+            for path, res in results:
+                meta = by_rel[Path(path).relative_to(data).as_posix()]
+                if res[0] == "ok":
+                    _, toks, n_notes, duration, stats = res
+                    pending.append(({**meta, "notes": n_notes, "duration_s": round(duration, 3), "stats": stats}, toks))
+                    summary.tokenized += 1
+                else:
+                    skipped.append({**meta, "reason": res[1]})
+                    summary.new_skipped += 1
+                bar.update(1)
+                if time.monotonic() - last_flush >= flush_seconds:
+                    flush()
+    finally:
+        flush()  # also on Ctrl-C: what was tokenized is kept
+        if hasattr(results, "close"):
+            results.close()
+
+    # reclaim shards no piece refers to any more
+    live = {p["shard"] for p in pieces}
+    for shard in (cache / "shards").glob("*.bin"):
+        if shard.name not in live:
+            shard.unlink()
+    tc = TokenCache.open(cache)
+    summary.pieces = len(pieces)
+    summary.tokens = sum(p["length"] for p in pieces)
+    summary.notes = sum(p["notes"] for p in pieces)
+    summary.duration_s = sum(p["duration_s"] for p in pieces)
+    summary.train_pieces, summary.val_pieces = len(tc.train_pieces), len(tc.val_pieces)
+    summary.train_tokens = sum(p["length"] for p in tc.train_pieces)
+    summary.val_tokens = sum(p["length"] for p in tc.val_pieces)
+    summary.skipped = [(s["path"], s["reason"]) for s in sorted(skipped, key=lambda s: s["path"])]
+    for key in ("out_of_range", "drum_notes", "merged", "truncated"):
+        summary.dropped[key] = sum(p["stats"][key] for p in pieces)
+    summary.seconds = time.monotonic() - t0
+    if not pieces:
+        reasons = "; ".join(f"{p}: {r}" for p, r in summary.skipped[:5]) or "no .mid/.midi files"
+        raise UserError(f"no usable MIDI file in {data} ({len(files)} files; {reasons})")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading a cache
+class TokenCache:
+    """A built cache: the manifest plus memory-mapped shards (opened lazily, so it pickles cheaply)."""
+
+    def __init__(self, cache_dir: Path, manifest: dict):
+        self.cache_dir = Path(cache_dir)
+        self.manifest = manifest
+        self.vocab_hash: str = manifest["vocab_hash"]
+        self.pieces: list[dict] = manifest["pieces"]
+        self.train_pieces = [p for p in self.pieces if p["split"] == "train"]
+        self.val_pieces = [p for p in self.pieces if p["split"] == "val"]
+        content = [(p["path"], p["sha256"], p["split"], p["length"]) for p in self.pieces]
+        blob = json.dumps([self.vocab_hash, content], separators=(",", ":")).encode()
+        self.fingerprint: str = hashlib.sha256(blob).hexdigest()[:16]
+        self._maps: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike) -> TokenCache:
+        manifest = _load_manifest(Path(cache_dir))
+        if manifest is None:
+            raise UserError(f"no token cache in {cache_dir} (build one: python -m aurl.data build --cache {cache_dir})")
+        if manifest.get("vocab_hash") != vocab.vocab_hash():
+            raise UserError(f"the cache in {cache_dir} was built with another vocabulary; rebuild it")
+        return cls(Path(cache_dir), manifest)
+
+    def split(self, name: str) -> list[dict]:
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        return self.train_pieces if name == "train" else self.val_pieces
+
+    def shard(self, name: str) -> np.ndarray:
+        m = self._maps.get(name)
+        if m is None:
+            path = self.cache_dir / "shards" / name
+            m = np.memmap(path, dtype="<i2", mode="r") if path.stat().st_size else np.zeros(0, np.int16)
+            self._maps[name] = m
+        return m
+
+    def tokens(self, piece: dict) -> np.ndarray:
+        """The int16 tokens of one piece (a read-only memmap view)."""
+        return self.shard(piece["shard"])[piece["offset"] : piece["offset"] + piece["length"]]
+
+    def __getstate__(self):
+        return {"cache_dir": self.cache_dir, "manifest": self.manifest}
+
+    def __setstate__(self, state):
+        self.__init__(state["cache_dir"], state["manifest"])
+
+
+def ensure_cache(
+    data_dir: str | os.PathLike | None,
+    cache_dir: str | os.PathLike,
+    val_fraction: float = 0.05,
+    split_seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    corpus_limit: int | None = None,
+) -> TokenCache:
+    """A ready cache for data_dir (None = the bundled Bach chorales), building or updating it if needed."""
+    if data_dir is None:
+        from aurl.data.corpus import default_corpus_dir, ensure_bach_midi
+
+        out = default_corpus_dir()
+        if corpus_limit is not None:  # a separate folder: the build takes every file of its folder
+            out = out.with_name(f"{out.name}_first{corpus_limit}")
+        data_dir = ensure_bach_midi(out, limit=corpus_limit, workers=workers, progress=progress)
+    build(data_dir, cache_dir, val_fraction=val_fraction, split_seed=split_seed, workers=workers, progress=progress)
+    return TokenCache.open(cache_dir)
