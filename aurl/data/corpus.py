@@ -74,7 +74,7 @@ def ensure_bach_midi(
     todo = [(str(src), str(out / f"{name}.mid")) for name, src in sources if not (out / f"{name}.mid").exists()]
     if not todo:
         return out
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    n_workers = max(1, min(workers if workers is not None else (os.cpu_count() or 1), len(todo)))  # 0 -> here
     failures: list[str] = []
     if n_workers == 1:
         results = ((t, _convert_one(s, t)) for s, t in todo)

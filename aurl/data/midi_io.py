@@ -188,7 +188,7 @@ def read_midi_pretty(path: str | Path) -> Score:
 # ----------------------------------------------------------------------------------------------------------
 # Writing
 def write_midi(score: Score, path: str | Path, resolution: int = 480) -> None:
-    """Write with pretty_midi: one instrument per (program, drum), every tempo change, CC64 on each track."""
+    """Write with pretty_midi: one instrument per (program, drum), every tempo change, CC64 on the first."""
     import pretty_midi
 
     from aurl.atomic import atomic_write_bytes
@@ -222,8 +222,10 @@ def write_midi(score: Score, path: str | Path, resolution: int = 480) -> None:
         instruments[key].notes.append(pretty_midi.Note(n.velocity, n.pitch, n.start, n.end))
     if not instruments:
         instruments[(0, False)] = pretty_midi.Instrument(program=0)
+    pedal_written = False
     for (_, drum), inst in sorted(instruments.items()):
-        if not drum:
+        if not drum and not pedal_written:  # the vocabulary's pedal is global: one track carries it
+            pedal_written = True
             for t, on in zip(score.sustain_time.tolist(), score.sustain_on.tolist(), strict=True):
                 inst.control_changes.append(pretty_midi.ControlChange(SUSTAIN_CC, 127 if on else 0, t))
         pm.instruments.append(inst)

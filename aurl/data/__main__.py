@@ -1,0 +1,105 @@
+"""`python -m aurl.data build|info`: build (or update) the token cache and print its summary.
+
+Exit codes: 0 done, 2 bad input (missing folder, no usable MIDI file, no cache), 130 interrupted (what was
+already tokenized is kept; the next build goes on from there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aurl.console import PREFIX, UserError, print0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m aurl.data", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="tokenize a MIDI folder (default: the bundled Bach chorales) into a cache")
+    b.add_argument("--data", default=None, help="folder of .mid/.midi files, searched recursively (default: Bach)")
+    b.add_argument("--output-dir", default="outputs", help="run output folder; the cache defaults to DIR/cache")
+    b.add_argument("--cache", default=None, help="cache folder (default: OUTPUT_DIR/cache)")
+    b.add_argument("--workers", type=int, default=None, help="reader processes (default: all cores; 0 = in-process)")
+    b.add_argument("--val-fraction", type=float, default=0.05, help="share of pieces in validation, in [0, 1)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    b.add_argument("--timeout", type=float, default=60.0, help="seconds one file may take before it is skipped")
+    b.add_argument("--corpus-limit", type=int, default=None, help="only the first N Bach chorales (quick runs)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i = sub.add_parser("info", help="print the summary of an existing cache")
+    i.add_argument("--cache", default="outputs/cache", help="cache folder")
+    i.add_argument("--json", action="store_true", help="print the manifest's summary as JSON")
+    return p
+
+
+def _build(args) -> None:
+    from aurl.data.cache import build
+
+    if args.val_fraction < 0 or args.val_fraction >= 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    cache = args.cache or str(Path(args.output_dir) / "cache")
+    data = args.data
+    if data is None:
+        from aurl.data.corpus import default_corpus_dir, ensure_bach_midi
+
+        out = default_corpus_dir()
+        if args.corpus_limit is not None:
+            out = out.with_name(f"{out.name}_first{args.corpus_limit}")
+        data = ensure_bach_midi(out, limit=args.corpus_limit, workers=args.workers, progress=not args.no_progress)
+    elif not Path(data).is_dir():
+        raise UserError(f"--data: folder not found: {data}")
+    summary = build(
+        data, cache, val_fraction=args.val_fraction, split_seed=args.seed, workers=args.workers,
+        timeout_s=args.timeout, progress=not args.no_progress,
+    )
+    for line in summary.format().splitlines():
+        print0(line)
+
+
+def _info(args) -> None:
+    from aurl.data.cache import TokenCache
+
+    tc = TokenCache.open(args.cache)
+    m = tc.manifest
+    info = {
+        "cache": str(args.cache),
+        "fingerprint": tc.fingerprint,
+        "vocab_hash": tc.vocab_hash,
+        "options": m["options"],
+        "pieces": len(tc.pieces),
+        "tokens": sum(p["length"] for p in tc.pieces),
+        "train_pieces": len(tc.train_pieces),
+        "val_pieces": len(tc.val_pieces),
+        "train_tokens": sum(p["length"] for p in tc.train_pieces),
+        "val_tokens": sum(p["length"] for p in tc.val_pieces),
+        "hours": round(sum(p["duration_s"] for p in tc.pieces) / 3600, 3),
+        "skipped": {s["path"]: s["reason"] for s in m["skipped"]},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    for k, v in info.items():
+        if k != "skipped":
+            print0(f"{k}: {v}")
+    print0(f"skipped files: {len(info['skipped'])}")
+    for path, reason in info["skipped"].items():
+        print0(f"  {path}: {reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        _build(args) if args.command == "build" else _info(args)
+    except UserError as e:
+        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PREFIX} interrupted: what was tokenized is kept; run the build again to continue",
+              file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

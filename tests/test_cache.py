@@ -1,0 +1,221 @@
+"""The token cache: contents, incrementality, bad input, reader isolation, interruption, split, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from midi_factory import crashing_reader, write_simple_midi
+
+from aurl import vocab
+from aurl.console import UserError
+from aurl.data.cache import TokenCache, assign_split, build, ensure_cache
+from aurl.data.midi_io import read_midi
+
+TESTS_DIR = Path(__file__).parent
+REPO = TESTS_DIR.parent
+
+
+def _folder(root: Path, n: int = 6) -> Path:
+    data = root / "midi"
+    for i in range(n):
+        sub = "sub/" if i % 3 == 0 else ""
+        suffix = ".MIDI" if i == 1 else ".mid"
+        write_simple_midi(data / f"{sub}piece_{i:02d}{suffix}", seed=i, n_notes=30 + i)
+    (data / "notes.txt").write_text("not a midi file and not .mid: ignored")
+    return data
+
+
+def _build(data, cache, **kw):
+    kw.setdefault("workers", 0)
+    kw.setdefault("progress", False)
+    return build(data, cache, **kw)
+
+
+def test_build_stores_exactly_the_encoded_tokens(tmp_path):
+    data = _folder(tmp_path)
+    s = _build(data, tmp_path / "cache", val_fraction=0.3, split_seed=1)
+    assert (s.files, s.pieces, s.tokenized, s.skipped) == (6, 6, 6, [])
+    tc = TokenCache.open(tmp_path / "cache")
+    assert tc.vocab_hash == vocab.vocab_hash() and len(tc.pieces) == 6
+    m = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    for p in tc.pieces:
+        assert {"path", "sha256", "shard", "offset", "length", "notes", "duration_s", "split"} <= set(p)
+        np.testing.assert_array_equal(tc.tokens(p), vocab.encode(read_midi(data / p["path"])))
+    assert m["options"]["val_fraction"] == 0.3 and m["options"]["split_seed"] == 1
+    assert s.tokens == sum(p["length"] for p in tc.pieces)
+    assert "sub/piece_00.mid" in {p["path"] for p in tc.pieces} and "piece_01.MIDI" in {p["path"] for p in tc.pieces}
+
+
+def test_incremental_unchanged_changed_added_removed(tmp_path):
+    data, cache = _folder(tmp_path), tmp_path / "cache"
+    _build(data, cache)
+    fp0 = TokenCache.open(cache).fingerprint
+    s = _build(data, cache)
+    assert (s.tokenized, s.reused, s.removed) == (0, 6, 0)
+    assert TokenCache.open(cache).fingerprint == fp0
+
+    os.utime(data / "piece_02.mid", ns=(1, 1))  # touched, same content: hashed, not re-tokenized
+    s = _build(data, cache)
+    assert (s.tokenized, s.reused) == (0, 6) and TokenCache.open(cache).fingerprint == fp0
+
+    write_simple_midi(data / "piece_02.mid", seed=99, n_notes=50)  # changed
+    write_simple_midi(data / "new.mid", seed=100)  # added
+    (data / "piece_04.mid").unlink()  # removed
+    s = _build(data, cache)
+    assert (s.tokenized, s.reused, s.removed, s.pieces) == (2, 4, 1, 6)
+    tc = TokenCache.open(cache)
+    assert tc.fingerprint != fp0 and "piece_04.mid" not in {p["path"] for p in tc.pieces}
+    for p in tc.pieces:  # old shards still serve the unchanged pieces; the changed one is new
+        np.testing.assert_array_equal(tc.tokens(p), vocab.encode(read_midi(data / p["path"])))
+
+
+def _bad_folder(root: Path) -> Path:
+    data = _folder(root, n=2)
+    ok = (data / "piece_01.MIDI").read_bytes()
+    (data / "bad").mkdir()
+    (data / "bad" / "empty.mid").write_bytes(b"")
+    (data / "bad" / "text.mid").write_bytes(b"hello, I am not MIDI at all")
+    (data / "bad" / "truncated.mid").write_bytes(ok[: len(ok) // 2])
+    (data / "bad" / "tpq_zero.mid").write_bytes(ok[:12] + b"\x00\x00" + ok[14:])
+    from midi_factory import make_pretty_midi
+
+    make_pretty_midi([(60, 0, 1, 80), (60, 6 * 3600, 6 * 3600 + 1, 80)]).write(str(data / "bad" / "absurd.mid"))
+    make_pretty_midi([(36, 0, 1, 80)], is_drum=True).write(str(data / "bad" / "drums_only.mid"))
+    return data
+
+
+def test_bad_files_are_skipped_with_reasons_and_kept_in_the_manifest(tmp_path):
+    data, cache = _bad_folder(tmp_path), tmp_path / "cache"
+    s = _build(data, cache)
+    reasons = dict(s.skipped)
+    assert s.pieces == 2 and len(reasons) == 6
+    assert "empty" in reasons["bad/empty.mid"]
+    assert "not a MIDI" in reasons["bad/text.mid"]
+    assert "unreadable" in reasons["bad/truncated.mid"]
+    assert "ticks per beat is 0" in reasons["bad/tpq_zero.mid"]
+    assert "absurd length" in reasons["bad/absurd.mid"]
+    assert "no usable notes" in reasons["bad/drums_only.mid"]
+    assert {e["path"] for e in TokenCache.open(cache).manifest["skipped"]} == set(reasons)
+    assert all(path in s.format() for path in reasons)
+    s2 = _build(data, cache)  # unchanged bad files are not retried
+    assert s2.tokenized == 0 and s2.new_skipped == 0 and dict(s2.skipped) == reasons
+
+
+def test_no_usable_file_and_missing_folder_are_user_errors(tmp_path):
+    data = tmp_path / "bad"
+    data.mkdir()
+    (data / "a.mid").write_bytes(b"junk")
+    with pytest.raises(UserError, match="no usable MIDI file"):
+        _build(data, tmp_path / "cache")
+    with pytest.raises(UserError, match="not found"):
+        _build(tmp_path / "nowhere", tmp_path / "cache")
+    with pytest.raises(UserError, match="no token cache"):
+        TokenCache.open(tmp_path / "nothing")
+
+
+def test_cli_exit_codes_and_summary(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, "-m", "aurl.data", "build", "--data", str(empty), "--cache",
+                        str(tmp_path / "c"), "--no-progress"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "no usable MIDI file" in r.stderr
+    data = _bad_folder(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "aurl.data", "build", "--data", str(data), "--cache",
+                        str(tmp_path / "c"), "--workers", "0", "--no-progress"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2 pieces" in r.stdout and "skipped files: 6" in r.stdout and "bad/text.mid: not a MIDI" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "aurl.data", "info", "--cache", str(tmp_path / "c"), "--json"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["pieces"] == 2
+
+
+def test_reader_crash_and_hang_cost_only_that_file(tmp_path):
+    data = _folder(tmp_path, n=3)
+    write_simple_midi(data / "crash.mid", seed=5)
+    write_simple_midi(data / "hang.mid", seed=6)
+    s = build(data, tmp_path / "cache", workers=2, timeout_s=3, progress=False, reader=crashing_reader)
+    reasons = dict(s.skipped)
+    assert s.pieces == 3
+    assert "reader crashed" in reasons["crash.mid"] and str(-signal.SIGSEGV) in reasons["crash.mid"]
+    assert "timed out after 3 s" in reasons["hang.mid"]
+
+
+def test_killed_build_keeps_what_was_flushed_and_the_next_build_continues(tmp_path):
+    data, cache = _folder(tmp_path, n=5), tmp_path / "cache"
+    write_simple_midi(data / "sub" / "zz_last" / "hang.mid", seed=7)  # sorted last: the build blocks on it
+    code = (
+        "from aurl.data.cache import build; from midi_factory import crashing_reader; "
+        f"build({str(data)!r}, {str(cache)!r}, workers=1, flush_seconds=0, progress=False, reader=crashing_reader)"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS_DIR}"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if len(json.loads((cache / "manifest.json").read_text())["pieces"]) == 5:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("the build never flushed its first pieces")
+        proc.send_signal(signal.SIGKILL)  # kill -9 while the worker hangs on the last file
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(TokenCache.open(cache).pieces) == 5
+    s = _build(data, cache)
+    assert (s.tokenized, s.reused, s.pieces) == (1, 5, 6)
+    fresh = _build(data, tmp_path / "fresh")
+    assert fresh.pieces == 6 and TokenCache.open(cache).fingerprint == TokenCache.open(tmp_path / "fresh").fingerprint
+
+
+def test_split_is_by_piece_disjoint_seeded_and_stable_under_additions():
+    pieces = [{"path": f"p{i}.mid"} for i in range(200)]
+    assign_split(pieces, 0.2, seed=3)
+    val = {p["path"] for p in pieces if p["split"] == "val"}
+    assert 20 <= len(val) <= 60
+    again = [{"path": f"p{i}.mid"} for i in range(200)]
+    assign_split(again, 0.2, seed=3)
+    assert val == {p["path"] for p in again if p["split"] == "val"}
+    other = [{"path": f"p{i}.mid"} for i in range(200)]
+    assign_split(other, 0.2, seed=4)
+    assert val != {p["path"] for p in other if p["split"] == "val"}
+    more = [{"path": f"p{i}.mid"} for i in range(300)]
+    assign_split(more, 0.2, seed=3)
+    assert val == {p["path"] for p in more[:200] if p["split"] == "val"}
+    two = [{"path": "a.mid"}, {"path": "b.mid"}]
+    assign_split(two, 0.01, seed=0)
+    assert sorted(p["split"] for p in two) == ["train", "val"]  # both splits non-empty when possible
+    none = [{"path": f"p{i}.mid"} for i in range(10)]
+    assign_split(none, 0.0, seed=0)
+    assert all(p["split"] == "train" for p in none)
+
+
+def test_built_split_is_disjoint_and_changes_without_retokenizing(tmp_path):
+    data, cache = _folder(tmp_path, n=6), tmp_path / "cache"
+    _build(data, cache, val_fraction=0.3, split_seed=0)
+    tc = TokenCache.open(cache)
+    train, val = {p["path"] for p in tc.train_pieces}, {p["path"] for p in tc.val_pieces}
+    assert train and val and not train & val and len(train | val) == 6
+    s = _build(data, cache, val_fraction=0.5, split_seed=1)
+    assert s.tokenized == 0 and s.val_pieces >= 1
+
+
+def test_ensure_cache_on_the_bundled_corpus_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("AURL_CORPUS_DIR", str(tmp_path / "bach"))
+    tc = ensure_cache(None, tmp_path / "cache", val_fraction=0.5, split_seed=0, workers=0, progress=False,
+                      corpus_limit=2)
+    assert len(tc.pieces) == 2 and len(tc.train_pieces) == 1 and len(tc.val_pieces) == 1
+    assert all(p["path"].startswith("bwv") for p in tc.pieces)
