@@ -1,0 +1,195 @@
+"""Token-level augmentation: applied to a cached token window in the loader, never by re-parsing MIDI.
+
+Every transform is vectorized numpy on the window and is drawn from a generator seeded by
+(seed, epoch, sample index) (``sample_rng``), so a resumed run sees exactly the same samples.
+
+- transpose: NOTE_ON/NOTE_OFF ids shift by s semitones. When the window's notes would leave 21..108, s is
+  reduced toward 0 (the window moves less); no note is ever clamped, so intervals are always kept.
+- time stretch, swing, humanize: one monotone warp of the window's grid positions, re-quantized against
+  the absolute grid (position from the window start x factor, rounded), never gap by gap; positions that
+  were distinct stay distinct (at least one step apart), so note order and note-on/off pairing survive.
+  Swing delays the off-beat half of each beat of ``swing_beat_steps`` (phase measured from the window
+  start: windows carry no bar lines). Humanize moves each grid position by up to ±``humanize_steps``.
+- velocity scaling: each VELOCITY bin's representative value is scaled and re-binned (clipped to 1..127).
+- instrument substitution: INSTRUMENT tokens (GM families) are remapped, either within groups of related
+  families (``instrument_mode="group"``: keyboards, guitar+bass, strings+ensemble, brass/reed/pipe,
+  synths, other) or to any family (``"any"``). The vocabulary stores families, not programs, so "within a
+  family" at the token level means within a group of related families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from aurl import vocab
+from aurl.console import UserError
+
+INSTRUMENT_GROUPS: tuple[tuple[int, ...], ...] = (
+    (0, 1, 2),  # piano, chromatic percussion, organ
+    (3, 4),  # guitar, bass
+    (5, 6),  # strings, ensemble
+    (7, 8, 9),  # brass, reed, pipe
+    (10, 11, 12),  # synth lead, synth pad, synth effects
+    (13, 14, 15),  # ethnic, percussive, sound effects
+)
+_GROUP_OF = {f: g for g in INSTRUMENT_GROUPS for f in g}
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges and probabilities of the token augmentations (YAML section `augment`)."""
+
+    enabled: bool = False
+    """Master switch; False = windows exactly as cached."""
+    transpose_prob: float = 0.5
+    """Probability of transposing a window."""
+    transpose_max: int = 6
+    """Largest transposition, semitones, up or down (stage 2: 6, stage 3: 8)."""
+    stretch_prob: float = 0.5
+    """Probability of time-stretching a window."""
+    stretch_min: float = 0.85
+    """Smallest time factor (<1 = faster)."""
+    stretch_max: float = 1.15
+    """Largest time factor (>1 = slower)."""
+    velocity_prob: float = 0.5
+    """Probability of scaling velocities."""
+    velocity_min: float = 0.7
+    """Smallest velocity factor."""
+    velocity_max: float = 1.3
+    """Largest velocity factor."""
+    instrument_prob: float = 0.0
+    """Probability of substituting instruments."""
+    instrument_mode: str = "group"
+    """"group": within a group of related GM families; "any": any family."""
+    swing_prob: float = 0.0
+    """Probability of swinging a window."""
+    swing_max: float = 0.3
+    """Largest swing: the off-beat moves later by this fraction of half a beat."""
+    swing_beat_steps: int = 32
+    """Beat length for swing, in 15.625 ms steps (32 = a quarter note at 120 BPM)."""
+    humanize_prob: float = 0.0
+    """Probability of humanizing a window."""
+    humanize_steps: int = 1
+    """Largest random move of a grid position, in steps."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.name.endswith("_prob") and not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise UserError(f"augment.{f.name} must be in [0, 1], got {getattr(self, f.name)}")
+        for lo, hi in (("stretch_min", "stretch_max"), ("velocity_min", "velocity_max")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if not 0 < a <= b:
+                raise UserError(f"augment.{lo} / {hi} must satisfy 0 < min <= max, got {a} / {b}")
+        if self.instrument_mode not in ("group", "any"):
+            raise UserError(f"augment.instrument_mode must be 'group' or 'any', got {self.instrument_mode!r}")
+        for name in ("transpose_max", "humanize_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.swing_max < 1.0 or self.swing_beat_steps < 2:
+            raise UserError("augment.swing_max must be in [0, 1) and swing_beat_steps >= 2")
+
+    @property
+    def warps_time(self) -> bool:
+        return self.enabled and (self.stretch_prob > 0 or self.swing_prob > 0 or self.humanize_prob > 0)
+
+
+def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of one sample: a pure function of (seed, epoch, index); stream separates uses
+    (0: the window's start, 1: its augmentation) so that one never shifts the other's draws."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index), int(stream)])
+
+
+_VEL_REP = vocab.velocity_of_bin(np.arange(vocab.NUM_VELOCITY_BINS)).astype(np.float64)
+_ON, _OFF, _TS = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET, vocab.TIME_SHIFT_OFFSET
+
+
+def augment_tokens(tokens: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Apply cfg to one window; returns (new int16 tokens, the parameters applied).
+
+    Every random draw happens in a fixed order whatever the window holds, so the parameters depend only on
+    the generator. The output may differ in length from the input by a few TIME_SHIFT tokens.
+    """
+    params: dict = {}
+    if not cfg.enabled:
+        return tokens, params
+    # ---- draws (fixed order and count)
+    u = rng.random(6)
+    transpose = int(rng.integers(-cfg.transpose_max, cfg.transpose_max + 1))
+    stretch = float(rng.uniform(cfg.stretch_min, cfg.stretch_max))
+    vel_factor = float(rng.uniform(cfg.velocity_min, cfg.velocity_max))
+    swing = float(rng.uniform(0.0, cfg.swing_max))
+    inst_pick = rng.random(vocab.NUM_INSTRUMENTS)
+    hum_seed = int(rng.integers(0, 2**31))
+
+    t = np.asarray(tokens).astype(np.int64)
+    if u[0] < cfg.transpose_prob and transpose != 0:
+        is_on = (t >= _ON) & (t < _TS)
+        if is_on.any():
+            pitch = np.where(t < _OFF, t - _ON, t - _OFF)[is_on]  # 0..87
+            s = int(np.clip(transpose, -int(pitch.min()), vocab.NUM_PITCHES - 1 - int(pitch.max())))
+            if s:
+                t = np.where(is_on, t + s, t)
+                params["transpose"] = s
+    if u[1] < cfg.velocity_prob:
+        is_vel = (t >= vocab.VELOCITY_OFFSET) & (t < vocab.SUSTAIN_OFFSET)
+        if is_vel.any():
+            lut = vocab.velocity_bin(np.clip(np.rint(_VEL_REP * vel_factor), 1, 127).astype(np.int64))
+            t = np.where(is_vel, vocab.VELOCITY_OFFSET + lut[np.where(is_vel, t - vocab.VELOCITY_OFFSET, 0)], t)
+            params["velocity"] = round(vel_factor, 4)
+    if u[2] < cfg.instrument_prob:
+        is_inst = t >= vocab.INSTRUMENT_OFFSET
+        if is_inst.any():
+            if cfg.instrument_mode == "any":
+                lut = (inst_pick * vocab.NUM_INSTRUMENTS).astype(np.int64)
+            else:
+                lut = np.array([_GROUP_OF[f][int(inst_pick[f] * len(_GROUP_OF[f]))] for f in range(16)])
+            t = np.where(is_inst, vocab.INSTRUMENT_OFFSET + lut[np.where(is_inst, t - vocab.INSTRUMENT_OFFSET, 0)], t)
+            params["instrument"] = lut.tolist()
+    do_stretch = u[3] < cfg.stretch_prob
+    do_swing = u[4] < cfg.swing_prob and swing > 0
+    do_humanize = u[5] < cfg.humanize_prob and cfg.humanize_steps > 0
+    if do_stretch or do_swing or do_humanize:
+        hum_rng = np.random.default_rng(hum_seed) if do_humanize else None
+        t = _warp_time(t, stretch if do_stretch else 1.0, swing if do_swing else 0.0, cfg.swing_beat_steps,
+                       cfg.humanize_steps if do_humanize else 0, hum_rng)
+        if do_stretch:
+            params["stretch"] = round(stretch, 4)
+        if do_swing:
+            params["swing"] = round(swing, 4)
+        if do_humanize:
+            params["humanize"] = hum_seed
+    return t.astype(np.int16), params
+
+
+def _warp_time(t: np.ndarray, factor: float, swing: float, beat: int, humanize: int, rng) -> np.ndarray:
+    steps = vocab.shift_steps(t)
+    is_event = steps == 0
+    if not is_event.any() or not (~is_event).any():
+        return t
+    clock = np.cumsum(steps)
+    ev_tok = t[is_event]
+    ev_pos = clock[is_event]
+    if clock[-1] > ev_pos[-1]:  # trailing shifts: a pseudo event keeps the window's end time
+        ev_tok = np.append(ev_tok, -1)
+        ev_pos = np.append(ev_pos, clock[-1])
+    new_point = np.ones(len(ev_pos), dtype=bool)
+    new_point[1:] = ev_pos[1:] > ev_pos[:-1]
+    which = np.cumsum(new_point) - 1
+    u = ev_pos[new_point].astype(np.float64)
+    v = u
+    if swing:
+        half = beat / 2.0
+        phase = np.mod(u, beat)
+        warped = np.where(phase < half, phase * (1 + swing), half * (1 + swing) + (phase - half) * (1 - swing))
+        v = u - phase + warped
+    v = v * factor
+    if humanize:
+        v = v + rng.integers(-humanize, humanize + 1, len(v))
+    v = np.maximum(np.rint(v).astype(np.int64), 0)
+    # distinct positions stay distinct: v_j >= v_(j-1) + 1 (moves only where rounding collided)
+    idx = np.arange(len(v))
+    v = np.maximum.accumulate(v - idx) + idx
+    out = vocab.assemble(ev_tok, v[which])
+    return out[:-1] if ev_tok[-1] == -1 else out

@@ -1,0 +1,179 @@
+"""Token augmentation: each transform's invariant, determinism, and nothing leaving the vocabulary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from midi_factory import random_score
+
+from aurl import vocab
+from aurl.console import UserError
+from aurl.data.augment import INSTRUMENT_GROUPS, AugmentConfig, augment_tokens, sample_rng
+from aurl.data.midi_io import Note, Score
+
+OFF = dict(transpose_prob=0.0, stretch_prob=0.0, velocity_prob=0.0, instrument_prob=0.0, swing_prob=0.0,
+           humanize_prob=0.0)
+
+
+def only(**kw) -> AugmentConfig:
+    return AugmentConfig(enabled=True, **{**OFF, **kw})
+
+
+def _events(tokens):
+    """(non-shift tokens, their absolute grid positions)."""
+    t = np.asarray(tokens).astype(np.int64)
+    clock = np.cumsum(vocab.shift_steps(t))
+    ev = vocab.shift_steps(t) == 0
+    return t[ev], clock[ev]
+
+
+def _pitches(tokens):
+    t = np.asarray(tokens).astype(np.int64)
+    on = (t >= vocab.NOTE_ON_OFFSET) & (t < vocab.NOTE_OFF_OFFSET)
+    return t[on] - vocab.NOTE_ON_OFFSET + vocab.MIN_PITCH
+
+
+def _window(seed: int, start: int = 37, length: int = 700) -> np.ndarray:
+    tokens = vocab.encode(random_score(seed, n_notes=300, n_programs=4))
+    return tokens[start : start + length]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(transpose_prob=1.5), dict(stretch_min=1.2, stretch_max=1.1), dict(velocity_min=0.0),
+     dict(instrument_mode="family"), dict(transpose_max=-1), dict(swing_max=1.0)],
+    ids=lambda d: next(iter(d)),
+)
+def test_config_rejects_bad_values_naming_the_key(bad):
+    with pytest.raises(UserError, match=next(iter(bad)).split("_")[0]):
+        AugmentConfig(enabled=True, **bad)
+
+
+def test_disabled_or_zero_probability_is_identity():
+    w = _window(0)
+    out, params = augment_tokens(w, AugmentConfig(enabled=False, transpose_prob=1.0), sample_rng(0, 0, 0))
+    np.testing.assert_array_equal(out, w)
+    assert params == {}
+    out, params = augment_tokens(w, only(), sample_rng(0, 0, 0))
+    np.testing.assert_array_equal(out, w)
+    assert params == {}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_transpose_keeps_intervals_and_timing(seed):
+    w = _window(seed)
+    out, params = augment_tokens(w, only(transpose_prob=1.0, transpose_max=8), sample_rng(seed, 0, 0))
+    s = params.get("transpose", 0)
+    assert abs(s) <= 8
+    np.testing.assert_array_equal(_pitches(out), _pitches(w) + s)
+    assert (np.diff(_pitches(out)) == np.diff(_pitches(w))).all()
+    is_note = (w >= vocab.NOTE_ON_OFFSET) & (w < vocab.TIME_SHIFT_OFFSET)
+    np.testing.assert_array_equal(out[~is_note], w[~is_note])
+
+
+def test_transpose_near_the_edge_shifts_less_never_clamps():
+    w = vocab.encode(Score.from_notes([Note(105, 0, 1, 80), Note(60, 0, 1, 80), Note(23, 1, 2, 80)]))
+    cfg = only(transpose_prob=1.0, transpose_max=8)
+    seen = set()
+    for i in range(200):
+        out, params = augment_tokens(w, cfg, sample_rng(0, 0, i))
+        s = params.get("transpose", 0)
+        seen.add(s)
+        assert -2 <= s <= 3  # 23 - 2 = 21 and 105 + 3 = 108: the window fits; no note is ever clamped
+        np.testing.assert_array_equal(_pitches(out), _pitches(w) + s)
+    assert seen == set(range(-2, 4))
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.85, 1.15, 2.0], ids=lambda f: f"x{f}")
+def test_stretch_scales_positions_on_the_absolute_grid(factor):
+    w = _window(3)
+    out, params = augment_tokens(w, only(stretch_prob=1.0, stretch_min=factor, stretch_max=factor),
+                                 sample_rng(0, 0, 0))
+    ev0, pos0 = _events(w)
+    ev1, pos1 = _events(out)
+    np.testing.assert_array_equal(ev1, ev0)  # same events in the same order
+    assert (np.diff(pos1)[np.diff(pos0) > 0] > 0).all()  # distinct positions stay distinct
+    target = np.rint(pos0 * factor)
+    if factor >= 1:
+        np.testing.assert_array_equal(pos1, target)  # exactly the absolute grid: no drift
+    else:
+        assert np.abs(pos1 - target).mean() < 1.0 and pos1[-1] >= target[-1]
+    clock0, clock1 = vocab.shift_steps(w).sum(), vocab.shift_steps(out).sum()
+    assert clock1 == pytest.approx(clock0 * factor, abs=len(pos0) if factor < 1 else 1)
+
+
+def test_stretch_of_a_long_gap_writes_several_shifts():
+    w = vocab.encode(Score.from_notes([Note(60, 0, 0.5, 80), Note(62, 7.5, 8, 80)]))
+    out, _ = augment_tokens(w, only(stretch_prob=1.0, stretch_min=1.5, stretch_max=1.5), sample_rng(0, 0, 0))
+    dec = vocab.decode(out)
+    assert sorted(dec.start.tolist()) == [0.0, 11.25]
+    assert (vocab.shift_steps(out) <= 512).all() and (vocab.shift_steps(out) > 0).sum() >= 3
+
+
+def test_velocity_scaling_moves_bins_monotonically():
+    w = _window(4)
+    is_vel = (w >= vocab.VELOCITY_OFFSET) & (w < vocab.SUSTAIN_OFFSET)
+    up, _ = augment_tokens(w, only(velocity_prob=1.0, velocity_min=1.3, velocity_max=1.3), sample_rng(0, 0, 0))
+    down, _ = augment_tokens(w, only(velocity_prob=1.0, velocity_min=0.7, velocity_max=0.7), sample_rng(0, 0, 0))
+    assert (up[is_vel] >= w[is_vel]).all() and (up[is_vel] > w[is_vel]).any()
+    assert (down[is_vel] <= w[is_vel]).all() and (down[is_vel] < w[is_vel]).any()
+    np.testing.assert_array_equal(up[~is_vel], w[~is_vel])
+
+
+def test_instrument_substitution_within_group_or_any():
+    w = _window(5)
+    is_inst = w >= vocab.INSTRUMENT_OFFSET
+    group_of = {f: g for g in INSTRUMENT_GROUPS for f in g}
+    across = False
+    for i in range(30):
+        out, _ = augment_tokens(w, only(instrument_prob=1.0), sample_rng(0, 0, i))
+        for a, b in zip(w[is_inst] - vocab.INSTRUMENT_OFFSET, out[is_inst] - vocab.INSTRUMENT_OFFSET, strict=True):
+            assert b in group_of[int(a)]
+        np.testing.assert_array_equal(out[~is_inst], w[~is_inst])
+        out, _ = augment_tokens(w, only(instrument_prob=1.0, instrument_mode="any"), sample_rng(0, 0, i))
+        fams = out[is_inst] - vocab.INSTRUMENT_OFFSET
+        across |= any(b not in group_of[int(a)] for a, b in zip(w[is_inst] - vocab.INSTRUMENT_OFFSET, fams, strict=True))
+    assert across
+
+
+def test_swing_delays_off_beats_only():
+    # events every 8 steps; beat 32: positions 0, 32, 64 stay, 16, 48 move later (at swing 0.5 by 8)
+    notes = [Note(60 + i, i * 8 / 64, i * 8 / 64 + 4 / 64, 80) for i in range(9)]
+    w = vocab.encode(Score.from_notes(notes))
+    cfg = only(swing_prob=1.0, swing_max=0.5, swing_beat_steps=32)
+    out, params = next(r for i in range(100) if (r := augment_tokens(w, cfg, sample_rng(1, 0, i)))[1]["swing"] > 0.2)
+    sw = params["swing"]
+    ons = vocab.decode(out)
+    start = dict(zip(ons.pitch.tolist(), np.rint(ons.start * 64).astype(int).tolist(), strict=True))
+    for i in range(9):
+        pos = i * 8
+        phase = pos % 32
+        expect = pos - phase + (phase * (1 + sw) if phase < 16 else 16 * (1 + sw) + (phase - 16) * (1 - sw))
+        assert start[60 + i] == round(expect)
+    assert start[62] > 16  # the off-beat moved later
+
+
+def test_humanize_moves_each_position_at_most_h():
+    notes = [Note(60 + i % 20, i * 0.1, i * 0.1 + 0.05, 80) for i in range(60)]
+    w = vocab.encode(Score.from_notes(notes))
+    out, _ = augment_tokens(w, only(humanize_prob=1.0, humanize_steps=2), sample_rng(2, 0, 0))
+    _, p0 = _events(w)
+    _, p1 = _events(out)
+    assert np.abs(p1 - p0).max() <= 2 and (p1 != p0).any()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_everything_at_once_stays_in_vocab_keeps_grammar_and_is_deterministic(seed):
+    w = _window(seed, start=11 * seed, length=900)
+    cfg = AugmentConfig(enabled=True, transpose_prob=0.8, transpose_max=8, stretch_prob=0.8, stretch_min=0.7,
+                        stretch_max=1.4, velocity_prob=0.8, instrument_prob=0.8, instrument_mode="any",
+                        swing_prob=0.5, humanize_prob=0.5, humanize_steps=2)
+    out, params = augment_tokens(w, cfg, sample_rng(seed, 3, 17))
+    again, params2 = augment_tokens(w, cfg, sample_rng(seed, 3, 17))
+    np.testing.assert_array_equal(out, again)
+    assert params == params2 and params
+    assert out.dtype == np.int16 and out.min() >= 0 and out.max() < vocab.VOCAB_SIZE
+    assert vocab.grammar_errors(out) == vocab.grammar_errors(w)
+    assert abs(len(out) - len(w)) <= 0.1 * len(w)
+    other, _ = augment_tokens(w, cfg, sample_rng(seed, 4, 17))
+    assert not np.array_equal(other, out)
