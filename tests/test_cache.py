@@ -181,6 +181,29 @@ def test_killed_build_keeps_what_was_flushed_and_the_next_build_continues(tmp_pa
     assert fresh.pieces == 6 and TokenCache.open(cache).fingerprint == TokenCache.open(tmp_path / "fresh").fingerprint
 
 
+def test_ctrl_c_flushes_what_was_tokenized(tmp_path):
+    data, cache = _folder(tmp_path, n=4), tmp_path / "cache"
+    hang = write_simple_midi(data / "sub" / "zz_last" / "hang.mid", seed=8)
+    code = (  # no periodic flush at all: whatever lands in the manifest comes from the Ctrl-C path
+        "from aurl.data.cache import build; from midi_factory import crashing_reader; "
+        f"build({str(data)!r}, {str(cache)!r}, workers=1, flush_seconds=1e9, progress=False, reader=crashing_reader)"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS_DIR}"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not hang.with_suffix(".hanging").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the build never reached the last file"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert len(TokenCache.open(cache).pieces) == 4
+
+
 def test_split_is_by_piece_disjoint_seeded_and_stable_under_additions():
     pieces = [{"path": f"p{i}.mid"} for i in range(200)]
     assign_split(pieces, 0.2, seed=3)
