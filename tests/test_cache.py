@@ -149,6 +149,20 @@ def test_reader_crash_and_hang_cost_only_that_file(tmp_path):
     assert "timed out after 3 s" in reasons["hang.mid"]
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose environment mentions text (Linux): the build and its workers carry a marker variable."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                environ = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in environ:
+                pids.append(int(d.name))
+    return pids
+
+
 def test_killed_build_keeps_what_was_flushed_and_the_next_build_continues(tmp_path):
     data, cache = _folder(tmp_path, n=5), tmp_path / "cache"
     write_simple_midi(data / "sub" / "zz_last" / "hang.mid", seed=7)  # sorted last: the build blocks on it
@@ -156,7 +170,7 @@ def test_killed_build_keeps_what_was_flushed_and_the_next_build_continues(tmp_pa
         "from aurl.data.cache import build; from midi_factory import crashing_reader; "
         f"build({str(data)!r}, {str(cache)!r}, workers=1, flush_seconds=0, progress=False, reader=crashing_reader)"
     )
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS_DIR}"}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS_DIR}", "AURL_TEST_MARK": str(cache)}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -175,6 +189,11 @@ def test_killed_build_keeps_what_was_flushed_and_the_next_build_continues(tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert len(TokenCache.open(cache).pieces) == 5
+    # the hung worker died with its parent (nothing is left behind reading the file)
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(cache)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_mentioning(str(cache))
     s = _build(data, cache)
     assert (s.tokenized, s.reused, s.pieces) == (1, 5, 6)
     fresh = _build(data, tmp_path / "fresh")

@@ -65,7 +65,19 @@ def _tokenize_file(path: str, reader, max_seconds: float) -> tuple:
     return ("ok", tokens, st.notes_out, score.duration, asdict(st))
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the build process dies (even by kill -9), so a
+    hung reader is never left behind. Best effort elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(conn, reader, max_seconds: float) -> None:
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business: it flushes and stops us
     while True:
         try:
