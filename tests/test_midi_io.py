@@ -124,3 +124,15 @@ def test_bundled_chorales_symusic_vs_pretty_midi_and_round_trip(tmp_path):
         # offsets: all but the counted truncations end within one step of an original note of that pitch
         ok_end = sum(np.min(np.abs(a.end[a.pitch == p] - e)) <= step for p, e in zip(dec.pitch, dec.end, strict=True))
         assert ok_end >= dec.num_notes - st.truncated
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_decoded_random_tokens_make_a_valid_midi_file(tmp_path, seed):
+    tokens = np.random.default_rng(seed).integers(0, vocab.VOCAB_SIZE, 2000)
+    score = vocab.decode(tokens)
+    write_midi(score, tmp_path / "gen.mid")
+    back = read_midi(tmp_path / "gen.mid")
+    assert back.num_notes == score.num_notes > 0
+    # within a few ms even after thousands of seconds and dozens of tempo changes (30..240 BPM)
+    _assert_close_notes(score, back, tol=vocab.STEP_SECONDS / 4)
+    np.testing.assert_array_equal(vocab.encode(back), vocab.encode(score))

@@ -59,17 +59,17 @@ class AugmentConfig:
     """Smallest velocity factor."""
     velocity_max: float = 1.3
     """Largest velocity factor."""
-    instrument_prob: float = 0.0
+    instrument_prob: float = 0.2
     """Probability of substituting instruments."""
     instrument_mode: str = "group"
     """"group": within a group of related GM families; "any": any family."""
-    swing_prob: float = 0.0
+    swing_prob: float = 0.1
     """Probability of swinging a window."""
     swing_max: float = 0.3
     """Largest swing: the off-beat moves later by this fraction of half a beat."""
     swing_beat_steps: int = 32
     """Beat length for swing, in 15.625 ms steps (32 = a quarter note at 120 BPM)."""
-    humanize_prob: float = 0.0
+    humanize_prob: float = 0.2
     """Probability of humanizing a window."""
     humanize_steps: int = 1
     """Largest random move of a grid position, in steps."""

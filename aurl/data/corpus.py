@@ -49,10 +49,12 @@ def _convert_one(source: str, target: str) -> str | None:
         from aurl.atomic import atomic_write_bytes
 
         score = converter.parse(source)
-        tmp = Path(target).with_suffix(".tmp.mid")
-        score.write("midi", fp=str(tmp))
-        atomic_write_bytes(target, tmp.read_bytes())
-        tmp.unlink()
+        tmp = Path(target).with_name(Path(target).name + f".{os.getpid()}.part")  # not *.mid: never scanned
+        try:
+            score.write("midi", fp=str(tmp))
+            atomic_write_bytes(target, tmp.read_bytes())
+        finally:
+            tmp.unlink(missing_ok=True)
         return None
     except Exception as e:  # noqa: BLE001 - any music21 failure means "skip this chorale", reported below
         return f"{type(e).__name__}: {e}"

@@ -187,7 +187,7 @@ def read_midi_pretty(path: str | Path) -> Score:
 
 # ----------------------------------------------------------------------------------------------------------
 # Writing
-def write_midi(score: Score, path: str | Path, resolution: int = 480) -> None:
+def write_midi(score: Score, path: str | Path, resolution: int = 960) -> None:
     """Write with pretty_midi: one instrument per (program, drum), every tempo change, CC64 on the first."""
     import pretty_midi
 
@@ -205,7 +205,10 @@ def write_midi(score: Score, path: str | Path, resolution: int = 480) -> None:
         if scales:
             tick += int(round((t - last_t) / scales[-1][1]))
         last_t = t
-        spt = 60.0 / (bpm * resolution)
+        # the file stores integer microseconds per quarter (pretty_midi truncates): convert note times with
+        # exactly that tempo, or a long piece drifts (~16 ms after 2 h)
+        mspq = max(1, round(60e6 / bpm))
+        spt = (mspq + 1e-4) / (1e6 * resolution)
         if scales and scales[-1][0] == tick:
             scales[-1] = (tick, spt)
         else:
