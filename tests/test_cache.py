@@ -133,9 +133,12 @@ def test_cli_exit_codes_and_summary(tmp_path):
                         str(tmp_path / "c"), "--workers", "0", "--no-progress"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "2 pieces" in r.stdout and "skipped files: 6" in r.stdout and "bad/text.mid: not a MIDI" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "aurl.data", "info", "--cache", str(tmp_path / "c"), "--json"],
-                       capture_output=True, text=True, env=env)
-    assert r.returncode == 0 and json.loads(r.stdout)["pieces"] == 2
+    r = subprocess.run([sys.executable, "-m", "aurl.data", "info", "--cache", str(tmp_path / "c"), "--json",
+                        "--variety", "--seq-len", "32", "--epochs", "3"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["pieces"] == 2 and len(info["skipped"]) == 6
+    assert info["variety"]["epochs"] == 3 and info["variety"]["augmented_fraction"] > 0
 
 
 def test_reader_crash_and_hang_cost_only_that_file(tmp_path):

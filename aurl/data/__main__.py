@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print the summary of an existing cache")
     i.add_argument("--cache", default="outputs/cache", help="cache folder")
     i.add_argument("--json", action="store_true", help="print the manifest's summary as JSON")
+    i.add_argument("--variety", action="store_true",
+                   help="also report distinct training windows per piece with the default augmentation")
+    i.add_argument("--seq-len", type=int, default=1024, help="window length for --variety, tokens")
+    i.add_argument("--epochs", type=int, default=5, help="epochs counted by --variety")
     return p
 
 
@@ -76,6 +80,12 @@ def _info(args) -> None:
         "hours": round(sum(p["duration_s"] for p in tc.pieces) / 3600, 3),
         "skipped": {s["path"]: s["reason"] for s in m["skipped"]},
     }
+    if args.variety:
+        from aurl.data.augment import AugmentConfig
+        from aurl.data.dataset import WindowDataset
+
+        ds = WindowDataset(tc, "train", seq_len=args.seq_len, augment=AugmentConfig(enabled=True))
+        info["variety"] = ds.variant_report(epochs=args.epochs)
     if args.json:
         print(json.dumps(info, indent=2))
         return
