@@ -250,8 +250,6 @@ def build(
     workers: reader processes (default: all cores; 0 = in this process, without crash isolation).
     reader: path, max_seconds -> Score (a module-level function, so worker processes can import it).
     """
-    from tqdm import tqdm
-
     t0 = time.monotonic()
     data = Path(data_dir).expanduser().resolve()
     if not data.is_dir():
@@ -265,7 +263,7 @@ def build(
     try:
         return _build_locked(
             data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
-            progress, reader, t0, tqdm,
+            progress, reader, t0,
         )
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -273,7 +271,9 @@ def build(
 
 
 def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
-                  progress, reader, t0, tqdm) -> BuildSummary:
+                  progress, reader, t0) -> BuildSummary:
+    from tqdm import tqdm
+
     old = _load_manifest(cache)
     if old is not None and (old.get("format") != FORMAT_VERSION or old.get("vocab_hash") != vocab.vocab_hash()):
         old = None  # another vocabulary: tokens are worthless, start over
