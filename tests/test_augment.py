@@ -177,3 +177,17 @@ def test_everything_at_once_stays_in_vocab_keeps_grammar_and_is_deterministic(se
     assert abs(len(out) - len(w)) <= 0.1 * len(w)
     other, _ = augment_tokens(w, cfg, sample_rng(seed, 4, 17))
     assert not np.array_equal(other, out)
+
+
+def test_swing_phase_follows_the_piece_start_clock():
+    notes = [Note(60 + i, i * 8 / 64, i * 8 / 64 + 4 / 64, 80) for i in range(9)]
+    w = vocab.encode(Score.from_notes(notes))
+    cfg = only(swing_prob=1.0, swing_max=0.5, swing_beat_steps=32)
+    rng_args = (1, 0, 3)
+    a, _ = augment_tokens(w, cfg, sample_rng(*rng_args), start_clock=lambda: 0)
+    b, _ = augment_tokens(w, cfg, sample_rng(*rng_args))
+    c, _ = augment_tokens(w, cfg, sample_rng(*rng_args), start_clock=lambda: 16)  # window starts off-beat
+    d, _ = augment_tokens(w, cfg, sample_rng(*rng_args), start_clock=lambda: 32)  # a whole beat later
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, d)
+    assert not np.array_equal(a, c)

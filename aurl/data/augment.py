@@ -8,8 +8,8 @@ Every transform is vectorized numpy on the window and is drawn from a generator 
 - time stretch, swing, humanize: one monotone warp of the window's grid positions, re-quantized against
   the absolute grid (position from the window start x factor, rounded), never gap by gap; positions that
   were distinct stay distinct (at least one step apart), so note order and note-on/off pairing survive.
-  Swing delays the off-beat half of each beat of ``swing_beat_steps`` (phase measured from the window
-  start: windows carry no bar lines). Humanize moves each grid position by up to ±``humanize_steps``.
+  Swing delays the off-beat half of each beat of ``swing_beat_steps``, in phase with the piece's start
+  when the caller passes ``start_clock`` (the loader does), else with the window's start. Humanize moves each grid position by up to ±``humanize_steps``.
 - velocity scaling: each VELOCITY bin's representative value is scaled and re-binned (clipped to 1..127).
 - instrument substitution: INSTRUMENT tokens (GM families) are remapped, either within groups of related
   families (``instrument_mode="group"``: keyboards, guitar+bass, strings+ensemble, brass/reed/pipe,
@@ -19,6 +19,7 @@ Every transform is vectorized numpy on the window and is drawn from a generator 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -105,8 +106,13 @@ _VEL_REP = vocab.velocity_of_bin(np.arange(vocab.NUM_VELOCITY_BINS)).astype(np.f
 _ON, _OFF, _TS = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET, vocab.TIME_SHIFT_OFFSET
 
 
-def augment_tokens(tokens: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def augment_tokens(
+    tokens: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, start_clock: Callable[[], int] | None = None
+) -> tuple[np.ndarray, dict]:
     """Apply cfg to one window; returns (new int16 tokens, the parameters applied).
+
+    start_clock: returns the grid position (steps from the piece start) of the window's first token; only
+    called when swing is drawn, to put the swing in phase with the beats.
 
     Every random draw happens in a fixed order whatever the window holds, so the parameters depend only on
     the generator. The output may differ in length from the input by a few TIME_SHIFT tokens.
@@ -152,8 +158,9 @@ def augment_tokens(tokens: np.ndarray, cfg: AugmentConfig, rng: np.random.Genera
     do_humanize = u[5] < cfg.humanize_prob and cfg.humanize_steps > 0
     if do_stretch or do_swing or do_humanize:
         hum_rng = np.random.default_rng(hum_seed) if do_humanize else None
+        phase0 = int(start_clock()) if do_swing and start_clock is not None else 0
         t = _warp_time(t, stretch if do_stretch else 1.0, swing if do_swing else 0.0, cfg.swing_beat_steps,
-                       cfg.humanize_steps if do_humanize else 0, hum_rng)
+                       phase0, cfg.humanize_steps if do_humanize else 0, hum_rng)
         if do_stretch:
             params["stretch"] = round(stretch, 4)
         if do_swing:
@@ -163,7 +170,8 @@ def augment_tokens(tokens: np.ndarray, cfg: AugmentConfig, rng: np.random.Genera
     return t.astype(np.int16), params
 
 
-def _warp_time(t: np.ndarray, factor: float, swing: float, beat: int, humanize: int, rng) -> np.ndarray:
+def _warp_time(t: np.ndarray, factor: float, swing: float, beat: int, phase0: int, humanize: int,
+               rng) -> np.ndarray:
     steps = vocab.shift_steps(t)
     is_event = steps == 0
     if not is_event.any() or not (~is_event).any():
@@ -181,7 +189,7 @@ def _warp_time(t: np.ndarray, factor: float, swing: float, beat: int, humanize: 
     v = u
     if swing:
         half = beat / 2.0
-        phase = np.mod(u, beat)
+        phase = np.mod(u + phase0, beat)
         warped = np.where(phase < half, phase * (1 + swing), half * (1 + swing) + (phase - half) * (1 - swing))
         v = u - phase + warped
     v = v * factor

@@ -92,7 +92,9 @@ class WindowDataset(torch.utils.data.Dataset):
         toks = np.asarray(shard[off + start : off + min(length, start + self._raw_len)])
         params: dict = {}
         if self.augment is not None:
-            toks, params = augment_tokens(toks, self.augment, sample_rng(self.seed, epoch, index, stream=1))
+            piece_start = shard[off : off + start]
+            toks, params = augment_tokens(toks, self.augment, sample_rng(self.seed, epoch, index, stream=1),
+                                          start_clock=lambda: int(vocab.shift_steps(piece_start).sum()))
         return toks[: self.seq_len], params
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
