@@ -26,11 +26,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _default_file_mode() -> int:
+    # mkstemp creates files 0600; give the finished file the mode open() would (0666 less the umask) so a
+    # cache or checkpoint on a shared cluster filesystem stays readable by the group as usual.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
