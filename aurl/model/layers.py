@@ -1,0 +1,161 @@
+"""Transformer building blocks: RMSNorm, rotary attention with an optional KV cache, pre-norm blocks.
+
+Why RoPE (rotary position embedding) and not ALiBi or Music Transformer's relative bias: RoPE encodes the
+relative offset by rotating q and k before the dot product, so attention is still a plain
+``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` call and PyTorch can pick its fused kernels
+(flash / memory-efficient on GPU). ALiBi or a learned relative bias must be passed as an additive L x L
+``attn_mask``, which rules out the flash kernel and costs O(L^2) memory per head at L = 2,048. RoPE has no
+parameters, so a checkpoint does not depend on max_seq_len, and because scores depend only on offsets,
+prepending context or continuing past a cached prefix changes nothing for the tokens already seen.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for RoPE, grown on demand (non-persistent: never part of a checkpoint)."""
+
+    def __init__(self, head_dim: int, base: float, max_len: int):
+        super().__init__()
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self._build(max_len, torch.device("cpu"))
+
+    def _build(self, length: int, device: torch.device) -> None:
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
+        t = torch.arange(length, dtype=torch.float64)
+        ang = torch.outer(t, inv_freq)  # [L, Dh/2]
+        self.cos = ang.cos().float().to(device)
+        self.sin = ang.sin().float().to(device)
+
+    def forward(self, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if start + length > self.cos.shape[0] or self.cos.device != device:
+            self._build(max(start + length, 2 * self.cos.shape[0]), device)
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (first half, second half) of x [B, H, T, Dh] by the position angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[None, None], sin[None, None]
+    return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).type_as(x)
+
+
+class KVCache:
+    """Preallocated keys/values of every layer for incremental decoding: [B, H, max_len, Dh] each."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int, device, dtype):
+        shape = (batch, n_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.max_len = max_len
+        self.length = 0  # tokens already stored
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.k = nn.Linear(d_model, d_model, bias=False)
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.o = nn.Linear(d_model, d_model, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        q = self.q(x).view(B, T, H, Dh).transpose(1, 2)
+        k = self.k(x).view(B, T, H, Dh).transpose(1, 2)
+        v = self.v(x).view(B, T, H, Dh).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, is_causal = None, causal
+        if cache is not None:
+            assert causal, "only the causal decoder keeps a cache"
+            pos = cache.length
+            assert pos + T <= cache.max_len, "KV cache overflow"
+            cache.k[layer][:, :, pos : pos + T] = k
+            cache.v[layer][:, :, pos : pos + T] = v
+            k, v = cache.k[layer][:, :, : pos + T], cache.v[layer][:, :, : pos + T]
+            if T == 1:
+                is_causal = False  # one new query may see every cached key
+            elif pos > 0:  # a chunk after a cached prefix: causal with an offset
+                is_causal = False
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
+        return self.o(y.transpose(1, 2).reshape(B, T, H * Dh))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = MLP(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, causal, cache, layer))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Stack(nn.Module):
+    """Blocks + final norm over an embedded sequence; causal (decoder) or bidirectional (encoder, D)."""
+
+    def __init__(self, d_model, n_layers, n_heads, d_ff, dropout, causal: bool, rope_base: float, max_len: int):
+        super().__init__()
+        self.causal = causal
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.norm = RMSNorm(d_model)
+        self.rotary = Rotary(d_model // n_heads, rope_base, max_len)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        start = cache.length if cache is not None else 0
+        cos, sin = self.rotary(start, x.shape[1], x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, self.causal, cache, i)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return self.norm(x)
+
+
+def init_weights(module: nn.Module, n_layers: int) -> None:
+    """GPT-2 style: N(0, 0.02), residual output projections scaled down by sqrt(2 * layers)."""
+    for name, p in module.named_parameters():
+        if p.dim() < 2:
+            continue
+        std = 0.02
+        if name.endswith("attn.o.weight") or name.endswith("mlp.down.weight"):
+            std = 0.02 / math.sqrt(2 * max(1, n_layers))
+        nn.init.normal_(p, mean=0.0, std=std)

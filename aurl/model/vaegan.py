@@ -1,0 +1,223 @@
+"""MusicTransformerVAEGAN: one architecture, three modes (transformer, vae, vae_gan).
+
+- transformer: a causal decoder LM (token embedding, RoPE attention, pre-norm blocks, tied output head),
+  trained on next-token targets: logits from input_ids[:, :-1] predict input_ids[:, 1:], masked by
+  loss_mask[:, 1:] (PAD is never a target).
+- vae: a bidirectional encoder pools the window into q(z|x) = N(mu, exp(logvar)); the SAME causal decoder
+  is conditioned on z through a learned bias added to every input embedding. The decoder's prediction at t
+  sees only tokens <= t and z, never the targets (the causal mask is unchanged). The bias projection starts
+  at zero, so a transformer checkpoint loaded into a vae decoder computes exactly what it did before.
+  Loss = (sum CE + beta * sum_d max(KL_d, free_bits)) / tokens, with beta warmed up over steps.
+- vae_gan: + a discriminator over (soft) one-hot token sequences with its own parameters (and optimizer in
+  the trainer). The generator's fakes are straight-through Gumbel-softmax samples of its teacher-forced
+  next-token distributions: one-hot in the forward pass, softmax gradient in the backward pass, so the
+  adversarial loss reaches every generator weight. D's weights are detached in the generator phase (its
+  grads stay untouched); in the discriminator phase the fakes are made without grad.
+
+No distribution code here: the trainer wraps the model (one forward signature for DDP/DeepSpeed).
+With DDP, vae_gan leaves some parameters unused per phase: wrap with find_unused_parameters=True.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from aurl.model.config import ModelConfig
+from aurl.model.layers import KVCache, Stack, init_weights
+from aurl.vocab import PAD_ID
+
+
+class ModelOutput(NamedTuple):
+    """loss: the scalar to backpropagate; metrics: named scalar tensors (detached); logits if asked."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    logits: torch.Tensor | None = None
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Discriminator(nn.Module):
+    """Bidirectional transformer over token sequences (ids or soft one-hots [B, T, V]) -> real logit [B]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.disc_d_model
+        self.emb = nn.Embedding(cfg.vocab_size, d)
+        self.stack = Stack(d, cfg.disc_layers, cfg.disc_heads, 4 * d, cfg.dropout, False, cfg.rope_base,
+                           cfg.max_seq_len)
+        self.head = nn.Linear(d, 1)
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.emb(seq) if seq.dtype == torch.long else seq.to(self.emb.weight.dtype) @ self.emb.weight
+        return self.head(_masked_mean(self.stack(x), mask)).squeeze(-1)
+
+
+class MusicTransformerVAEGAN(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        d = cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.decoder = Stack(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, True, cfg.rope_base,
+                             cfg.max_seq_len)
+        init_weights(self.decoder, cfg.n_layers)
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        if cfg.is_vae:
+            self.encoder = Stack(d, cfg.encoder_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, False, cfg.rope_base,
+                                 cfg.max_seq_len)
+            init_weights(self.encoder, cfg.encoder_layers)
+            self.to_mu = nn.Linear(d, cfg.latent_dim)
+            self.to_logvar = nn.Linear(d, cfg.latent_dim)
+            self.latent_proj = nn.Linear(cfg.latent_dim, d, bias=False)
+            for lin in (self.to_mu, self.to_logvar):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+            nn.init.zeros_(self.latent_proj.weight)  # z starts as a no-op: transfer keeps the decoder's function
+        if cfg.is_gan:
+            self.disc = Discriminator(cfg)
+            init_weights(self.disc, cfg.disc_layers)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Parameters
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.disc.parameters()) if self.cfg.is_gan else []
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        d_ids = {id(p) for p in self.discriminator_parameters()}
+        return [p for p in self.parameters() if id(p) not in d_ids]
+
+    def num_parameters(self, part: str = "all") -> int:
+        """Parameter count of "all", "generator" or "discriminator" (the tied head counts once)."""
+        params = {"all": self.parameters, "generator": self.generator_parameters,
+                  "discriminator": self.discriminator_parameters}[part]()
+        return sum(p.numel() for p in params)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Pieces (used by forward, the sampler and the tests)
+    def encode(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x): (mu, logvar) [B, latent_dim], in float32. The encoder sees the whole window."""
+        assert self.cfg.is_vae, "encode() needs a vae mode"
+        h = _masked_mean(self.encoder(self.tok_emb(input_ids)), loss_mask).float()
+        return self.to_mu(h.to(self.to_mu.weight.dtype)).float(), \
+            self.to_logvar(h.to(self.to_mu.weight.dtype)).float().clamp(-12.0, 8.0)
+
+    def decode(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """Causal decoder logits [B, T, V] for input_ids (continuing `cache` if given), conditioned on z."""
+        x = self.tok_emb(input_ids)
+        if z is not None:
+            x = x + self.latent_proj(z.to(x.dtype)).unsqueeze(1)
+        h = self.decoder(x, cache)
+        return F.linear(h, self.tok_emb.weight)
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, max_len or self.cfg.max_seq_len,
+                       self.cfg.head_dim, p.device, p.dtype)
+
+    def kl_beta(self, step: int) -> float:
+        c = self.cfg
+        return c.kl_beta_max * (min(1.0, step / c.kl_warmup_steps) if c.kl_warmup_steps > 0 else 1.0)
+
+    def adv_weight(self, step: int) -> float:
+        c = self.cfg
+        if step < c.adv_start_step:
+            return 0.0
+        ramp = min(1.0, (step - c.adv_start_step) / c.adv_warmup_steps) if c.adv_warmup_steps > 0 else 1.0
+        return c.adv_weight_max * ramp
+
+    def _fakes(self, logits: torch.Tensor, input_ids: torch.Tensor, tgt_mask: torch.Tensor) -> torch.Tensor:
+        """One-hot sequence: the real first token, then Gumbel samples of the next-token distributions where
+        there is a target (real tokens elsewhere, so padding tells D nothing). Straight-through when logits
+        carry grad."""
+        y = F.gumbel_softmax(logits.float(), tau=self.cfg.gumbel_tau, hard=True)
+        real = F.one_hot(input_ids, self.cfg.vocab_size).to(y.dtype)
+        tail = torch.where(tgt_mask.unsqueeze(-1), y, real[:, 1:])
+        return torch.cat([real[:, :1], tail], dim=1)
+
+    # ------------------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, step: int = 0,
+                phase: str = "generator", return_logits: bool = False) -> ModelOutput:
+        """input_ids [B, T] long, loss_mask [B, T] bool (True at real tokens). See the module docstring."""
+        cfg = self.cfg
+        if phase not in ("generator", "discriminator"):
+            raise ValueError(f"phase must be 'generator' or 'discriminator', got {phase!r}")
+        if phase == "discriminator" and not cfg.is_gan:
+            raise ValueError(f"phase='discriminator' needs mode vae_gan (mode is {cfg.mode})")
+        step = int(step)
+        loss_mask = loss_mask.bool()
+        inp, tgt = input_ids[:, :-1], input_ids[:, 1:]
+        tgt_mask = loss_mask[:, 1:] & (tgt != PAD_ID)
+        n_tok = tgt_mask.sum().clamp_min(1)
+        metrics: dict[str, torch.Tensor] = {}
+
+        z = mu = logvar = None
+        if cfg.is_vae:
+            if phase == "discriminator":
+                with torch.no_grad():
+                    mu, logvar = self.encode(input_ids, loss_mask)
+            else:
+                mu, logvar = self.encode(input_ids, loss_mask)
+            # training samples z (reparameterized); evaluation uses the posterior mean (deterministic)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+
+        if phase == "discriminator":
+            with torch.no_grad():
+                fake = self._fakes(self.decode(inp, z), input_ids, tgt_mask)
+            d_real = self.disc(input_ids, loss_mask)
+            d_fake = self.disc(fake, loss_mask)
+            loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+            metrics["d/loss"] = loss.detach()
+            metrics["d/real"] = torch.sigmoid(d_real).mean().detach()  # D's P(real) on real windows
+            metrics["d/fake"] = torch.sigmoid(d_fake).mean().detach()  # D's P(real) on fakes
+            metrics["d/acc"] = 0.5 * ((d_real > 0).float().mean() + (d_fake < 0).float().mean()).detach()
+            return ModelOutput(loss, metrics)
+
+        logits = self.decode(inp, z)
+        ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
+        ce_sum = (ce * tgt_mask.reshape(-1)).sum()
+        recon = ce_sum / n_tok
+        metrics["recon"] = recon.detach()
+        loss = recon
+
+        if cfg.is_vae:
+            kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)  # nats per dim, batch mean
+            kl = kl_dim.sum()
+            kl_fb = torch.clamp(kl_dim, min=cfg.free_bits).sum()
+            beta = self.kl_beta(step)
+            # KL is per window, CE per token: put both on the per-token scale of the ELBO
+            tokens_per_window = n_tok / input_ids.shape[0]
+            loss = loss + beta * kl_fb / tokens_per_window
+            active = (mu.var(0, unbiased=False) > cfg.active_unit_threshold).sum() if mu.shape[0] > 1 \
+                else torch.zeros((), device=mu.device, dtype=torch.long)
+            metrics.update({
+                "kl": kl.detach(),
+                "kl/beta": torch.tensor(beta, device=kl.device),
+                "kl/free_bits_loss": kl_fb.detach(),
+                "kl/dim_mean": kl_dim.mean().detach(),
+                "kl/dim_min": kl_dim.min().detach(),
+                "kl/dim_max": kl_dim.max().detach(),
+                "kl/active_units": active.float(),
+            })
+
+        if cfg.is_gan:
+            w = self.adv_weight(step)
+            fake = self._fakes(logits, input_ids, tgt_mask)
+            frozen = {n: p.detach() for n, p in self.disc.named_parameters()}
+            d_fake = functional_call(self.disc, frozen, (fake, loss_mask))
+            g_adv = F.softplus(-d_fake).mean()  # non-saturating generator loss
+            loss = loss + w * g_adv
+            metrics["g/adv"] = g_adv.detach()
+            metrics["g/adv_weight"] = torch.tensor(w, device=g_adv.device)
+
+        metrics["loss"] = loss.detach()
+        return ModelOutput(loss, metrics, logits if return_logits else None)
