@@ -1,0 +1,133 @@
+"""Sampling from the decoder, with or without a KV cache (same tokens either way at a fixed seed).
+
+Context window: the model was trained on windows of at most ``max_seq_len`` tokens. When a sequence grows
+past that, the context restarts from its last ``max_seq_len // 2`` tokens (both paths do exactly this, so
+cached and uncached generation stay identical; the cache path re-fills its cache once per restart).
+
+PAD, START and UNK are never sampled; END only when ``stop_at_end`` (a row that ends is padded with PAD).
+Every sequence decodes to a valid Score: aurl.vocab.decode closes hanging notes and skips special tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from aurl.vocab import END_ID, PAD_ID, START_ID, UNK_ID
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Scaled, top-k / nucleus-filtered logits [B, V] (float32; removed entries are -inf)."""
+    x = logits.float() / max(temperature, 1e-8)
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, idx = torch.sort(x, dim=-1, descending=True)
+        probs = F.softmax(sorted_x, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return x
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row [B]; temperature 0 = greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, generator: torch.Generator | None = None, z: torch.Tensor | None = None,
+             use_cache: bool = True, stop_at_end: bool = False) -> torch.Tensor:
+    """prompt [B, T0] (T0 >= 1, e.g. START) -> [B, T0 + max_new_tokens] tokens.
+
+    In vae modes z [B, latent_dim] conditions the decoder (None = a prior sample drawn from `generator`).
+    """
+    cfg = model.cfg
+    was_training = model.training
+    model.eval()
+    device = model.tok_emb.weight.device
+    seq = prompt.to(device=device, dtype=torch.long)
+    B = seq.shape[0]
+    assert seq.shape[1] >= 1, "the prompt needs at least one token (START)"
+    if cfg.is_vae and z is None:
+        z = sample_prior(model, B, generator)
+    banned = [PAD_ID, START_ID, UNK_ID] + ([] if stop_at_end else [END_ID])
+    L, keep = cfg.max_seq_len, max(1, cfg.max_seq_len // 2)
+    win = 0 if seq.shape[1] <= L else seq.shape[1] - keep
+    cache = model.new_cache(B, L) if use_cache else None
+    logits = model.decode(seq[:, win:], z, cache)[:, -1]
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        logits[:, banned] = float("-inf")
+        tok = sample_next(logits, temperature, top_k, top_p, generator)
+        tok = torch.where(finished, torch.full_like(tok, PAD_ID), tok)
+        finished |= tok == END_ID
+        seq = torch.cat([seq, tok[:, None]], dim=1)
+        if finished.all():
+            break
+        if seq.shape[1] - win > L:  # context full: restart it from the last `keep` tokens
+            win = seq.shape[1] - keep
+            if use_cache:
+                cache = model.new_cache(B, L)
+                logits = model.decode(seq[:, win:], z, cache)[:, -1]
+        elif use_cache:
+            logits = model.decode(seq[:, -1:], z, cache)[:, -1]
+        if not use_cache:
+            logits = model.decode(seq[:, win:], z)[:, -1]
+    pad = prompt.shape[1] + max_new_tokens - seq.shape[1]
+    if pad > 0:
+        seq = F.pad(seq, (0, pad), value=PAD_ID)
+    model.train(was_training)
+    return seq
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Latents (vae modes)
+def sample_prior(model, n: int, generator: torch.Generator | None = None, scale: float = 1.0) -> torch.Tensor:
+    device = model.tok_emb.weight.device
+    z = torch.randn(n, model.cfg.latent_dim, generator=generator, device=generator.device if generator else None)
+    return (scale * z).to(device)
+
+
+@torch.no_grad()
+def encode_posterior(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, logvar) of pieces tokens [B, T] (PAD-padded; only the first max_seq_len tokens are read)."""
+    was_training = model.training
+    model.eval()
+    tokens = tokens[:, : model.cfg.max_seq_len].to(model.tok_emb.weight.device)
+    mu, logvar = model.encode(tokens, tokens != PAD_ID)
+    model.train(was_training)
+    return mu, logvar
+
+
+def sample_posterior(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
+                     scale: float = 1.0) -> torch.Tensor:
+    eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator else None)
+    return mu + scale * eps.to(mu.device) * (0.5 * logvar).exp()
+
+
+def interpolate(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, method: str = "slerp") -> torch.Tensor:
+    """[steps, latent_dim] from z_a to z_b (both ends included). slerp keeps the norm typical of the prior."""
+    assert steps >= 2 and method in ("slerp", "lerp")
+    t = torch.linspace(0, 1, steps, device=z_a.device, dtype=z_a.dtype)[:, None]
+    a, b = z_a.reshape(1, -1), z_b.reshape(1, -1)
+    if method == "lerp":
+        return (1 - t) * a + t * b
+    cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum().clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-4 or math.isclose(float(omega), math.pi, abs_tol=1e-4):
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)

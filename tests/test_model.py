@@ -1,0 +1,203 @@
+"""MusicTransformerVAEGAN: causality, latent-only dependence, adversarial gradient, KV cache, tiny overfit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aurl.console import UserError
+from aurl.model import ModelConfig, MusicTransformerVAEGAN
+from aurl.model.sampling import filter_logits, generate, interpolate, make_generator
+from aurl.vocab import END_ID, PAD_ID, START_ID, UNK_ID, VOCAB_SIZE
+
+MODES = ["transformer", "vae", "vae_gan"]
+
+
+def tiny(mode: str, **kw) -> ModelConfig:
+    base = dict(mode=mode, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=64, dropout=0.0,
+                latent_dim=8, encoder_layers=1, disc_d_model=32, disc_layers=1, disc_heads=2,
+                kl_warmup_steps=0, adv_warmup_steps=0, adv_weight_max=1.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def batch(b=3, t=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(4, VOCAB_SIZE, (b, t), generator=g)
+    x[:, 0] = START_ID
+    return x, torch.ones_like(x, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_shapes_and_metric_names(mode):
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny(mode))
+    x, m = batch()
+    out = model(x, m, step=5, return_logits=True)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert out.logits.shape == (3, 23, VOCAB_SIZE)
+    expected = {"transformer": {"recon"}, "vae": {"recon", "kl", "kl/active_units", "kl/beta"},
+                "vae_gan": {"recon", "kl", "kl/active_units", "g/adv", "g/adv_weight"}}[mode]
+    assert expected <= set(out.metrics)
+    assert all(v.dim() == 0 for v in out.metrics.values())
+    if mode == "vae_gan":
+        d = model(x, m, step=5, phase="discriminator")
+        assert {"d/real", "d/fake", "d/loss"} <= set(d.metrics)
+    else:
+        with pytest.raises(ValueError, match="vae_gan"):
+            model(x, m, phase="discriminator")
+
+
+def test_loss_is_shifted_and_pad_masked():
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    x, m = batch(b=2, t=16)
+    out = model(x, m, return_logits=True)
+    ref = torch.nn.functional.cross_entropy(out.logits.reshape(-1, VOCAB_SIZE), x[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, ref, atol=1e-5)
+    # padding the tail changes nothing about the loss on the real tokens
+    xp = torch.cat([x, torch.full((2, 5), PAD_ID)], 1)
+    mp = torch.cat([m, torch.zeros(2, 5, dtype=torch.bool)], 1)
+    assert torch.allclose(model(xp, mp).loss, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decoder_is_causal(mode):
+    """Changing token t+1 leaves the logits at positions <= t unchanged (z held fixed in vae modes)."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny(mode)).eval()
+    x, _ = batch(b=2, t=20)
+    z = torch.randn(2, 8) if model.cfg.is_vae else None
+    if z is not None:
+        torch.nn.init.normal_(model.latent_proj.weight, std=0.5)  # make z matter
+    base = model.decode(x, z)
+    for t in (0, 7, 18):
+        y = x.clone()
+        y[:, t + 1] = (y[:, t + 1] + 17) % (VOCAB_SIZE - 4) + 4
+        out = model.decode(y, z)
+        assert torch.allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-6)
+        assert not torch.allclose(out[:, t + 1], base[:, t + 1])
+
+
+@pytest.mark.parametrize("mode", ["vae", "vae_gan"])
+def test_vae_prediction_depends_on_targets_only_through_z(mode):
+    """Loss-path logits at t: same when the targets >= t+1 change but z is the same; differ when z differs."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny(mode)).eval()
+    torch.nn.init.normal_(model.latent_proj.weight, std=0.5)
+    x, m = batch(b=2, t=20)
+    y = x.clone()
+    y[:, 11:] = torch.randint(4, VOCAB_SIZE, (2, 9))
+    mu_x, _ = model.encode(x, m)
+    mu_y, _ = model.encode(y, m)
+    assert not torch.allclose(mu_x, mu_y)  # the encoder does read the targets...
+    out_x = model(x, m, return_logits=True).logits  # eval: z = mu
+    # ...but with z fixed, positions < 11 of the decoder are blind to them
+    assert torch.allclose(model.decode(y[:, :-1], mu_x)[:, :10], out_x[:, :10], atol=1e-6)
+    assert not torch.allclose(model.decode(x[:, :-1], mu_y)[:, :10], out_x[:, :10])
+
+
+def test_generator_gets_adversarial_gradient_and_params_disjoint():
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae_gan"))
+    g_ids = {id(p) for p in model.generator_parameters()}
+    d_ids = {id(p) for p in model.discriminator_parameters()}
+    assert g_ids and d_ids and not g_ids & d_ids
+    assert g_ids | d_ids == {id(p) for p in model.parameters()}
+    x, m = batch()
+    # the adversarial term alone:
+    logits = model.decode(x[:, :-1], model.encode(x, m)[0])
+    fake = model._fakes(logits, x, m[:, 1:])
+    g_adv = torch.nn.functional.softplus(-model.disc(fake, m)).mean()
+    g_adv.backward()
+    assert model.tok_emb.weight.grad is not None and model.tok_emb.weight.grad.abs().sum() > 0
+    assert model.decoder.blocks[0].attn.q.weight.grad.abs().sum() > 0
+    # the generator phase's loss leaves D's grads untouched; the D phase leaves G's untouched
+    model.zero_grad(set_to_none=True)
+    model(x, m, step=10).loss.backward()
+    assert all(p.grad is None for p in model.discriminator_parameters())
+    assert model.decoder.blocks[0].mlp.up.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    model(x, m, step=10, phase="discriminator").loss.backward()
+    assert all(p.grad is None for p in model.generator_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.discriminator_parameters())
+
+
+def test_warmups():
+    model = MusicTransformerVAEGAN(tiny("vae_gan", kl_beta_max=0.4, kl_warmup_steps=100, adv_weight_max=0.1,
+                                        adv_start_step=50, adv_warmup_steps=50))
+    assert model.kl_beta(0) == 0 and model.kl_beta(50) == pytest.approx(0.2) and model.kl_beta(500) == 0.4
+    assert model.adv_weight(49) == 0 and model.adv_weight(75) == pytest.approx(0.05) and model.adv_weight(999) == 0.1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tiny_model_overfits_one_batch(mode):
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny(mode, kl_beta_max=0.01, adv_weight_max=0.01))
+    x, m = batch(b=4, t=24)
+    opt_g = torch.optim.Adam(model.generator_parameters(), lr=1e-2)
+    opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=1e-3) if mode == "vae_gan" else None
+    first = None
+    for step in range(60):
+        out = model(x, m, step=step)
+        opt_g.zero_grad()
+        out.loss.backward()
+        opt_g.step()
+        first = first if first is not None else out.metrics["recon"].item()
+        if opt_d is not None:
+            d = model(x, m, step=step, phase="discriminator")
+            opt_d.zero_grad()
+            d.loss.backward()
+            opt_d.step()
+    assert out.metrics["recon"].item() < 0.25 * first, (first, out.metrics["recon"].item())
+
+
+@pytest.mark.parametrize("mode", ["transformer", "vae"])
+def test_kv_cache_equals_full_recompute(mode):
+    """Same tokens, token for token, with and without the cache; also across a context restart."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny(mode, max_seq_len=32))
+    prompt = torch.full((2, 1), START_ID)
+    kw = dict(temperature=1.0, top_k=40, top_p=0.95)
+    a = generate(model, prompt, 80, generator=make_generator(3), use_cache=True, **kw)
+    b = generate(model, prompt, 80, generator=make_generator(3), use_cache=False, **kw)
+    assert torch.equal(a, b)
+    c = generate(model, prompt, 80, generator=make_generator(3), use_cache=True, **kw)
+    assert torch.equal(a, c)  # same seed, same tokens
+    assert not ({PAD_ID, START_ID, UNK_ID, END_ID} & set(a[:, 1:].flatten().tolist()))
+    # cached logits equal the full pass
+    x, _ = batch(b=2, t=20)
+    z = torch.randn(2, 8) if mode == "vae" else None
+    cache = model.new_cache(2)
+    parts = [model.decode(x[:, :7], z, cache)] + [model.decode(x[:, i : i + 1], z, cache) for i in range(7, 20)]
+    assert torch.allclose(torch.cat(parts, 1), model.decode(x, z), atol=1e-5)
+
+
+def test_stop_at_end_pads_after_end():
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    with torch.no_grad():
+        model.tok_emb.weight[END_ID] *= 50  # make END likely
+    out = generate(model, torch.full((3, 1), START_ID), 30, generator=make_generator(0), stop_at_end=True)
+    assert out.shape == (3, 31)
+    for row in out.tolist():
+        if END_ID in row:
+            assert all(t == PAD_ID for t in row[row.index(END_ID) + 1 :])
+
+
+def test_filters_and_interpolation():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    assert torch.isinf(filter_logits(logits, 1.0, top_k=2)).tolist() == [[False, False, True, True]]
+    kept = ~torch.isinf(filter_logits(logits, 1.0, top_p=0.8))
+    assert kept.tolist() == [[True, True, False, False]]
+    za, zb = torch.randn(8), torch.randn(8)
+    path = interpolate(za, zb, 5)
+    assert path.shape == (5, 8) and torch.allclose(path[0], za, atol=1e-5) and torch.allclose(path[-1], zb, atol=1e-5)
+
+
+@pytest.mark.parametrize("field,value", [("mode", "gan"), ("n_heads", 3), ("dropout", 1.5), ("vocab_size", 10)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(UserError, match=f"model.{field}"):
+        cfg = tiny("transformer")
+        setattr(cfg, field, value)
+        MusicTransformerVAEGAN(cfg)
