@@ -1,0 +1,147 @@
+"""Self-describing model files: weights + model config + vocabulary spec/hash + metrics, one .pt file.
+
+The file holds only plain tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)`` (no pickled code). A readable JSON sidecar next to it
+(``path.with_suffix(".json")``) carries everything but the weights. Loading refuses a file whose
+vocabulary or configuration does not match this code, naming what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from aurl.atomic import atomic_torch_save, atomic_write_json
+from aurl.console import UserError, warn
+from aurl.model.config import ModelConfig
+from aurl.model.vaegan import MusicTransformerVAEGAN
+from aurl.vocab import vocab_hash, vocab_spec
+
+FORMAT = "aurl.model"
+FORMAT_VERSION = 1
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _plain_state(model_or_state) -> dict[str, torch.Tensor]:
+    if isinstance(model_or_state, dict):
+        state = model_or_state
+    else:
+        m = model_or_state
+        while hasattr(m, "module") or hasattr(m, "_orig_mod"):  # DDP / torch.compile wrappers
+            m = getattr(m, "module", None) or m._orig_mod
+        state = m.state_dict()
+    out = {}
+    for k, v in state.items():
+        for p in _WRAPPER_PREFIXES:
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _as_number(v):
+    if isinstance(v, torch.Tensor):
+        return v.item()
+    return v
+
+
+def save_model_file(path: str | Path, model, cfg: ModelConfig, metrics: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write the model file atomically (and its JSON sidecar). `model` may be wrapped, or a state dict.
+
+    `metrics` values: numbers or scalar tensors; `extra` (step, stage, ...) must be JSON-able.
+    """
+    path = Path(path)
+    metrics = {k: _as_number(v) for k, v in (metrics or {}).items()}
+    extra = dict(extra or {})
+    try:
+        json.dumps(metrics)
+        json.dumps(extra)
+    except TypeError as e:
+        raise ValueError(f"metrics and extra must be JSON-able: {e}") from e
+    state = _plain_state(model)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "vocab_hash": vocab_hash(),
+        "vocab_spec": vocab_spec(),
+        "metrics": metrics,
+        "extra": extra,
+        "num_parameters": int(sum(v.numel() for v in state.values())),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_torch_save({**meta, "model_state": state}, path)
+    atomic_write_json(path.with_suffix(".json"), {**meta, "weights_file": path.name})
+    return path
+
+
+def _diff_keys(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [k for k in keys if saved.get(k, "<missing>") != current.get(k, "<missing>")]
+
+
+def load_model_state(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
+    """(state_dict, cfg, meta) of a model file, after checking format, vocabulary and config fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"checkpoint {path}: not a readable model file ({type(e).__name__}: {first[:200]})") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "model_state" not in blob:
+        raise UserError(f"checkpoint {path}: not an aurl model file (no '{FORMAT}' format tag; a training-state "
+                        "checkpoint folder is not a model file)")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {path}: format version {blob.get('format_version')!r}, this code reads "
+                        f"{FORMAT_VERSION}")
+    if blob.get("vocab_hash") != vocab_hash():
+        differs = _diff_keys(blob.get("vocab_spec") or {}, vocab_spec())
+        raise UserError(f"checkpoint {path}: vocabulary differs from this code's (vocab_spec fields: "
+                        f"{', '.join(differs) or 'hash only'}); it was trained on other token ids")
+    saved = dict(blob.get("config") or {})
+    known = set(ModelConfig.field_names())
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise UserError(f"checkpoint {path}: model config fields unknown to this code: {', '.join(unknown)}")
+    missing = sorted(known - set(saved))
+    if missing:
+        warn(f"checkpoint {path}: model config lacks {', '.join(missing)}; using today's defaults")
+    cfg = ModelConfig(**saved)
+    try:
+        cfg.validate()
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from e
+    meta = {k: v for k, v in blob.items() if k != "model_state"}
+    return blob["model_state"], cfg, meta
+
+
+def load_model_file(path: str | Path, map_location="cpu", expected: ModelConfig | None = None):
+    """-> (model in eval mode, cfg, meta). With `expected`, refuse a config that differs from it."""
+    state, cfg, meta = load_model_state(path, map_location)
+    if expected is not None:
+        differs = [f.name for f in fields(ModelConfig) if getattr(cfg, f.name) != getattr(expected, f.name)]
+        if differs:
+            detail = ", ".join(f"{k}: file {getattr(cfg, k)!r} vs expected {getattr(expected, k)!r}" for k in differs)
+            raise UserError(f"checkpoint {path}: model config differs ({detail})")
+    model = MusicTransformerVAEGAN(cfg)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise UserError(f"checkpoint {path}: weights do not match its config ({'; '.join(lines[:3])})") from e
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} tensors (e.g. {', '.join(result.missing_keys[:3])})")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {len(result.unexpected_keys)} tensors (e.g. "
+                        f"{', '.join(result.unexpected_keys[:3])})")
+    if problems:
+        raise UserError(f"checkpoint {path}: weights do not match its config ({'; '.join(problems)})")
+    return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), cfg, meta

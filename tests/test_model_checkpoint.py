@@ -1,0 +1,102 @@
+"""Self-describing model files: round trip with weights_only, sidecar, and refusals that name the problem."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from aurl.console import UserError
+from aurl.model import ModelConfig, MusicTransformerVAEGAN
+from aurl.model.checkpoint import load_model_file, load_model_state, save_model_file
+from aurl.vocab import START_ID
+
+
+def cfg(mode="vae_gan") -> ModelConfig:
+    return ModelConfig(mode=mode, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=64, dropout=0.0,
+                       latent_dim=8, encoder_layers=1, disc_d_model=32, disc_layers=1, disc_heads=2)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(cfg()).eval()
+    path = save_model_file(tmp_path / "best_model.pt", model, cfg(), {"val/recon": torch.tensor(2.5)},
+                           {"step": 7, "stage": 2})
+    return path, model
+
+
+def test_round_trip(saved):
+    path, model = saved
+    blob = torch.load(path, weights_only=True)  # plain data only
+    assert blob["config"]["mode"] == "vae_gan" and blob["metrics"]["val/recon"] == 2.5
+    loaded, c, meta = load_model_file(path)
+    assert c == cfg() and meta["extra"]["step"] == 7 and not loaded.training
+    x = torch.randint(4, 700, (2, 16))
+    x[:, 0] = START_ID
+    assert torch.equal(loaded(x, x > 0).loss, model(x, x > 0).loss)
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["config"]["d_model"] == 32 and side["weights_file"] == "best_model.pt" and "model_state" not in side
+    assert side["num_parameters"] == model.num_parameters()
+
+
+def test_wrapped_model_is_unwrapped(tmp_path):
+    class Wrapper(torch.nn.Module):  # like DDP: the real model under .module
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    model = MusicTransformerVAEGAN(cfg("transformer"))
+    path = save_model_file(tmp_path / "m.pt", Wrapper(model), cfg("transformer"))
+    state, _, _ = load_model_state(path)
+    assert set(state) == set(model.state_dict())
+
+
+def test_refuses_other_vocabulary(saved, monkeypatch):
+    path, _ = saved
+    import aurl.model.checkpoint as ck
+
+    other = {**ck.vocab_spec(), "time_step_ms": 10.0}  # as if this code's vocabulary had changed
+    monkeypatch.setattr(ck, "vocab_hash", lambda: "0" * 64)
+    monkeypatch.setattr(ck, "vocab_spec", lambda: other)
+    with pytest.raises(UserError, match="vocabulary differs.*time_step_ms"):
+        load_model_file(path)
+
+
+def test_refuses_config_mismatch_naming_fields(saved):
+    path, _ = saved
+    with pytest.raises(UserError, match=r"d_model: file 32 vs expected 64"):
+        load_model_file(path, expected=replace(cfg(), d_model=64))
+
+
+def test_refuses_unknown_config_field_and_wrong_weights(tmp_path, saved):
+    path, _ = saved
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["flux_capacitor"] = 3
+    torch.save(blob, tmp_path / "odd.pt")
+    with pytest.raises(UserError, match="flux_capacitor"):
+        load_model_file(tmp_path / "odd.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["d_model"] = 64
+    torch.save(blob, tmp_path / "wide.pt")
+    with pytest.raises(UserError, match="do not match"):
+        load_model_file(tmp_path / "wide.pt")
+    blob = torch.load(path, weights_only=True)
+    del blob["model_state"]["tok_emb.weight"]
+    torch.save(blob, tmp_path / "short.pt")
+    with pytest.raises(UserError, match="missing 1 tensors.*tok_emb"):
+        load_model_file(tmp_path / "short.pt")
+
+
+@pytest.mark.parametrize("content,match", [(None, "no such file"), (b"garbage", "not a readable model file"),
+                                           ({"a": 1}, "not an aurl model file")], ids=["missing", "garbage", "other"])
+def test_refuses_bad_files(tmp_path, content, match):
+    p = tmp_path / "x.pt"
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    elif content is not None:
+        torch.save(content, p)
+    with pytest.raises(UserError, match=match):
+        load_model_file(p)
