@@ -1,6 +1,17 @@
 """The model: MusicTransformerVAEGAN (transformer | vae | vae_gan), its config, transfer and checkpoints."""
 
+from aurl.model.checkpoint import load_model_file, load_model_state, save_model_file
 from aurl.model.config import ModelConfig
+from aurl.model.transfer import TransferReport, transfer_weights
 from aurl.model.vaegan import ModelOutput, MusicTransformerVAEGAN
 
-__all__ = ["ModelConfig", "ModelOutput", "MusicTransformerVAEGAN"]
+__all__ = [
+    "ModelConfig",
+    "ModelOutput",
+    "MusicTransformerVAEGAN",
+    "TransferReport",
+    "load_model_file",
+    "load_model_state",
+    "save_model_file",
+    "transfer_weights",
+]

@@ -1,0 +1,170 @@
+"""Generate MIDI from a trained model file.
+
+    python -m aurl.generate --checkpoint outputs/checkpoints/best_model.pt --num 4 --length 1024 --out outputs/samples
+    python -m aurl.generate --checkpoint ... --prompt piece.mid            # continue a piece
+    python -m aurl.generate --checkpoint ... --mode posterior --source a.mid   # vae: resample around a piece
+    python -m aurl.generate --checkpoint ... --mode interpolate --source a.mid b.mid --num 5
+
+Sampling uses the decoder's KV cache; the same checkpoint, arguments and seed give the same files (on the
+same device). Every file is well formed: notes still sounding at the end are closed, special tokens never
+reach the MIDI (aurl.vocab.decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aurl.console import PREFIX, UserError, print0
+from aurl.vocab import END_ID, PAD_ID, START_ID, decode, encode
+
+VAE_MODES = ("prior", "posterior", "interpolate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m aurl.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="model file written by training (best_model.pt)")
+    p.add_argument("--num", type=int, default=1, help="files to write (interpolate: points on the path, >= 2)")
+    p.add_argument("--length", type=int, default=1024, help="new tokens per file (not counting the prompt)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0; 0 = greedy)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: smallest set with this mass (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--prompt", type=Path, default=None, help="MIDI file whose tokens the samples continue")
+    p.add_argument("--prompt-tokens", type=int, default=0,
+                   help="use only the first N tokens of the prompt (0 = all of it)")
+    p.add_argument("--mode", choices=VAE_MODES, default="prior",
+                   help="vae checkpoints: latent from the prior, from --source's posterior, or interpolated "
+                        "between two --source pieces")
+    p.add_argument("--source", type=Path, nargs="+", default=[], help="piece(s) to encode (posterior: 1; interpolate: 2)")
+    p.add_argument("--latent-scale", type=float, default=1.0, help="std multiplier of prior/posterior samples")
+    p.add_argument("--stop-at-end", action="store_true", help="let the model end a piece early with END")
+    p.add_argument("--out", type=Path, default=Path("outputs/samples"), help="folder for the MIDI files")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
+    return p
+
+
+def _read_tokens(path: Path) -> np.ndarray:
+    from aurl.data.midi_io import MidiReadError, read_midi
+
+    if not path.is_file():
+        raise UserError(f"MIDI file not found: {path}")
+    try:
+        score = read_midi(path)
+    except (MidiReadError, OSError) as e:
+        raise UserError(f"{path}: cannot read MIDI ({e})") from e
+    return encode(score).astype(np.int64)
+
+
+def _validate(args, cfg) -> None:
+    if args.num < 1:
+        raise UserError(f"--num must be >= 1, got {args.num}")
+    if args.length < 1:
+        raise UserError(f"--length must be >= 1, got {args.length}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.prompt_tokens < 0:
+        raise UserError(f"--prompt-tokens must be >= 0, got {args.prompt_tokens}")
+    if not cfg.is_vae and (args.mode != "prior" or args.source):
+        raise UserError(f"--mode {args.mode} / --source need a vae checkpoint; this one is mode {cfg.mode}")
+    need = {"prior": 0, "posterior": 1, "interpolate": 2}[args.mode]
+    if len(args.source) != need:
+        raise UserError(f"--mode {args.mode} needs {need} --source file(s), got {len(args.source)}")
+    if args.mode == "interpolate" and args.num < 2:
+        raise UserError(f"--mode interpolate needs --num >= 2 (points on the path), got {args.num}")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device here")
+    return dev
+
+
+def tokens_to_midi(tokens, path: Path) -> int:
+    """Decode one token row (anything after END ignored) and write it; returns the number of notes."""
+    from aurl.data.midi_io import write_midi
+
+    row = [int(t) for t in tokens]
+    if END_ID in row[1:]:
+        row = row[: row.index(END_ID, 1) + 1]
+    score = decode(row)
+    write_midi(score, path)
+    return score.num_notes
+
+
+def run(args) -> list[Path]:
+    from aurl.model.checkpoint import load_model_file
+    from aurl.model.sampling import (
+        encode_posterior,
+        generate,
+        interpolate,
+        make_generator,
+        sample_posterior,
+        sample_prior,
+    )
+
+    device = _device(args.device)
+    model, cfg, meta = load_model_file(args.checkpoint, map_location=device)
+    _validate(args, cfg)
+    prompt = np.array([START_ID], dtype=np.int64)
+    if args.prompt is not None:
+        prompt = _read_tokens(args.prompt)
+        prompt = prompt[prompt != END_ID]  # continue the piece
+        if args.prompt_tokens:
+            prompt = prompt[: args.prompt_tokens]
+    gen = make_generator(args.seed, device)
+    z = None
+    if cfg.is_vae:
+        if args.mode == "prior":
+            z = sample_prior(model, args.num, gen, args.latent_scale)
+        else:
+            src = [_read_tokens(p)[: cfg.max_seq_len] for p in args.source]
+            width = max(len(s) for s in src)
+            batch = torch.full((len(src), width), PAD_ID, dtype=torch.long)
+            for i, s in enumerate(src):
+                batch[i, : len(s)] = torch.from_numpy(s)
+            mu, logvar = encode_posterior(model, batch)
+            if args.mode == "posterior":
+                z = sample_posterior(mu.expand(args.num, -1), logvar.expand(args.num, -1), gen, args.latent_scale)
+            else:
+                z = interpolate(mu[0], mu[1], args.num)
+    prompts = torch.from_numpy(prompt).unsqueeze(0).expand(args.num, -1)
+    tokens = generate(model, prompts, args.length, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, generator=gen, z=z, stop_at_end=args.stop_at_end).cpu()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.checkpoint).stem
+    paths = []
+    for i, row in enumerate(tokens):
+        path = args.out / f"{stem}_{cfg.mode}_{args.mode if cfg.is_vae else 'lm'}_seed{args.seed}_{i:03d}.mid"
+        n = tokens_to_midi(row.tolist(), path)
+        print0(f"wrote {path} ({n} notes, {int((row != PAD_ID).sum())} tokens)")
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
