@@ -29,25 +29,23 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for RoPE, grown on demand (non-persistent: never part of a checkpoint)."""
+    """cos/sin tables for RoPE in float32, built on demand per device. Plain attributes, not buffers: never
+    part of a checkpoint, and model.to(bfloat16) cannot round the angles of far positions."""
 
     def __init__(self, head_dim: int, base: float, max_len: int):
         super().__init__()
-        self.head_dim, self.base = head_dim, base
-        self.register_buffer("cos", torch.empty(0), persistent=False)
-        self.register_buffer("sin", torch.empty(0), persistent=False)
-        self._build(max_len, torch.device("cpu"))
+        self.head_dim, self.base, self.max_len = head_dim, base, max_len
+        self.cos = self.sin = torch.empty(0)
 
     def _build(self, length: int, device: torch.device) -> None:
         inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
-        t = torch.arange(length, dtype=torch.float64)
-        ang = torch.outer(t, inv_freq)  # [L, Dh/2]
+        ang = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)  # [L, Dh/2]
         self.cos = ang.cos().float().to(device)
         self.sin = ang.sin().float().to(device)
 
     def forward(self, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if start + length > self.cos.shape[0] or self.cos.device != device:
-            self._build(max(start + length, 2 * self.cos.shape[0]), device)
+            self._build(max(start + length, self.max_len, 2 * self.cos.shape[0]), device)
         return self.cos[start : start + length], self.sin[start : start + length]
 
 

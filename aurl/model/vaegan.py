@@ -106,9 +106,8 @@ class MusicTransformerVAEGAN(nn.Module):
     def encode(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x): (mu, logvar) [B, latent_dim], in float32. The encoder sees the whole window."""
         assert self.cfg.is_vae, "encode() needs a vae mode"
-        h = _masked_mean(self.encoder(self.tok_emb(input_ids)), loss_mask).float()
-        return self.to_mu(h.to(self.to_mu.weight.dtype)).float(), \
-            self.to_logvar(h.to(self.to_mu.weight.dtype)).float().clamp(-12.0, 8.0)
+        h = _masked_mean(self.encoder(self.tok_emb(input_ids)), loss_mask)
+        return self.to_mu(h).float(), self.to_logvar(h).float().clamp(-12.0, 8.0)
 
     def decode(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
                cache: KVCache | None = None) -> torch.Tensor:
