@@ -95,13 +95,11 @@ def _device(name: str) -> torch.device:
 
 
 def tokens_to_midi(tokens, path: Path) -> int:
-    """Decode one token row (anything after END ignored) and write it; returns the number of notes."""
+    """Write one token row (anything after END ignored) as MIDI; returns the number of notes."""
     from aurl.data.midi_io import write_midi
+    from aurl.model.sampling import finalize
 
-    row = [int(t) for t in tokens]
-    if END_ID in row[1:]:
-        row = row[: row.index(END_ID, 1) + 1]
-    score = decode(row)
+    score = decode(finalize(tokens))
     write_midi(score, path)
     return score.num_notes
 

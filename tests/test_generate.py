@@ -100,3 +100,22 @@ def test_module_entry_point_missing_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "aurl.generate", "--checkpoint", str(tmp_path / "none.pt")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no such file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_finalize_is_grammatical_and_keeps_the_notes(seed):
+    import numpy as np
+
+    from aurl.model.sampling import finalize
+    from aurl.vocab import NOTE_ON_OFFSET, TIME_SHIFT_OFFSET, grammar_errors
+
+    rng = np.random.default_rng(seed)
+    # mostly note events and short shifts, plus specials sprinkled in (as a badly trained model might emit)
+    pool = np.r_[np.arange(NOTE_ON_OFFSET, NOTE_ON_OFFSET + 20), np.arange(92, 112),
+                 np.arange(TIME_SHIFT_OFFSET, TIME_SHIFT_OFFSET + 4), [0, 1, 3]]
+    toks = rng.choice(pool, 400).tolist()
+    fixed = finalize([START_ID] + toks)
+    assert not any(grammar_errors(fixed).values())
+    a, b = decode(toks), decode(fixed)
+    assert a.num_notes == b.num_notes
+    assert np.array_equal(a.pitch, b.pitch) and np.allclose(a.start, b.start) and np.allclose(a.end, b.end)

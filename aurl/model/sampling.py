@@ -131,3 +131,43 @@ def interpolate(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, method: str = 
     if omega.abs() < 1e-4 or math.isclose(float(omega), math.pi, abs_tol=1e-4):
         return (1 - t) * a + t * b
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Well-formed output
+def finalize(tokens) -> list[int]:
+    """A grammatical piece with the same notes as aurl.vocab.decode(tokens): START, the events up to the first
+    END, each NOTE_ON closed (hanging notes closed at the end), no special token inside, then END.
+
+    Mirrors decode's rules: a NOTE_OFF of a silent pitch is dropped, a repeated NOTE_ON of a sounding pitch
+    at the same step is dropped and at a later step is preceded by that pitch's NOTE_OFF.
+    """
+    from aurl.vocab import NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_TIME_SHIFTS, TIME_SHIFT_OFFSET, VOCAB_SIZE
+
+    toks = [int(t) for t in tokens]
+    if toks and toks[0] == START_ID:
+        toks = toks[1:]
+    if END_ID in toks:
+        toks = toks[: toks.index(END_ID)]
+    out = [START_ID]
+    sounding: dict[int, int] = {}  # NOTE_ON id -> the step it started at
+    step = 0
+    for t in toks:
+        if t < NOTE_ON_OFFSET or t >= VOCAB_SIZE:
+            continue
+        if t < NOTE_OFF_OFFSET:
+            if t in sounding:
+                if sounding[t] == step:
+                    continue
+                out.append(t - NOTE_ON_OFFSET + NOTE_OFF_OFFSET)
+            sounding[t] = step
+        elif t < TIME_SHIFT_OFFSET:
+            on = t - NOTE_OFF_OFFSET + NOTE_ON_OFFSET
+            if on not in sounding:
+                continue
+            del sounding[on]
+        elif t < TIME_SHIFT_OFFSET + NUM_TIME_SHIFTS:
+            step += 1  # any shift moves to a new step; only "same step or not" matters here
+        out.append(t)
+    out += [on - NOTE_ON_OFFSET + NOTE_OFF_OFFSET for on in sorted(sounding)]
+    return out + [END_ID]
