@@ -1,0 +1,2 @@
+"""Evaluation: music metrics (aurl.evaluate.metrics), pictures (aurl.evaluate.plots) and the checkpoint report
+(``python -m aurl.evaluate``)."""
