@@ -20,6 +20,7 @@ from aurl.evaluate.metrics import (
     pitch_class_entropy,
     pitch_range,
     polyphony,
+    refine_tempo,
     scale_consistency,
     seconds_to_beats,
 )
@@ -148,3 +149,17 @@ def test_compare_metrics():
     assert e["overlap"] < 0.01 and e["data_n"] == 5 and e["samples_n"] == 3
     assert compare_metrics(data, data)["scale_consistency"]["overlap"] == pytest.approx(1.0, abs=1e-3)
     assert cmp["groove_consistency"]["data_n"] == 0 and math.isnan(cmp["groove_consistency"]["data"])
+
+
+def test_refine_tempo_recovers_the_beat_grid_of_a_binned_tempo():
+    # 8 bars of a 120 BPM rhythm, but the tempo map says 123 BPM (as after the vocabulary's tempo bins)
+    bar = [(0.0, 0.5), (0.5, 0.75), (0.75, 1.0), (1.0, 2.0)]
+    notes = [Note(60, 2.0 * k + s, 2.0 * k + e, 80) for k in range(8) for s, e in bar]
+    assert groove_consistency(notes, tempos=[(0.0, 120.0)]) == pytest.approx(1.0)
+    assert groove_consistency(notes, tempos=[(0.0, 123.0)]) < 0.95
+    refined = compute_metrics(notes, tempos=[(0.0, 123.0)], tempo_tolerance=0.035)
+    assert refined["groove_consistency"] == pytest.approx(1.0)
+    piece = refine_tempo(as_piece(notes, tempos=[(0.0, 123.0)]), 0.035)
+    assert piece.tempo_bpm[0] == pytest.approx(120.0, rel=1e-3)
+    exact = as_piece(notes, tempos=[(0.0, 120.0)])
+    assert refine_tempo(exact, 0.035).tempo_bpm[0] == pytest.approx(120.0, rel=1e-3)
