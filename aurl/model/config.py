@@ -32,7 +32,7 @@ class ModelConfig:
     max_seq_len: int = 1024
     """Longest window trained on, in tokens; generation keeps at most this much context."""
     dropout: float = 0.1
-    """Dropout on attention weights and residual branches during training (0 = off)."""
+    """Dropout on the residual branches (attention and feed-forward outputs) during training (0 = off)."""
     rope_base: float = 10000.0
     """RoPE frequency base (larger = slower-rotating, longer-range position channels)."""
 

@@ -68,14 +68,13 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.k = nn.Linear(d_model, d_model, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.o = nn.Linear(d_model, d_model, bias=False)
-        self.dropout = dropout
 
     def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
@@ -97,8 +96,9 @@ class Attention(nn.Module):
             elif pos > 0:  # a chunk after a cached prefix: causal with an offset
                 is_causal = False
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
+        # no dropout on the attention weights: it would force SDPA's math path on CPU (an L x L random mask
+        # per head: 10x slower at L = 2,048); the block drops out its residual branches instead
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.o(y.transpose(1, 2).reshape(B, T, H * Dh))
 
 
@@ -118,7 +118,7 @@ class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
         super().__init__()
         self.attn_norm = RMSNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = Attention(d_model, n_heads)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = MLP(d_model, d_ff)
         self.drop = nn.Dropout(dropout)
