@@ -1,0 +1,194 @@
+"""Pictures: loss curves of all stages on one axis, and piano rolls of note lists (PNG).
+
+matplotlib is imported inside the functions (``import aurl.evaluate`` stays light) and only through its
+object API with the Agg canvas: no pyplot, no global backend switch, safe in a headless job.
+
+Loss records are dicts ``{"stage": str|int, "step": int, "split": "train"|"val", "loss": float}``
+(optionally ``"metric"``: which loss, default "loss"). They come from a JSONL file with one record per
+line, or from TensorBoard event files under ``<dir>/stageN/`` (scalar tags ending in ``loss`` under a
+``train``/``val`` prefix, e.g. ``train/loss``, ``val/loss``); see load_loss_records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from aurl.atomic import atomic_write_bytes
+
+_SPLITS = ("train", "val")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loss records
+def _stage_key(stage) -> tuple:
+    """Order stages naturally: stage1 < stage2 < stage10, numbers before names."""
+    m = re.search(r"(\d+)", str(stage))
+    return (0, int(m.group(1)), str(stage)) if m else (1, 0, str(stage))
+
+
+def read_jsonl_records(path: str | Path) -> list[dict]:
+    """Loss records from a JSONL file (blank lines and records without a finite loss skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash mid-write
+        if not isinstance(r, dict) or not {"stage", "step", "split", "loss"} <= set(r):
+            continue
+        try:
+            loss = float(r["loss"])
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(loss):
+            out.append({**r, "loss": loss, "step": int(r["step"])})
+    return out
+
+
+def read_tensorboard_records(log_dir: str | Path) -> list[dict]:
+    """Loss records from TensorBoard event files: one stage per sub-folder (its name is the stage)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log_dir = Path(log_dir)
+    runs = sorted({p.parent for p in log_dir.rglob("events.out.tfevents.*")})
+    out = []
+    for run in runs:
+        stage = run.relative_to(log_dir).parts[0] if run != log_dir else log_dir.name
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            parts = re.split(r"[/_]", tag.lower())
+            split = next((s for s in _SPLITS if s in parts or (s == "val" and "validation" in parts)), None)
+            if split is None or not tag.lower().endswith("loss"):
+                continue
+            metric = tag.split("/", 1)[1] if "/" in tag else tag
+            for ev in acc.Scalars(tag):
+                if math.isfinite(ev.value):
+                    out.append({"stage": stage, "step": int(ev.step), "split": split, "loss": float(ev.value),
+                                "metric": metric})
+    return out
+
+
+def load_loss_records(source: str | Path) -> list[dict]:
+    """Records from a .jsonl file or a TensorBoard log folder (e.g. outputs/logs/tensorboard)."""
+    source = Path(source)
+    if source.is_file():
+        return read_jsonl_records(source)
+    if source.is_dir():
+        return read_tensorboard_records(source)
+    return []
+
+
+def stage_offsets(records: Iterable[dict]) -> dict:
+    """Where each stage starts on the shared axis: stages in natural order, each after the last step of
+    the previous one (every stage counts its steps from 0)."""
+    last: dict = defaultdict(int)
+    for r in records:
+        last[r["stage"]] = max(last[r["stage"]], int(r["step"]))
+    offsets, x = {}, 0
+    for stage in sorted(last, key=_stage_key):
+        offsets[stage] = x
+        x += last[stage] + 1
+    return offsets
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def plot_loss_curves(records: Sequence[dict], path: str | Path, title: str = "aurl training loss",
+                     metric: str | None = None, dpi: int = 110) -> Path:
+    """Train and validation loss of every stage on one step axis (stage boundaries marked) -> PNG.
+
+    metric: which loss to draw when records carry several (default: "loss" if present, else the first).
+    A run with no records yet still gets a picture that says so.
+    """
+    from matplotlib.figure import Figure
+
+    records = list(records)
+    metrics = sorted({r.get("metric", "loss") for r in records})
+    if metric is None:
+        metric = "loss" if "loss" in metrics or not metrics else metrics[0]
+    records = [r for r in records if r.get("metric", "loss") == metric]
+    offsets = stage_offsets(records)
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for i, stage in enumerate(sorted(offsets, key=_stage_key)):
+        color = colors[i % len(colors)]
+        for split, style in (("train", dict(lw=1.0, alpha=0.7)), ("val", dict(lw=2.0, marker="o", ms=3))):
+            pts = sorted((offsets[stage] + r["step"], r["loss"]) for r in records
+                         if r["stage"] == stage and r["split"] == split)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{stage} {split}",
+                        ls="-" if split == "train" else "--", **style)
+        if offsets[stage] > 0:
+            ax.axvline(offsets[stage] - 0.5, color="grey", lw=0.8, ls=":")
+    if not records:
+        ax.text(0.5, 0.5, "no loss records yet", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8, ncol=2)
+    ax.set_xlabel("optimizer step (stages back to back)")
+    ax.set_ylabel(f"{metric} (nats/token)" if metric in ("loss", "recon") else metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def _draw_roll(ax, notes, title: str) -> None:
+    from matplotlib.collections import PolyCollection
+
+    from aurl.evaluate.metrics import as_piece
+
+    piece = as_piece(notes)
+    verts = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)]
+             for p, s, e in zip(piece.pitch.tolist(), piece.start.tolist(), piece.end.tolist(), strict=True)]
+    ax.add_collection(PolyCollection(verts, facecolors="tab:blue", edgecolors="navy", linewidths=0.3))
+    if piece.num_notes:
+        ax.set_xlim(0, max(piece.duration, 1e-3))
+        ax.set_ylim(piece.pitch.min() - 2, piece.pitch.max() + 2)
+    else:
+        ax.text(0.5, 0.5, "no notes", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("MIDI pitch")
+    ax.grid(alpha=0.25)
+
+
+def plot_piano_roll(notes, path: str | Path, title: str = "", dpi: int = 110) -> Path:
+    """One piano roll (time in seconds vs pitch) of a Score or note list -> PNG."""
+    return plot_piano_rolls([notes], path, [title], dpi=dpi)
+
+
+def plot_piano_rolls(pieces: Sequence, path: str | Path, titles: Sequence[str] | None = None,
+                     dpi: int = 110) -> Path:
+    """Piano rolls of several pieces stacked in one PNG (e.g. data vs samples)."""
+    from matplotlib.figure import Figure
+
+    pieces = list(pieces)
+    assert pieces, "no piece to draw"
+    titles = list(titles or [""] * len(pieces))
+    fig = Figure(figsize=(10, 2.4 * len(pieces) + 0.4))
+    for i, (notes, title) in enumerate(zip(pieces, titles, strict=True)):
+        _draw_roll(fig.add_subplot(len(pieces), 1, i + 1), notes, title)
+    fig.axes[-1].set_xlabel("time (s)")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

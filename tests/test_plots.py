@@ -1,0 +1,81 @@
+"""Pictures are written, non-empty and valid PNGs; loss records load from JSONL and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aurl.data.midi_io import Note, Score
+from aurl.evaluate.plots import (
+    load_loss_records,
+    plot_loss_curves,
+    plot_piano_roll,
+    plot_piano_rolls,
+    stage_offsets,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 2000, (path, len(data))
+
+
+def fake_records():
+    recs = []
+    for stage, n, base in (("stage1", 30, 5.0), ("stage2", 20, 3.0), ("stage3", 10, 2.5)):
+        for step in range(n):
+            recs.append({"stage": stage, "step": step, "split": "train", "loss": base - 0.05 * step})
+            if step % 10 == 9:
+                recs.append({"stage": stage, "step": step, "split": "val", "loss": base - 0.04 * step})
+    return recs
+
+
+def test_stage_offsets_put_stages_back_to_back():
+    recs = fake_records()
+    assert stage_offsets(recs) == {"stage1": 0, "stage2": 30, "stage3": 50}
+    # natural order: stage10 after stage2
+    assert list(stage_offsets([{"stage": "stage10", "step": 1}, {"stage": "stage2", "step": 4}])) == [
+        "stage2", "stage10"]
+
+
+def test_loss_curves_from_jsonl(tmp_path):
+    src = tmp_path / "losses.jsonl"
+    lines = [json.dumps(r) for r in fake_records()] + ["", '{"stage": "stage3", "st']  # torn last line
+    src.write_text("\n".join(lines))
+    recs = load_loss_records(src)
+    assert len(recs) == len(fake_records())
+    out = plot_loss_curves(recs, tmp_path / "pics" / "loss.png")
+    assert_png(out)
+
+
+def test_loss_curves_with_no_records(tmp_path):
+    assert_png(plot_loss_curves([], tmp_path / "empty.png"))
+    assert load_loss_records(tmp_path / "missing") == []
+
+
+def test_loss_records_from_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    for stage, base in (("stage1", 5.0), ("stage2", 3.0)):
+        w = SummaryWriter(str(tmp_path / "tb" / stage))
+        for step in range(5):
+            w.add_scalar("train/loss", base - step * 0.1, step)
+            w.add_scalar("train/lr", 1e-3, step)
+        w.add_scalar("val/loss", base - 0.3, 4)
+        w.close()
+    recs = load_loss_records(tmp_path / "tb")
+    assert {(r["stage"], r["split"]) for r in recs} == {("stage1", "train"), ("stage1", "val"),
+                                                        ("stage2", "train"), ("stage2", "val")}
+    assert len(recs) == 12
+    assert_png(plot_loss_curves(recs, tmp_path / "loss.png"))
+
+
+def test_piano_rolls(tmp_path):
+    notes = [Note(60 + (i % 12), 0.25 * i, 0.25 * i + 0.5, 80) for i in range(40)]
+    assert_png(plot_piano_roll(notes, tmp_path / "roll.png", title="notes"))
+    score = Score.from_notes(notes)
+    assert_png(plot_piano_rolls([score, Score()], tmp_path / "rolls.png", ["a score", "empty"]))
