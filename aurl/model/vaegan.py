@@ -185,7 +185,8 @@ class MusicTransformerVAEGAN(nn.Module):
         ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
         ce_sum = (ce * tgt_mask.reshape(-1)).sum()
         recon = ce_sum / n_tok
-        metrics["recon"] = recon.detach()
+        metrics["recon"] = recon.detach()  # nats per target token
+        metrics["tokens"] = n_tok.detach().float()  # targets in this batch: weights for averaging recon
         loss = recon
 
         if cfg.is_vae:
