@@ -1,0 +1,65 @@
+"""`python -m aurl.evaluate --checkpoint PATH`: validation likelihood, samples and music metrics of a model.
+
+Prints a readable table and writes OUT/eval.json, OUT/sample_NNN.mid and piano-roll PNGs (plus loss curves
+when the run's logs are found). Exit codes: 0 done, 2 bad input (missing file, no cache, bad flag value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aurl.console import PREFIX, UserError, print0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from aurl.evaluate.core import EvalConfig
+
+    d = EvalConfig()
+    p = argparse.ArgumentParser(prog="python -m aurl.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, type=Path, help="model file (e.g. outputs/checkpoints/best_model.pt)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="token cache folder (default: the one the file names, else the nearest cache/ above it, "
+                        "else outputs/cache)")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="generated samples (0 = none)")
+    p.add_argument("--length", type=int, default=d.length, help="new tokens per sample after START")
+    p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (same seed, same report)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass (1 = off)")
+    p.add_argument("--max-val-tokens", type=int, default=d.max_val_tokens,
+                   help="cap on validation target tokens (0 = the whole validation split)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="validation windows per forward pass")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: RUN/eval/<checkpoint name>, RUN = the folder holding checkpoints/)")
+    p.add_argument("--json", type=Path, default=None, help="JSON report path (default: OUT/eval.json)")
+    p.add_argument("--losses", type=Path, default=None,
+                   help="loss records for the loss-curve PNG: a TensorBoard folder or a JSONL file "
+                        "(default: the nearest logs/tensorboard above the checkpoint)")
+    p.add_argument("--no-pictures", action="store_true", help="write no PNG")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
+
+    args = _parser().parse_args(argv)
+    try:
+        cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         max_val_tokens=args.max_val_tokens, batch_size=args.batch_size,
+                         pictures=not args.no_pictures).validate()
+        result = evaluate_checkpoint(args.checkpoint, args.cache, cfg, out_dir=args.out, json_path=args.json,
+                                     losses=args.losses, device=args.device)
+    except UserError as e:
+        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
+        return 2
+    for line in format_report(result).splitlines():
+        print0(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

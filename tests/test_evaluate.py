@@ -1,0 +1,155 @@
+"""The evaluate command on a tiny real checkpoint and a tiny real cache (both built here, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from midi_factory import write_simple_midi
+
+from aurl import vocab
+from aurl.data.cache import TokenCache, build
+from aurl.evaluate import EvalConfig, evaluate_checkpoint, evaluate_model, format_report
+from aurl.evaluate.__main__ import main
+from aurl.evaluate.core import _sample_report, data_excerpts, validation_nll
+from aurl.evaluate.metrics import METRIC_NAMES
+from aurl.model import ModelConfig, MusicTransformerVAEGAN, save_model_file
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_cfg(mode: str) -> ModelConfig:
+    return ModelConfig(mode=mode, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64, dropout=0.0,
+                       latent_dim=4, encoder_layers=1, disc_d_model=16, disc_layers=1, disc_heads=2)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder laid out like the trainer's: cache/, checkpoints/best_model.pt, checkpoints/vae.pt."""
+    root = tmp_path_factory.mktemp("run")
+    for i in range(8):
+        write_simple_midi(root / "midi" / f"piece{i}.mid", seed=i, n_notes=30)
+    build(root / "midi", root / "cache", val_fraction=0.4, split_seed=3, workers=0, progress=False)
+    assert TokenCache.open(root / "cache").val_pieces, "the split must give validation pieces"
+    torch.manual_seed(0)
+    for name, mode in (("best_model", "transformer"), ("vae", "vae")):
+        cfg = tiny_cfg(mode)
+        save_model_file(root / "checkpoints" / f"{name}.pt", MusicTransformerVAEGAN(cfg), cfg, {"val_loss": 1.0},
+                        {"step": 7, "stage": "stage1"})
+    return root
+
+
+def test_cli_writes_json_midi_and_pictures(run_dir, capsys):
+    ckpt = run_dir / "checkpoints" / "best_model.pt"
+    rc = main(["--checkpoint", str(ckpt), "--num-samples", "3", "--length", "48", "--seed", "1"])
+    assert rc == 0
+    out = run_dir / "eval" / "best_model"  # default: RUN/eval/<checkpoint name>, cache found above the file
+    report = json.loads((out / "eval.json").read_text())
+    v = report["validation"]
+    assert v["kind"] == "exact" and v["tokens"] > 0 and v["notes"] > 0 and v["seconds"] > 0
+    # an untrained model is near uniform over the vocabulary
+    assert abs(v["nll_per_token"] - math.log(vocab.VOCAB_SIZE)) < 0.5
+    assert v["nll_per_note"] == pytest.approx(v["nll_per_token"] * v["tokens"] / v["notes"])
+    assert v["bits_per_second"] == pytest.approx(v["nll_per_token"] * v["tokens"] / math.log(2) / v["seconds"])
+    s = report["samples"]
+    assert s["num"] == 3 and 0 <= s["valid_midi_share"] <= 1 and s["finalized_grammar_errors"] == 0
+    assert set(report["metrics"]) == set(METRIC_NAMES)
+    for m in report["metrics"].values():
+        assert {"data", "samples", "overlap"} <= set(m)
+    assert report["stage"] == "stage1" and report["step"] == 7
+    assert len(s["files"]) == 3 and all((out / f"sample_{i:03d}.mid").is_file() for i in range(3))
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 4  # 3 samples + data vs samples
+    for p in pngs:
+        data = p.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 2000
+    printed = capsys.readouterr().out
+    assert "NLL per token" in printed and "bits per second" in printed and "pitch_class_entropy" in printed
+
+
+def test_same_seed_same_report(run_dir, tmp_path):
+    cfg = EvalConfig(num_samples=2, length=32, seed=5, pictures=False)
+    ckpt = run_dir / "checkpoints" / "vae.pt"
+    a = evaluate_checkpoint(ckpt, run_dir / "cache", cfg, out_dir=tmp_path / "a")
+    evaluate_checkpoint(ckpt, run_dir / "cache", cfg, out_dir=tmp_path / "b")
+    assert a["validation"]["kind"] == "elbo_bound"
+    assert a["validation"]["nll_per_token"] == pytest.approx(
+        a["validation"]["recon_per_token"] + a["validation"]["kl_per_token"])
+    assert json.loads((tmp_path / "a" / "eval.json").read_text())["metrics"] == \
+        json.loads((tmp_path / "b" / "eval.json").read_text())["metrics"]
+    assert (tmp_path / "a" / "sample_001.mid").read_bytes() == (tmp_path / "b" / "sample_001.mid").read_bytes()
+    assert not list((tmp_path / "a").glob("*.png"))
+    assert "upper bound" in format_report(a)
+
+
+def test_validation_nll_equals_the_models_own_loss(run_dir):
+    cache = TokenCache.open(run_dir / "cache")
+    cfg = tiny_cfg("transformer")
+    torch.manual_seed(1)
+    model = MusicTransformerVAEGAN(cfg).eval()
+    got = validation_nll(model, cache, EvalConfig(batch_size=3), "cpu")
+    total = tokens = 0.0
+    with torch.no_grad():
+        for piece in cache.val_pieces:
+            toks = torch.from_numpy(np.asarray(cache.tokens(piece)).astype(np.int64))
+            for s in range(0, len(toks) - 1, cfg.max_seq_len):
+                w = toks[s : s + cfg.max_seq_len][None]
+                if w.shape[1] < 2:
+                    continue
+                n = w.shape[1] - 1
+                total += float(model(w, torch.ones_like(w, dtype=torch.bool)).metrics["recon"]) * n
+                tokens += n
+    assert got["tokens"] == tokens
+    assert got["nll_per_token"] == pytest.approx(total / tokens, rel=1e-5)
+    capped = validation_nll(model, cache, EvalConfig(max_val_tokens=100), "cpu")
+    assert capped["tokens"] == 100
+
+
+def test_evaluate_model_in_memory_with_loss_curves(run_dir, tmp_path):
+    cache = TokenCache.open(run_dir / "cache")
+    model = MusicTransformerVAEGAN(tiny_cfg("vae_gan"))
+    losses = [{"stage": "stage1", "step": s, "split": "train", "loss": 6.0 - 0.1 * s} for s in range(10)]
+    r = evaluate_model(model, cache, EvalConfig(num_samples=1, length=16), out_dir=tmp_path, losses=losses)
+    assert (tmp_path / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert str(tmp_path / "loss_curves.png") in r["pictures"]
+    assert model.training  # evaluation hands the model back in the mode it found it
+
+
+def test_sample_grammar_report_separates_the_cutoff():
+    on, off = vocab.note_on_id(60), vocab.note_off_id(60)
+    shift = vocab.time_shift_id(8)
+    cut = [vocab.START_ID, on, shift]  # cut off by the length budget: the open note is not an error
+    ended = [vocab.START_ID, on, shift, vocab.END_ID, vocab.PAD_ID]  # ended with the note open: an error
+    bad = [vocab.START_ID, off, on, on, shift, off]
+    report, finalized = _sample_report([cut, ended, bad])
+    assert report["unclosed_at_cutoff"] == 1
+    assert report["grammar_errors"]["unclosed_notes"] == 1
+    assert report["grammar_errors"]["note_off_without_on"] == 1
+    assert report["grammar_errors"]["duplicate_note_on"] == 1
+    assert report["grammar_clean_share"] == pytest.approx(1 / 3)
+    assert report["finalized_grammar_errors"] == 0
+    assert all(sum(vocab.grammar_errors(f).values()) == 0 for f in finalized)
+
+
+def test_data_excerpts_match_the_sample_length(run_dir):
+    cache = TokenCache.open(run_dir / "cache")
+    ex = data_excerpts(cache, 40, 1000)
+    expected = sum(len([s for s in range(0, p["length"] - 1, 41) if s == 0 or p["length"] - s > 20])
+                   for p in cache.val_pieces)
+    assert len(ex) == expected and all(e.num_notes > 0 for e in ex)
+    assert all(len(e.tempo_bpm) >= 1 for e in ex)  # excerpts from inside a piece keep their tempo
+    assert len(data_excerpts(cache, 40, 3)) == 3
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--checkpoint", "{run}/checkpoints/missing.pt"], "no such file"),
+    (["--checkpoint", "{run}/checkpoints/best_model.pt", "--cache", "{run}/nocache"], "no token cache"),
+    (["--checkpoint", "{run}/checkpoints/best_model.pt", "--length", "0"], "--length"),
+], ids=["missing-checkpoint", "missing-cache", "bad-length"])
+def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, args, match):
+    assert main([a.format(run=run_dir) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
