@@ -201,3 +201,47 @@ def test_bad_config_names_the_field(field, value):
         cfg = tiny("transformer")
         setattr(cfg, field, value)
         MusicTransformerVAEGAN(cfg)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_autocast_runs(mode):
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny(mode))
+    x, m = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, m, step=3)
+        if mode == "vae_gan":
+            out_d = model(x, m, step=3, phase="discriminator")
+            assert torch.isfinite(out_d.loss)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+
+
+def test_ddp_wrapping_both_phases(tmp_path):
+    """One forward signature: plain torch DDP (gloo, world size 1) wraps every mode; vae_gan's phases each
+    leave the other network's parameters unused, hence find_unused_parameters=True."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        for mode in MODES:
+            torch.manual_seed(0)
+            model = DDP(MusicTransformerVAEGAN(tiny(mode)), find_unused_parameters=mode == "vae_gan")
+            x, m = batch()
+            model(x, m, step=1).loss.backward()
+            if mode == "vae_gan":
+                model(x, m, step=1, phase="discriminator").loss.backward()
+            assert model.module.tok_emb.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kv_cache_equals_recompute_on_gpu():
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae", max_seq_len=48)).cuda()
+    prompt = torch.full((2, 1), START_ID)
+    a = generate(model, prompt, 100, generator=make_generator(1, "cuda"), use_cache=True, top_k=40)
+    b = generate(model, prompt, 100, generator=make_generator(1, "cuda"), use_cache=False, top_k=40)
+    assert torch.equal(a, b)

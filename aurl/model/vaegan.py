@@ -57,7 +57,10 @@ class Discriminator(nn.Module):
         self.head = nn.Linear(d, 1)
 
     def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.emb(seq) if seq.dtype == torch.long else seq.to(self.emb.weight.dtype) @ self.emb.weight
+        w = self.emb.weight
+        # soft one-hots: the same rows as a lookup; kept in the weights' dtype (autocast would give bf16) so
+        # the residual stream has the decoder's precision
+        x = self.emb(seq) if seq.dtype == torch.long else (seq.to(w.dtype) @ w).to(w.dtype)
         return self.head(_masked_mean(self.stack(x), mask)).squeeze(-1)
 
 
