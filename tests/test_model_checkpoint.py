@@ -100,3 +100,16 @@ def test_refuses_bad_files(tmp_path, content, match):
         torch.save(content, p)
     with pytest.raises(UserError, match=match):
         load_model_file(p)
+
+
+def test_next_stage_starts_from_the_previous_file(saved):
+    from aurl.model import init_from_model_file
+
+    path, model = saved  # a vae_gan file; start a deeper vae_gan from it
+    bigger = MusicTransformerVAEGAN(replace(cfg(), n_layers=3)).eval()
+    report, meta = init_from_model_file(path, bigger)
+    assert meta["extra"]["stage"] == 2 and report.exact and "decoder.blocks.2.attn.o.weight" in report.grown
+    x = torch.randint(4, 700, (2, 16))
+    assert torch.allclose(bigger(x, x > 0).loss, model(x, x > 0).loss, atol=1e-5)
+    stats = bigger.latent_stats(x, x > 0)
+    assert stats["kl_per_dim"].shape == (8,) and stats["mu_var_per_dim"].shape == (8,)

@@ -145,3 +145,19 @@ def load_model_file(path: str | Path, map_location="cpu", expected: ModelConfig 
     if problems:
         raise UserError(f"checkpoint {path}: weights do not match its config ({'; '.join(problems)})")
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), cfg, meta
+
+
+def init_from_model_file(path: str | Path, model, map_location="cpu"):
+    """Start `model` from another stage's model file (any mode/size): -> (TransferReport, that file's meta).
+
+    The file's vocabulary must match this code's; its weights are transferred or grown into `model` (see
+    aurl.model.transfer); callers log `report.summary()`.
+    """
+    from aurl.model.transfer import transfer_weights
+
+    state, src_cfg, meta = load_model_state(path, map_location)
+    try:
+        report = transfer_weights(state, src_cfg, model)
+    except ValueError as e:
+        raise UserError(f"checkpoint {path}: cannot start this model from it ({e})") from e
+    return report, meta

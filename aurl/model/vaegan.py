@@ -112,6 +112,14 @@ class MusicTransformerVAEGAN(nn.Module):
         h = _masked_mean(self.encoder(self.tok_emb(input_ids)), loss_mask)
         return self.to_mu(h).float(), self.to_logvar(h).float().clamp(-12.0, 8.0)
 
+    @torch.no_grad()
+    def latent_stats(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-dimension posterior figures of a batch, for histograms: KL (nats, batch mean) and the batch
+        variance of mu (a dim with variance above active_unit_threshold is an active unit)."""
+        mu, logvar = self.encode(input_ids, loss_mask.bool())
+        return {"kl_per_dim": (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0),
+                "mu_var_per_dim": mu.var(0, unbiased=False)}
+
     def decode(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
                cache: KVCache | None = None) -> torch.Tensor:
         """Causal decoder logits [B, T, V] for input_ids (continuing `cache` if given), conditioned on z."""
