@@ -1,0 +1,56 @@
+"""The benchmark runner: script discovery, flag filtering, live capture, timeouts and the results file."""
+
+from __future__ import annotations
+
+from aurl import bench
+
+SCRIPT = '''
+import argparse, time
+p = argparse.ArgumentParser()
+p.add_argument("--steps", type=int, default=1)
+p.add_argument("--sleep", type=float, default=0)
+a = p.parse_args()
+print(f"figure: {a.steps * 10} tokens/s")
+time.sleep(a.sleep)
+'''
+
+
+def test_the_repository_scripts_are_found():
+    scripts = bench.find_scripts()
+    assert "data" in scripts and "model" in scripts
+    assert all(p.name == f"bench_{n}.py" for n, p in scripts.items())
+
+
+def test_run_script_captures_output_and_filters_flags(tmp_path):
+    script = tmp_path / "bench_fake.py"
+    script.write_text(SCRIPT)
+    assert bench.find_scripts(tmp_path) == {"fake": script}
+    args = bench._supported(script, ["--steps", "3", "--device", "cuda"])
+    assert args == ["--steps", "3"]  # the script takes no --device
+    rc, out, seconds = bench.run_script(script, args, timeout_s=60)
+    assert rc == 0 and "figure: 30 tokens/s" in out and seconds > 0
+
+
+def test_run_script_stops_a_hung_script(tmp_path):
+    script = tmp_path / "bench_slow.py"
+    script.write_text(SCRIPT)
+    rc, out, seconds = bench.run_script(script, ["--sleep", "30"], timeout_s=2)
+    assert rc == 124 and "figure: 10 tokens/s" in out and "stopped after" in out and seconds < 20
+
+
+def test_results_keep_one_section_per_device(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    runs = [("fake", ["--steps", "3"], 0, "figure: 30 tokens/s\n", 1.0)]
+    bench.update_results(path, "CPU: x", bench.format_section("CPU: x", "python -m aurl.bench", runs))
+    bench.update_results(path, "GPU: y", bench.format_section("GPU: y", "python -m aurl.bench", runs))
+    failed = [("fake", [], 1, "boom\n", 2.0)]
+    bench.update_results(path, "CPU: x", bench.format_section("CPU: x", "python -m aurl.bench", failed))
+    text = path.read_text()
+    assert text.startswith(bench.TITLE)
+    assert text.count("## CPU: x") == 1 and text.count("## GPU: y") == 1
+    assert "boom" in text and "FAILED (exit 1)" in text and "figure: 30 tokens/s" in text  # GPU kept its own
+
+
+def test_unknown_script_is_exit_2(capsys):
+    assert bench.main(["--only", "nosuch", "--no-write"]) == 2
+    assert "no script named nosuch" in capsys.readouterr().err
