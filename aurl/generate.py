@@ -25,12 +25,18 @@ from aurl.vocab import END_ID, PAD_ID, START_ID, decode, encode
 VAE_MODES = ("prior", "posterior", "interpolate")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would print the whole usage first)
+        print(f"{PREFIX} error: {message} (see --help)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m aurl.generate", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m aurl.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="model file written by training (best_model.pt)")
     p.add_argument("--num", type=int, default=1, help="files to write (interpolate: points on the path, >= 2)")
     p.add_argument("--length", type=int, default=1024, help="new tokens per file (not counting the prompt)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0; 0 = greedy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (>= 0; 0 = greedy)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus: smallest set with this mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
@@ -71,6 +77,8 @@ def _validate(args, cfg) -> None:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.latent_scale < 0:
+        raise UserError(f"--latent-scale must be >= 0, got {args.latent_scale}")
     if args.prompt_tokens < 0:
         raise UserError(f"--prompt-tokens must be >= 0, got {args.prompt_tokens}")
     if not cfg.is_vae and (args.mode != "prior" or args.source):

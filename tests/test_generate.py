@@ -96,6 +96,14 @@ def test_bad_input_is_one_line_and_exit_2(ckpts, tmp_path, capsys, extra, match)
     assert len(err.splitlines()) == 1 and match in err
 
 
+def test_argparse_errors_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", "x.pt", "--num", "many"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--num" in err
+
+
 def test_module_entry_point_missing_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "aurl.generate", "--checkpoint", str(tmp_path / "none.pt")],
                        capture_output=True, text=True, timeout=120)
