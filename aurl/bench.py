@@ -9,9 +9,9 @@ Each script measures one part next to its baseline and prints its own table: ben
 MidiTok, loader tokens/s), bench_model.py (generation with vs without the KV cache, forward+backward
 tokens/s per stage), bench_train.py (the aurl train step vs a bare PyTorch loop; on a GPU tokens/s and MFU).
 This command runs them one after another in fresh processes (same Python, repository root as working
-directory), shows their output live and writes it to bench/RESULTS.md under a heading naming the device,
-date and commit. RESULTS.md keeps one section per device: a new run replaces its own device's section and
-leaves the others (e.g. the CPU figures stay when a GPU run is added).
+directory), shows their output live and writes it to bench/RESULTS.md: one section per device, in it one
+subsection per script with the date and commit. A run replaces only the subsections of the scripts it ran,
+on its own device (the CPU figures stay when a GPU run is added; `--only train` keeps the data figures).
 
 Exit codes: 0 every script succeeded, 1 one failed or timed out (its output is still recorded), 2 bad input.
 """
@@ -134,31 +134,42 @@ def _commit() -> str:
         return "unknown"
 
 
-def format_section(label: str, command: str, runs: list[tuple[str, list[str], int, str, float]]) -> str:
+def format_run(name: str, args: list[str], rc: int, output: str, seconds: float, command: str) -> str:
+    """The markdown subsection of one script's run (heading, when, commit, its output verbatim)."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    parts = [f"## {label}", "", f"{when}, commit {_commit()}; `{command}`", ""]
-    for name, args, rc, output, seconds in runs:
-        status = "ok" if rc == 0 else ("TIMED OUT" if rc == 124 else f"FAILED (exit {rc})")
-        shown = " ".join(["bench/bench_" + name + ".py", *args])
-        parts += [f"### {name}: `{shown}` ({seconds:.0f} s, {status})", "", "```text", output.rstrip(), "```", ""]
-    return "\n".join(parts)
+    status = "ok" if rc == 0 else ("TIMED OUT" if rc == 124 else f"FAILED (exit {rc})")
+    shown = " ".join(["bench/bench_" + name + ".py", *args])
+    return "\n".join([f"### {name}", "", f"`{shown}`: {status} in {seconds:.0f} s; {when}, commit {_commit()}, "
+                      f"run by `{command}`", "", "```text", output.rstrip(), "```", ""])
 
 
-def update_results(path: Path, label: str, section: str) -> None:
-    """Replace (or add) the section whose heading is `label`, keeping every other device's section."""
+def _split(text: str, level: str) -> tuple[str, list[str]]:
+    """(text before the first heading of `level` ("## " or "### "), [each such section])."""
+    chunks = re.split(rf"(?m)^(?={level})", text)
+    head = chunks[0] if chunks and not chunks[0].startswith(level) else ""
+    return head, [c for c in chunks if c.startswith(level)]
+
+
+def update_results(path: Path, label: str, runs: dict[str, str]) -> None:
+    """Put each script's subsection (format_run) under the device section `label`, replacing that script's
+    previous one there; other scripts' figures and other devices' sections are kept."""
     from aurl.atomic import atomic_write_text
 
-    text = path.read_text() if path.is_file() else ""
-    chunks = re.split(r"(?m)^(?=## )", text)
-    head = chunks[0] if chunks and not chunks[0].startswith("## ") else ""
-    sections = [c for c in chunks if c.startswith("## ")]
+    head, devices = _split(path.read_text() if path.is_file() else "", "## ")
     if not head.strip():
         head = (f"{TITLE}\n\nWritten by `python -m aurl.bench` (see aurl/bench.py): each script prints its "
-                "figures next to their baseline. One section per device; a run replaces its own device's "
-                "section.\n\n")
-    kept = [s for s in sections if s.splitlines()[0].strip() != f"## {label}"]
-    body = "".join(s.rstrip() + "\n\n" for s in [*kept, section])
-    atomic_write_text(path, head.rstrip() + "\n\n" + body.rstrip() + "\n")
+                "figures next to their baseline. One section per device, one subsection per script; a run "
+                "replaces only the subsections of the scripts it ran on its own device.\n")
+    heading = f"## {label}"
+    old = next((d for d in devices if d.splitlines()[0].strip() == heading), None)
+    scripts: dict[str, str] = {}
+    if old is not None:
+        _, subs = _split(old, "### ")
+        scripts = {sub.splitlines()[0][4:].strip(): sub for sub in subs}
+    scripts.update(runs)
+    section = heading + "\n\n" + "".join(scripts[k].rstrip() + "\n\n" for k in sorted(scripts))
+    devices = [section if d is old else d for d in devices] if old is not None else [*devices, section]
+    atomic_write_text(path, head.rstrip() + "\n\n" + "".join(d.rstrip() + "\n\n" for d in devices).rstrip() + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print0(f"--- {name}: {'ok' if rc == 0 else f'exit {rc}'} in {seconds:.0f} s")
     command = " ".join(["python -m aurl.bench", *(sys.argv[1:] if argv is None else argv)])
     if not args.no_write:
-        update_results(args.results, label, format_section(label, command, runs))
+        update_results(args.results, label, {r[0]: format_run(*r, command) for r in runs})
         print0(f"results written to {args.results}")
     return 0 if all(r[2] == 0 for r in runs) else 1
 

@@ -38,17 +38,20 @@ def test_run_script_stops_a_hung_script(tmp_path):
     assert rc == 124 and "figure: 10 tokens/s" in out and "stopped after" in out and seconds < 20
 
 
-def test_results_keep_one_section_per_device(tmp_path):
+def test_results_keep_one_section_per_device_and_script(tmp_path):
     path = tmp_path / "RESULTS.md"
-    runs = [("fake", ["--steps", "3"], 0, "figure: 30 tokens/s\n", 1.0)]
-    bench.update_results(path, "CPU: x", bench.format_section("CPU: x", "python -m aurl.bench", runs))
-    bench.update_results(path, "GPU: y", bench.format_section("GPU: y", "python -m aurl.bench", runs))
-    failed = [("fake", [], 1, "boom\n", 2.0)]
-    bench.update_results(path, "CPU: x", bench.format_section("CPU: x", "python -m aurl.bench", failed))
+    ok = bench.format_run("fake", ["--steps", "3"], 0, "figure: 30 tokens/s\n", 1.0, "python -m aurl.bench")
+    other = bench.format_run("other", [], 0, "other figure\n", 1.0, "python -m aurl.bench")
+    bench.update_results(path, "CPU: x", {"fake": ok, "other": other})
+    bench.update_results(path, "GPU: y", {"fake": ok})
+    failed = bench.format_run("fake", [], 1, "boom\n", 2.0, "python -m aurl.bench --only fake")
+    bench.update_results(path, "CPU: x", {"fake": failed})
     text = path.read_text()
     assert text.startswith(bench.TITLE)
     assert text.count("## CPU: x") == 1 and text.count("## GPU: y") == 1
-    assert "boom" in text and "FAILED (exit 1)" in text and "figure: 30 tokens/s" in text  # GPU kept its own
+    cpu = text[text.index("## CPU: x"):text.index("## GPU: y")]
+    assert "boom" in cpu and "FAILED (exit 1)" in cpu and "other figure" in cpu and "30 tokens/s" not in cpu
+    assert "figure: 30 tokens/s" in text[text.index("## GPU: y"):]  # the GPU section kept its own
 
 
 def test_unknown_script_is_exit_2(capsys):
