@@ -66,8 +66,11 @@ def test_loss_records_from_tensorboard(tmp_path):
             w.add_scalar("train/loss", base - step * 0.1, step)
             w.add_scalar("train/lr", 1e-3, step)
         w.add_scalar("val/loss", base - 0.3, 4)
+        w.add_scalar("recon/validation", base - 0.2, 4)  # another loss, split named second
         w.close()
     recs = load_loss_records(tmp_path / "tb")
+    assert sum(r.get("metric") == "recon" and r["split"] == "val" for r in recs) == 2
+    recs = [r for r in recs if r["metric"] == "loss"]
     assert {(r["stage"], r["split"]) for r in recs} == {("stage1", "train"), ("stage1", "val"),
                                                         ("stage2", "train"), ("stage2", "val")}
     assert len(recs) == 12

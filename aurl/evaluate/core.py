@@ -41,6 +41,8 @@ TEMPO_TOLERANCE = float(np.sqrt(vocab.tempo_of_bin(1) / vocab.tempo_of_bin(0))) 
 # quality bar of the issue for the CPU quickstart
 ENTROPY_TOLERANCE_BITS = 0.3
 SCALE_TOLERANCE = 0.1
+# folders above a checkpoint searched for the run's cache/ and logs/ (file -> checkpoints/stageN -> run)
+SEARCH_LEVELS = 3
 
 
 @dataclass
@@ -348,14 +350,14 @@ def _find_cache(checkpoint: Path, meta: dict) -> Path:
     for key in ("cache_dir", "cache"):
         if extra.get(key) and (Path(extra[key]) / "manifest.json").is_file():
             return Path(extra[key])
-    for parent in checkpoint.resolve().parents:
+    for parent in list(checkpoint.resolve().parents)[:SEARCH_LEVELS]:
         if (parent / "cache" / "manifest.json").is_file():
             return parent / "cache"
     return Path("outputs/cache")
 
 
 def _find_losses(checkpoint: Path) -> Path | None:
-    for parent in checkpoint.resolve().parents:
+    for parent in list(checkpoint.resolve().parents)[:SEARCH_LEVELS]:
         for cand in (parent / "logs" / "tensorboard", parent / "logs" / "losses.jsonl"):
             if cand.exists():
                 return cand
@@ -368,10 +370,10 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
                         device: str = "auto") -> dict:
     """Load a model file (aurl.model.checkpoint) and evaluate it; write JSON, MIDI and PNGs.
 
-    cache_dir None: the cache named in the file's `extra`, else the nearest `cache/` folder above the file,
-    else outputs/cache. out_dir None: `eval/` next to the `checkpoints/` folder holding the file (else next
+    cache_dir None: the cache named in the file's `extra` ("cache_dir"), else the nearest `cache/` folder up
+    to 3 levels above the file, else outputs/cache. out_dir None: `eval/` next to the `checkpoints/` folder holding the file (else next
     to the file). json_path None: out_dir/eval.json. losses None: the nearest logs/tensorboard (or
-    logs/losses.jsonl) above the file, if any.
+    logs/losses.jsonl) up to 3 levels above the file, if any.
     """
     from aurl.atomic import atomic_write_json
     from aurl.data.cache import TokenCache

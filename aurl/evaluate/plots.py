@@ -5,8 +5,9 @@ object API with the Agg canvas: no pyplot, no global backend switch, safe in a h
 
 Loss records are dicts ``{"stage": str|int, "step": int, "split": "train"|"val", "loss": float}``
 (optionally ``"metric"``: which loss, default "loss"). They come from a JSONL file with one record per
-line, or from TensorBoard event files under ``<dir>/stageN/`` (scalar tags ending in ``loss`` under a
-``train``/``val`` prefix, e.g. ``train/loss``, ``val/loss``); see load_loss_records.
+line, or from TensorBoard event files under ``<dir>/stageN/``: scalar tags with a ``train``/``val`` path
+part and a loss-like rest (``loss``, ``recon``, ``nll``), e.g. ``train/loss``, ``loss/val``; the rest of the
+tag is the record's metric. See load_loss_records.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from aurl.atomic import atomic_write_bytes
 
-_SPLITS = ("train", "val")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "eval": "val"}
+_LOSS_WORDS = ("loss", "recon", "nll")  # scalar tags drawn as loss curves
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -65,11 +68,13 @@ def read_tensorboard_records(log_dir: str | Path) -> list[dict]:
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
-            parts = re.split(r"[/_]", tag.lower())
-            split = next((s for s in _SPLITS if s in parts or (s == "val" and "validation" in parts)), None)
-            if split is None or not tag.lower().endswith("loss"):
+            parts = tag.split("/")
+            lower = [p.lower() for p in parts]
+            split = next((_SPLIT_ALIASES[p] for p in lower if p in _SPLIT_ALIASES), None)
+            rest = [p for p, low in zip(parts, lower, strict=True) if low not in _SPLIT_ALIASES]
+            if split is None or not rest or not any(w in "/".join(rest).lower() for w in _LOSS_WORDS):
                 continue
-            metric = tag.split("/", 1)[1] if "/" in tag else tag
+            metric = "/".join(rest)
             for ev in acc.Scalars(tag):
                 if math.isfinite(ev.value):
                     out.append({"stage": stage, "step": int(ev.step), "split": split, "loss": float(ev.value),
