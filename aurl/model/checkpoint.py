@@ -26,14 +26,14 @@ FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+def _unwrap(model):
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
 def _plain_state(model_or_state) -> dict[str, torch.Tensor]:
-    if isinstance(model_or_state, dict):
-        state = model_or_state
-    else:
-        m = model_or_state
-        while hasattr(m, "module") or hasattr(m, "_orig_mod"):  # DDP / torch.compile wrappers
-            m = getattr(m, "module", None) or m._orig_mod
-        state = m.state_dict()
+    state = model_or_state if isinstance(model_or_state, dict) else _unwrap(model_or_state).state_dict()
     out = {}
     for k, v in state.items():
         for p in _WRAPPER_PREFIXES:
@@ -63,6 +63,8 @@ def save_model_file(path: str | Path, model, cfg: ModelConfig, metrics: dict | N
         json.dumps(extra)
     except TypeError as e:
         raise ValueError(f"metrics and extra must be JSON-able: {e}") from e
+    if not isinstance(model, dict) and getattr(_unwrap(model), "cfg", cfg) != cfg:
+        raise ValueError("save_model_file: cfg is not the config this model was built with")
     state = _plain_state(model)
     meta = {
         "format": FORMAT,
