@@ -269,12 +269,15 @@ def _device(name: str):
 
 def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | Path | None = None,
                    losses: str | Path | list | None = None, info: dict | None = None) -> dict:
-    """Evaluate an (unwrapped) MusicTransformerVAEGAN on a TokenCache; write files into out_dir if given.
+    """Evaluate a MusicTransformerVAEGAN (DDP / compile wrappers are looked through) on a TokenCache; write
+    files into out_dir if given.
 
     Runs in this process only (no collectives): call it on rank 0. `losses`: loss records or their source
     (JSONL file / TensorBoard folder) for the loss-curve picture. `info` is copied into the result.
     """
     cfg = (cfg or EvalConfig()).validate()
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
+        model = getattr(model, "module", None) or model._orig_mod
     device = model.tok_emb.weight.device
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
