@@ -43,9 +43,10 @@ if [ "$gpus" = 0 ]; then
         exec python -m aurl.train "$@"
     fi
     # accelerate's multi-process launcher (torchrun) plus ACCELERATE_USE_CPU=1 is the one recipe that starts
-    # several connected CPU processes; see accelerate_configs/cpu.yaml. No GPU means no bf16/fp16 either.
-    export ACCELERATE_USE_CPU=1
-    launch_args+=(--mixed_precision no)
+    # several connected CPU processes; see accelerate_configs/cpu.yaml. Not with DeepSpeed: accelerate then
+    # drops DeepSpeed; the trainer picks the gloo backend itself when there is no CUDA.
+    grep -q '^distributed_type: DEEPSPEED' "$config" || export ACCELERATE_USE_CPU=1
+    launch_args+=(--mixed_precision no)  # no GPU, no bf16/fp16
 else
     processes="${AURL_NUM_PROCESSES:-$gpus}"
 fi

@@ -35,7 +35,8 @@ config="${AURL_ACCELERATE_CONFIG:-multi_node}"
 
 launch_args=(--config_file "$config")
 if [ "$gpus" = 0 ]; then
-    export ACCELERATE_USE_CPU=1  # see accelerate_configs/cpu.yaml
+    # See accelerate_configs/cpu.yaml; with DeepSpeed the trainer picks gloo itself when there is no CUDA.
+    grep -q '^distributed_type: DEEPSPEED' "$config" || export ACCELERATE_USE_CPU=1
     per_node="${AURL_PROCS_PER_NODE:-1}"
     launch_args+=(--mixed_precision no)
 else
