@@ -62,7 +62,7 @@ def test_cli_writes_json_midi_and_pictures(run_dir, capsys):
     assert report["stage"] == "stage1" and report["step"] == 7
     assert len(s["files"]) == 3 and all((out / f"sample_{i:03d}.mid").is_file() for i in range(3))
     pngs = sorted(out.glob("*.png"))
-    assert len(pngs) == 4  # 3 samples + data vs samples
+    assert len(pngs) == 5  # 3 samples + data vs samples + metric histograms
     for p in pngs:
         data = p.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 2000

@@ -137,6 +137,8 @@ def test_distribution_overlap():
     assert distribution_overlap([3.0, 3.0], [3.0]) == pytest.approx(1.0, abs=1e-3)
     assert math.isnan(distribution_overlap([], x))
     assert distribution_overlap([1.0, math.nan], [1.0]) == pytest.approx(1.0, abs=1e-3)
+    # sets sharing a point mass overlap by the shared mass (7 of 8 samples at exactly the data's value)
+    assert distribution_overlap([0.0] * 20, [0.0] * 7 + [0.075]) == pytest.approx(7 / 8, abs=0.02)
 
 
 def test_compare_metrics():

@@ -330,7 +330,9 @@ def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | P
             "scale_consistency_within_0.1": bool(abs(scale["samples"] - scale["data"]) <= SCALE_TOLERANCE),
         }
         if out is not None and cfg.pictures:
-            from aurl.evaluate.plots import plot_piano_roll, plot_piano_rolls
+            from aurl.evaluate.plots import plot_metric_distributions, plot_piano_roll, plot_piano_rolls
+
+            pictures.append(str(plot_metric_distributions(data_m, samp_m, out / "metrics.png", result["metrics"])))
 
             for i, score in enumerate(scores):
                 pictures.append(str(plot_piano_roll(score, out / f"sample_{i:03d}.png", f"sample {i}")))

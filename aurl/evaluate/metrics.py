@@ -289,8 +289,8 @@ def distribution_overlap(a: Sequence[float], b: Sequence[float], grid_points: in
     """Overlapping area of the Gaussian KDEs of two samples of a feature (NaNs dropped).
 
     1.0 for identical samples, near 0 for far-apart ones; NaN when either side has no finite value.
-    Bandwidth: Silverman's rule per set, at least 1 % of the pooled spread (or of the magnitude for
-    constant sets) so that sets of identical values still have a width.
+    Bandwidth: the mean of the two sets' Silverman bandwidths, used for both; each at least 1 % of the
+    pooled spread (or of the magnitude for constant sets) so that sets of identical values have a width.
     """
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
@@ -300,7 +300,9 @@ def distribution_overlap(a: Sequence[float], b: Sequence[float], grid_points: in
     pooled = np.concatenate([a, b])
     scale = float(pooled.max() - pooled.min()) or float(np.abs(pooled).max()) or 1.0
     floor = 0.01 * scale
-    ha, hb = _bandwidth(a, floor), _bandwidth(b, floor)
+    # one bandwidth for both (the mean of their own): two sets that share a point mass (e.g. mostly 0.0)
+    # then overlap by the mass they share, whatever the spread of the rest
+    ha = hb = 0.5 * (_bandwidth(a, floor) + _bandwidth(b, floor))
     lo = float(pooled.min()) - 5 * max(ha, hb)
     hi = float(pooled.max()) + 5 * max(ha, hb)
     x = np.linspace(lo, hi, grid_points)

@@ -197,3 +197,37 @@ def plot_piano_rolls(pieces: Sequence, path: str | Path, titles: Sequence[str] |
     fig.axes[-1].set_xlabel("time (s)")
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_metric_distributions(data: Sequence[dict], samples: Sequence[dict], path: str | Path,
+                              overlaps: dict | None = None, dpi: int = 110) -> Path:
+    """One histogram per music metric: the data's per-piece values against the samples' -> PNG.
+
+    data / samples: per-piece metric dicts (aurl.evaluate.metrics.compute_metrics); overlaps: the
+    {name: {"overlap": float}} of compare_metrics, shown in each title.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from aurl.evaluate.metrics import METRIC_NAMES
+
+    fig = Figure(figsize=(12, 6))
+    for i, name in enumerate(METRIC_NAMES):
+        ax = fig.add_subplot(2, 4, i + 1)
+        d = np.array([m[name] for m in data], dtype=float)
+        s = np.array([m[name] for m in samples], dtype=float)
+        d, s = d[np.isfinite(d)], s[np.isfinite(s)]
+        both = np.concatenate([d, s])
+        if len(both):
+            lo, hi = float(both.min()), float(both.max())
+            bins = np.linspace(lo - 0.5, hi + 0.5, 21) if hi - lo < 1e-9 else np.linspace(lo, hi, 21)
+            for values, label, color in ((d, "data", "tab:blue"), (s, "samples", "tab:orange")):
+                if len(values):
+                    ax.hist(values, bins=bins, density=True, alpha=0.5, label=f"{label} ({len(values)})",
+                            color=color)
+        ov = (overlaps or {}).get(name, {}).get("overlap")
+        ax.set_title(name + (f"\noverlap {ov:.2f}" if ov is not None and math.isfinite(ov) else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
