@@ -73,7 +73,11 @@ for stage in $stages; do
     else
         args+=(--dependency "afterok:$previous")
     fi
-    id="$(sbatch "${args[@]}" "$repo_root/slurm/stage.sh" "$stage")"
+    if ! id="$(sbatch "${args[@]}" "$repo_root/slurm/stage.sh" "$stage")"; then
+        echo "[aurl] error: sbatch of stage $stage failed; cancelling the jobs submitted so far: ${ids[*]:-none}" >&2
+        [ "${#ids[@]}" = 0 ] || scancel "${ids[@]}"
+        exit 1
+    fi
     id="${id%%;*}"  # --parsable prints "id" or "id;cluster"
     ids+=("$id")
     jobs_args+=(--job "$stage=$id")
