@@ -47,7 +47,9 @@ def test_cli_writes_json_midi_and_pictures(run_dir, capsys):
     rc = main(["--checkpoint", str(ckpt), "--num-samples", "3", "--length", "48", "--seed", "1"])
     assert rc == 0
     out = run_dir / "eval" / "best_model"  # default: RUN/eval/<checkpoint name>, cache found above the file
-    report = json.loads((out / "eval.json").read_text())
+    text = (out / "eval.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: undefined metrics are null
+    report = json.loads(text)
     v = report["validation"]
     assert v["kind"] == "exact" and v["tokens"] > 0 and v["notes"] > 0 and v["seconds"] > 0
     # an untrained model is near uniform over the vocabulary
