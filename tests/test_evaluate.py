@@ -107,7 +107,7 @@ def test_validation_nll_equals_the_models_own_loss(run_dir):
     assert got["tokens"] == tokens
     assert got["nll_per_token"] == pytest.approx(total / tokens, rel=1e-5)
     capped = validation_nll(model, cache, EvalConfig(max_val_tokens=100), "cpu")
-    assert capped["tokens"] == 100
+    assert capped["tokens"] == 100 and capped["windows"] == 2  # 63 + 37 targets
 
 
 def test_evaluate_model_in_memory_with_loss_curves(run_dir, tmp_path):

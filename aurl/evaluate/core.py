@@ -91,22 +91,30 @@ class EvalConfig:
 # ----------------------------------------------------------------------------------------------------------
 # Validation likelihood
 def _windows(cache, seq_len: int, max_tokens: int) -> list[np.ndarray]:
-    """Non-overlapping windows of the validation pieces (>= 2 tokens each), up to max_tokens targets."""
-    out, targets = [], 0
+    """Non-overlapping windows (>= 2 tokens) of the validation pieces; with max_tokens, windows spread
+    evenly over the split (not just its first pieces), the last cut so that exactly max_tokens are targets."""
+    out = []
     for piece in cache.val_pieces:
         toks = np.asarray(cache.tokens(piece)).astype(np.int64)
-        for s in range(0, len(toks) - 1, seq_len):
-            w = toks[s : s + seq_len]
-            if len(w) < 2:
-                continue
-            if max_tokens and targets + len(w) - 1 > max_tokens:
-                w = w[: max_tokens - targets + 1]
-                if len(w) >= 2:
-                    out.append(w)
-                return out
-            out.append(w)
+        out += [toks[s : s + seq_len] for s in range(0, len(toks) - 1, seq_len) if len(toks[s : s + seq_len]) >= 2]
+    total = sum(len(w) - 1 for w in out)
+    if not max_tokens or total <= max_tokens:
+        return out
+    k = min(len(out), max(1, math.ceil(max_tokens / (total / len(out)))))
+    while True:  # the fewest evenly spread windows that hold max_tokens targets
+        picked = [out[i] for i in np.unique(np.linspace(0, len(out) - 1, k).round().astype(int))]
+        if sum(len(w) - 1 for w in picked) >= max_tokens or k == len(out):
+            break
+        k += 1
+    kept, targets = [], 0
+    for w in picked:
+        w = w[: max_tokens - targets + 1]
+        if len(w) >= 2:
+            kept.append(w)
             targets += len(w) - 1
-    return out
+        if targets >= max_tokens:
+            break
+    return kept
 
 
 def validation_nll(model, cache, cfg: EvalConfig, device) -> dict:
@@ -171,8 +179,9 @@ def validation_nll(model, cache, cfg: EvalConfig, device) -> dict:
 def data_excerpts(cache, length: int, max_excerpts: int) -> list:
     """Decoded excerpts of the validation pieces, each the token length of a sample (START + length).
 
-    Tails shorter than half that are left out. An excerpt from inside a piece starts with the tempo in force there (tempo is written only on change)
-    and without its leading time shifts (a sample's first note comes right after START, too).
+    Tails shorter than half that are left out. An excerpt from inside a piece starts with the tempo in force
+    there (tempo is written only on change) and without its leading time shifts (a sample's first note
+    comes right after START, too).
     """
     spans = []
     for piece in cache.val_pieces:
