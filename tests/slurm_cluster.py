@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -66,6 +67,8 @@ def _slurm_conf(root: Path, ctld_port: int, node_ports: list[int]) -> str:
     mem_mb = max(512, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 / 4))
     lines = [
         "ClusterName=aurltest",
+        # Job ids (hence launch/slurm_node.sh's ports) differ between two test clusters on one machine.
+        f"FirstJobId={random.randrange(1000, 1_000_000, 1000)}",
         f"SlurmctldHost={host}(127.0.0.1)",
         f"SlurmctldPort={ctld_port}",
         "SlurmUser=root",
