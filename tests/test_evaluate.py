@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ import torch
 from midi_factory import write_simple_midi
 
 from aurl import vocab
+from aurl.console import UserError
 from aurl.data.cache import TokenCache, build
-from aurl.evaluate import EvalConfig, evaluate_checkpoint, evaluate_model, format_report
+from aurl.evaluate import EvalConfig, evaluate_checkpoint, evaluate_model, format_report, latest_eval
 from aurl.evaluate.__main__ import main
 from aurl.evaluate.core import _sample_report, data_excerpts, validation_nll
 from aurl.evaluate.metrics import METRIC_NAMES
@@ -71,6 +73,30 @@ def test_cli_writes_json_midi_and_pictures(run_dir, capsys):
     printed = capsys.readouterr().out
     assert "NLL per token" in printed and "bits per second" in printed and "pitch_class_entropy" in printed
 
+
+
+def test_stage_end_call_finds_the_trainers_metrics_jsonl(run_dir, tmp_path):
+    """The trainer's call: keyword overrides, loss curves from RUN/logs/metrics.jsonl, --status summary."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for f in (run_dir / "checkpoints").glob("best_model.*"):
+        shutil.copy(f, run / "checkpoints" / f.name)
+    (run / "logs").mkdir()
+    lines = [{"stage": st, "step": s, "split": sp, "loss": 6.0 - 0.1 * s, "lr": 1e-3}
+             for st in ("stage1", "stage2") for s in range(5) for sp in ("train", "val")]
+    (run / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert latest_eval(run) is None
+    r = evaluate_checkpoint(run / "checkpoints" / "best_model.pt", run_dir / "cache", num_samples=1, length=16,
+                            seed=3, max_val_tokens=50)
+    assert r["eval_config"]["num_samples"] == 1 and r["eval_config"]["seed"] == 3
+    assert r["validation"]["tokens"] == 50
+    out = run / "eval" / "best_model"
+    assert (out / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
+    info = latest_eval(run)
+    assert info["json"] == str(out / "eval.json") and str(out / "loss_curves.png") in info["pictures"]
+    assert info["stage"] == "stage1" and set(info["quality_bar"]) and info["nll_per_token"] > 0
+    with pytest.raises(UserError, match="--length"):
+        evaluate_checkpoint(run / "checkpoints" / "best_model.pt", run_dir / "cache", length=0)
 
 def test_same_seed_same_report(run_dir, tmp_path):
     cfg = EvalConfig(num_samples=2, length=32, seed=5, pictures=False)

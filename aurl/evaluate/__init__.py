@@ -3,15 +3,20 @@
 
 The trainer's end-of-stage call (rank 0 only)::
 
-    from aurl.evaluate import EvalConfig, evaluate_checkpoint
-    result = evaluate_checkpoint(best_model_path, cache_dir, EvalConfig(num_samples=4, length=256,
-                                 max_val_tokens=20000), out_dir=run_dir / "eval" / stage_name)
+    from aurl.evaluate import evaluate_checkpoint, format_report
+    result = evaluate_checkpoint(best_model_path, cache_dir, num_samples=4, length=256, seed=0,
+                                 max_val_tokens=20000, out_dir=run_dir / "eval" / stage_name,
+                                 losses=run_dir / "logs" / "metrics.jsonl")
+    print0(format_report(result))          # the readable table; result["json"] is the JSON report
+
+and for --status: ``latest_eval(run_dir)`` (aurl.evaluate.status) -> the newest report and its PNG paths.
 
 Importing this package imports neither torch nor matplotlib.
 """
 
 from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, evaluate_model, format_report
 from aurl.evaluate.metrics import METRIC_NAMES, compare_metrics, compute_metrics, distribution_overlap
+from aurl.evaluate.status import latest_eval
 
 __all__ = [
     "METRIC_NAMES",
@@ -22,4 +27,5 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluate_model",
     "format_report",
+    "latest_eval",
 ]

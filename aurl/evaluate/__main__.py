@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="JSON report path (default: OUT/eval.json)")
     p.add_argument("--losses", type=Path, default=None,
                    help="loss records for the loss-curve PNG: a TensorBoard folder or a JSONL file "
-                        "(default: the nearest logs/tensorboard above the checkpoint)")
+                        "(default: the nearest logs/metrics.jsonl, logs/losses.jsonl or logs/tensorboard above "
+                        "the checkpoint)")
     p.add_argument("--no-pictures", action="store_true", help="write no PNG")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     return p

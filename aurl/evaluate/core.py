@@ -25,6 +25,7 @@ What is measured, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -370,29 +371,44 @@ def _find_cache(checkpoint: Path, meta: dict) -> Path:
     return Path("outputs/cache")
 
 
+# loss-record sources under RUN/logs, in order of preference (the trainer appends logs/metrics.jsonl)
+LOSS_SOURCES = ("metrics.jsonl", "losses.jsonl", "tensorboard")
+
+
 def _find_losses(checkpoint: Path) -> Path | None:
     for parent in list(checkpoint.resolve().parents)[:SEARCH_LEVELS]:
-        for cand in (parent / "logs" / "tensorboard", parent / "logs" / "losses.jsonl"):
-            if cand.exists():
-                return cand
+        for name in LOSS_SOURCES:
+            if (parent / "logs" / name).exists():
+                return parent / "logs" / name
     return None
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = None,
                         cfg: EvalConfig | None = None, out_dir: str | Path | None = None,
                         json_path: str | Path | None = None, losses: str | Path | None = None,
-                        device: str = "auto") -> dict:
+                        device: str = "auto", *, num_samples: int | None = None, length: int | None = None,
+                        seed: int | None = None, max_val_tokens: int | None = None) -> dict:
     """Load a model file (aurl.model.checkpoint) and evaluate it; write JSON, MIDI and PNGs.
 
+    num_samples / length / seed / max_val_tokens, when given, override those fields of cfg (a shorthand for
+    the trainer's stage-end call: ``evaluate_checkpoint(path, cache_dir, num_samples=4, length=256, seed=0,
+    out_dir=run / "eval" / stage)``).
+
     cache_dir None: the cache named in the file's `extra` ("cache_dir"), else the nearest `cache/` folder up
-    to 3 levels above the file, else outputs/cache. out_dir None: `eval/` next to the `checkpoints/` folder holding the file (else next
-    to the file). json_path None: out_dir/eval.json. losses None: the nearest logs/tensorboard (or
-    logs/losses.jsonl) up to 3 levels above the file, if any.
+    to 3 levels above the file, else outputs/cache. out_dir None: RUN/eval/<file stem>, RUN = the folder
+    holding the `checkpoints/` folder the file is in (else the file's folder). json_path None:
+    out_dir/eval.json. losses None: the nearest logs/metrics.jsonl (else logs/losses.jsonl, else
+    logs/tensorboard) up to 3 levels above the file, if any.
     """
     from aurl.atomic import atomic_write_json
     from aurl.data.cache import TokenCache
     from aurl.model.checkpoint import load_model_file
 
+    overrides = {k: v for k, v in (("num_samples", num_samples), ("length", length), ("seed", seed),
+                                   ("max_val_tokens", max_val_tokens)) if v is not None}
+    if overrides:
+        cfg = dataclasses.replace(cfg or EvalConfig(), **overrides)
+    cfg = (cfg or EvalConfig()).validate()  # bad values fail before the model is loaded
     checkpoint = Path(checkpoint)
     model, mcfg, meta = load_model_file(checkpoint, map_location=_device(device))
     cache_path = Path(cache_dir) if cache_dir is not None else _find_cache(checkpoint, meta)
