@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aurl import bench
 
 SCRIPT = '''
@@ -57,3 +59,11 @@ def test_results_keep_one_section_per_device_and_script(tmp_path):
 def test_unknown_script_is_exit_2(capsys):
     assert bench.main(["--only", "nosuch", "--no-write"]) == 2
     assert "no script named nosuch" in capsys.readouterr().err
+
+
+def test_flag_errors_are_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--timeout", "soon"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--timeout" in err and len(err.strip().splitlines()) == 1

@@ -181,3 +181,12 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, args, match):
     assert main([a.format(run=run_dir) for a in args]) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_flag_errors_are_one_line_and_exit_2(capsys):
+    for argv in ([], ["--checkpoint", "x.pt", "--num-samples", "many"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "error" in err and len(err.strip().splitlines()) == 1
