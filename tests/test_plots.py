@@ -39,6 +39,9 @@ def test_stage_offsets_put_stages_back_to_back():
     # natural order: stage10 after stage2
     assert list(stage_offsets([{"stage": "stage10", "step": 1}, {"stage": "stage2", "step": 4}])) == [
         "stage2", "stage10"]
+    # a global step counter (stage 2 continues at 30): already on one axis, nothing shifted
+    glob = [{"stage": "stage1", "step": s} for s in range(30)] + [{"stage": "stage2", "step": s} for s in (30, 40)]
+    assert stage_offsets(glob) == {"stage1": 0, "stage2": 0}
 
 
 def test_loss_curves_from_jsonl(tmp_path):

@@ -93,15 +93,19 @@ def load_loss_records(source: str | Path) -> list[dict]:
 
 
 def stage_offsets(records: Iterable[dict]) -> dict:
-    """Where each stage starts on the shared axis: stages in natural order, each after the last step of
-    the previous one (every stage counts its steps from 0)."""
+    """What to add to each stage's steps to put all stages on one axis, in natural stage order, each after
+    the last step of the previous one: a stage counting its steps from 0 is shifted; a stage whose steps
+    already continue the previous one's (a global step counter) is left where it is."""
+    first: dict = {}
     last: dict = defaultdict(int)
     for r in records:
-        last[r["stage"]] = max(last[r["stage"]], int(r["step"]))
+        step = int(r["step"])
+        first[r["stage"]] = min(first.get(r["stage"], step), step)
+        last[r["stage"]] = max(last[r["stage"]], step)
     offsets, x = {}, 0
     for stage in sorted(last, key=_stage_key):
-        offsets[stage] = x
-        x += last[stage] + 1
+        offsets[stage] = max(0, x - first[stage])
+        x = offsets[stage] + last[stage] + 1
     return offsets
 
 
@@ -140,13 +144,15 @@ def plot_loss_curves(records: Sequence[dict], path: str | Path, title: str = "au
     for i, stage in enumerate(sorted(offsets, key=_stage_key)):
         color = colors[i % len(colors)]
         for split, style in (("train", dict(lw=1.0, alpha=0.7)), ("val", dict(lw=2.0, marker="o", ms=3))):
-            pts = sorted((offsets[stage] + r["step"], r["loss"]) for r in records
-                         if r["stage"] == stage and r["split"] == split)
+            # a step logged twice (replayed after a resume): the later record wins
+            by_step = {r["step"]: r["loss"] for r in records if r["stage"] == stage and r["split"] == split}
+            pts = sorted((offsets[stage] + step, loss) for step, loss in by_step.items())
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{stage} {split}",
                         ls="-" if split == "train" else "--", **style)
-        if offsets[stage] > 0:
-            ax.axvline(offsets[stage] - 0.5, color="grey", lw=0.8, ls=":")
+        start = offsets[stage] + min(r["step"] for r in records if r["stage"] == stage)
+        if start > 0:
+            ax.axvline(start - 0.5, color="grey", lw=0.8, ls=":")
     if not records:
         ax.text(0.5, 0.5, "no loss records yet", ha="center", va="center", transform=ax.transAxes)
     else:
