@@ -18,6 +18,7 @@ from aurl.evaluate import EvalConfig, evaluate_checkpoint, evaluate_model, forma
 from aurl.evaluate.__main__ import main
 from aurl.evaluate.core import _sample_report, data_excerpts, validation_nll
 from aurl.evaluate.metrics import METRIC_NAMES
+from aurl.evaluate.status import eval_reports
 from aurl.model import ModelConfig, MusicTransformerVAEGAN, save_model_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -95,6 +96,7 @@ def test_stage_end_call_finds_the_trainers_metrics_jsonl(run_dir, tmp_path):
     info = latest_eval(run)
     assert info["json"] == str(out / "eval.json") and str(out / "loss_curves.png") in info["pictures"]
     assert info["stage"] == "stage1" and set(info["quality_bar"]) and info["nll_per_token"] > 0
+    assert info["nll_kind"] == "exact" and eval_reports(run) == [info]
     with pytest.raises(UserError, match="--length"):
         evaluate_checkpoint(run / "checkpoints" / "best_model.pt", run_dir / "cache", length=0)
 

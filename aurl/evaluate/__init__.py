@@ -9,14 +9,15 @@ The trainer's end-of-stage call (rank 0 only)::
                                  losses=run_dir / "logs" / "metrics.jsonl")
     print0(format_report(result))          # the readable table; result["json"] is the JSON report
 
-and for --status: ``latest_eval(run_dir)`` (aurl.evaluate.status) -> the newest report and its PNG paths.
+and for --status: ``latest_eval(run_dir)`` (aurl.evaluate.status) -> the newest report and its PNG paths;
+``eval_reports(run_dir)`` -> all of them (e.g. the quality bar's "stage-2 NLL below stage 1's").
 
 Importing this package imports neither torch nor matplotlib.
 """
 
 from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, evaluate_model, format_report
 from aurl.evaluate.metrics import METRIC_NAMES, compare_metrics, compute_metrics, distribution_overlap
-from aurl.evaluate.status import latest_eval
+from aurl.evaluate.status import eval_reports, latest_eval
 
 __all__ = [
     "METRIC_NAMES",
@@ -24,6 +25,7 @@ __all__ = [
     "compare_metrics",
     "compute_metrics",
     "distribution_overlap",
+    "eval_reports",
     "evaluate_checkpoint",
     "evaluate_model",
     "format_report",

@@ -13,15 +13,15 @@ import json
 from pathlib import Path
 
 
-def latest_eval(run_dir: str | Path) -> dict | None:
-    """The newest RUN/eval/*/eval.json (by modification time) summarised, or None when there is none.
+def eval_reports(run_dir: str | Path) -> list[dict]:
+    """Every readable RUN/eval/*/eval.json summarised, oldest first (by modification time).
 
-    -> {"json": path, "dir": folder, "pictures": [PNG paths that exist], "nll_per_token": float | None,
-        "quality_bar": {name: bool}, "stage": ..., "step": ...}. A report that cannot be read (cut short by a
-    crash) is skipped for the next newest.
+    Each: {"json": path, "dir": folder, "pictures": [PNG paths that exist], "nll_per_token": float | None,
+    "nll_kind": "exact" | "elbo_bound" | None, "quality_bar": {name: bool}, "stage": ..., "step": ...}.
+    A report that cannot be read (cut short by a crash) is left out.
     """
-    reports = sorted(Path(run_dir).glob("eval/*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in reports:
+    out = []
+    for path in sorted(Path(run_dir).glob("eval/*/eval.json"), key=lambda p: p.stat().st_mtime):
         try:
             r = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -29,13 +29,21 @@ def latest_eval(run_dir: str | Path) -> dict | None:
         pictures = [p for p in r.get("pictures") or [] if Path(p).is_file()]
         if not pictures:  # the report was moved with its folder: look next to it
             pictures = [str(p) for p in sorted(path.parent.glob("*.png"))]
-        return {
+        validation = r.get("validation") or {}
+        out.append({
             "json": str(path),
             "dir": str(path.parent),
             "pictures": pictures,
-            "nll_per_token": (r.get("validation") or {}).get("nll_per_token"),
+            "nll_per_token": validation.get("nll_per_token"),
+            "nll_kind": validation.get("kind"),
             "quality_bar": r.get("quality_bar") or {},
             "stage": r.get("stage"),
             "step": r.get("step"),
-        }
-    return None
+        })
+    return out
+
+
+def latest_eval(run_dir: str | Path) -> dict | None:
+    """The newest report of eval_reports(run_dir), or None before the first evaluation."""
+    reports = eval_reports(run_dir)
+    return reports[-1] if reports else None
