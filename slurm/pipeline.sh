@@ -24,6 +24,7 @@
 #   AURL_STAGES             stages to submit, in order                              (default "1 2 3")
 #   AURL_TRAIN_ARGS         more aurl.train arguments, e.g. key=value overrides     (default none)
 #   AURL_SBATCH_ARGS        more sbatch options for every stage job, e.g. "--qos=high --exclusive"
+#   AURL_SKIP_ENV           1 = use the python/accelerate on PATH, do not set up .venv    (default 0)
 set -euo pipefail
 
 # Under sbatch this is a copy in the spool folder: find the checkout from the job's Command.
@@ -84,7 +85,7 @@ for stage in $stages; do
     previous="$id"
 done
 
-source "$repo_root/launch/env.sh" >&2
+[ "${AURL_SKIP_ENV:-0}" = 1 ] || source "$repo_root/launch/env.sh" >&2
 record_rc=0
 python -m aurl.slurm record --output-dir "$out" "${jobs_args[@]}" ${pipeline_job:+--pipeline-job "$pipeline_job"} \
     || record_rc=$?

@@ -9,7 +9,8 @@
 # Knobs (environment, defaults in slurm/pipeline.sh; the job inherits them from sbatch):
 #   AURL_OUTPUT_DIR (default <repo>/outputs), AURL_CONFIG (training config; "{stage}" becomes the stage number),
 #   AURL_DATA (MIDI folder), AURL_TRAIN_ARGS (more aurl.train arguments, e.g. key=value overrides),
-#   AURL_ACCELERATE_CONFIG, AURL_GPUS_PER_NODE, AURL_PROCS_PER_NODE (read by launch/slurm_node.sh).
+#   AURL_ACCELERATE_CONFIG, AURL_GPUS_PER_NODE, AURL_PROCS_PER_NODE (read by launch/slurm_node.sh),
+#   AURL_SKIP_ENV=1 (use the python/accelerate on PATH instead of setting up .venv).
 # Exit status: 0 only when the stage is completed (at once if it already was). A stage stopped early by
 # SIGUSR1 (preemption, `--signal=B:USR1@N`, `scancel --signal=USR1 --batch`) or by the trainer's deadline
 # saves a committed checkpoint, requeues this job (`scontrol requeue`: same job id, so the afterok chain
@@ -29,7 +30,9 @@ fi
 export AURL_REPO="$repo_root"
 out="${AURL_OUTPUT_DIR:-$repo_root/outputs}"
 out="$(realpath -m "$out")"  # relative to the submit folder; the nodes run in the checkout
-source "$repo_root/launch/env.sh"
+if [ "${AURL_SKIP_ENV:-0}" != 1 ]; then  # 1 = an environment is already active
+    source "$repo_root/launch/env.sh"
+fi
 cd "$repo_root"
 
 log() { echo "[aurl] $(date -u +%H:%M:%S) job $SLURM_JOB_ID stage $stage: $*" >&2; }

@@ -6,6 +6,8 @@ Each stage job runs across node1 and node2 (one accelerate launcher per node, on
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +61,85 @@ def test_cluster_runs_a_job_across_both_nodes(slurm_cluster, tmp_path):  # noqa:
     assert [ln for ln in lines if ln] == ["node1 0", "node2 1"]
 
 
+@pytest.fixture
+def stub_trainer(tmp_path) -> dict[str, str]:
+    """Environment knobs that make the stage jobs run slurm_fake_trainer.py through a stub `accelerate` (same
+    process tree: the launcher and its worker child, USR1 ignored in the launcher), in seconds, no torch."""
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "accelerate"
+    stub.write_text(f"""#!/bin/bash
+# accelerate launch [flags] -m aurl.train ARGS -> the fake trainer with this node's machine rank
+rank=0
+while [ $# -gt 0 ]; do
+    case "$1" in --machine_rank) rank="$2"; shift 2 ;; -m) shift 2; break ;; *) shift ;; esac
+done
+FAKE_RANK="$rank" {sys.executable} {Path(__file__).parent / "slurm_fake_trainer.py"} "$@"
+""")
+    stub.chmod(0o755)
+    return {"AURL_SKIP_ENV": "1", "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def _events(out: Path) -> list[str]:
+    return (out / "events.log").read_text().splitlines() if (out / "events.log").exists() else []
+
+
+@pytest.mark.slow
+def test_pipeline_scripts_chain_preempt_and_requeue_with_a_stub_trainer(slurm_cluster, tmp_path, stub_trainer):  # noqa: F811
+    """slurm/pipeline.sh, stage.sh and launch/slurm_node.sh on the real cluster, the trainer replaced by a stub
+    that keeps its contract (flag-only USR1 handler, exit 75 when stopped, status in the state file)."""
+    out = tmp_path / "run"
+    env = _env(slurm_cluster, out, **stub_trainer)
+    r = slurm_cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
+    ids = r.stdout.split()
+    jobs = dict(zip("123", ids, strict=True))
+    assert slurm.recorded_jobs(out) == jobs
+
+    _finished(slurm_cluster, out, 1, jobs["1"], timeout=60)
+    # Stage 2 has committed a step: preempt it the way `--signal=B:USR1@N` does (the batch shell only).
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoints" / "stage2" / "step.txt").exists():
+        assert time.monotonic() < deadline, _stage_log(out, 2, jobs["2"])
+        time.sleep(0.1)
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobs["2"])
+    for stage in "23":
+        _finished(slurm_cluster, out, int(stage), jobs[stage], timeout=90)
+
+    infos = {s: slurm_cluster.job(jobs[s]) for s in "123"}
+    assert [infos[s]["Restarts"] for s in "123"] == ["0", "1", "0"], infos
+    assert all(infos[s]["NodeList"] == "node[1-2]" for s in "123"), infos
+    assert infos["1"]["EndTime"] <= infos["2"]["StartTime"] and infos["2"]["EndTime"] <= infos["3"]["StartTime"]
+    events = _events(out)
+    # Every stage ran on both nodes, ranks 0 and 1; stage 2 stopped on both and resumed from its checkpoint.
+    for stage in "123":
+        assert {e.split()[2] for e in events if e.startswith(f"completed stage={stage} ")} == {"rank=0", "rank=1"}
+    assert {e.split()[2] for e in events if e.startswith("stopped stage=2 ")} == {"rank=0", "rank=1"}, events
+    starts2 = [e for e in events if e.startswith("start stage=2 rank=0 ")]
+    assert len(starts2) == 2 and starts2[0].split()[3] == "step=0" and starts2[1].split()[3] != "step=0", events
+    assert {e.split()[4] for e in events if e.startswith("start stage=1 ")} == {"node=node1", "node=node2"}
+    log2 = _stage_log(out, 2, jobs["2"])
+    assert "requeueing job" in log2 and "restart 1" in log2, log2
+
+    # A completed stage's job, submitted again, exits 0 at once.
+    again = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", f"--output={tmp_path}/%x-%j.out",
+                              str(REPO / "slurm" / "stage.sh"), "3", env=env, cwd=tmp_path).stdout.strip()
+    assert slurm_cluster.wait(again, timeout=30)["JobState"] == "COMPLETED"
+    assert "already completed" in (tmp_path / f"aurl-stage-{again}.out").read_text()
+    assert len(_events(out)) == len(events)
+
+
+@pytest.mark.slow
+def test_failing_stage_cancels_its_dependents_with_a_stub_trainer(slurm_cluster, tmp_path, stub_trainer):  # noqa: F811
+    out = tmp_path / "run"
+    env = _env(slurm_cluster, out, AURL_CONFIG=str(tmp_path / "missing_stage{stage}.yaml"), **stub_trainer)
+    ids = slurm_cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path).stdout.split()
+    assert len(ids) == 3
+    info = slurm_cluster.wait(ids[0], timeout=60)
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", info
+    for job in ids[1:]:
+        assert slurm_cluster.wait(job, timeout=30)["JobState"] == "CANCELLED"
+
+
 @pytest.mark.slow
 @needs_trainer
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
@@ -97,7 +178,7 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
 @needs_trainer
 def test_failing_stage_cancels_its_dependents(slurm_cluster, tmp_path):  # noqa: F811
     out = tmp_path / "run"
-    env = _env(slurm_cluster, out, AURL_CONFIG=str(tmp_path / "missing_stage{stage}.yaml"), FAKE_FAIL_STAGE="1")
+    env = _env(slurm_cluster, out, AURL_CONFIG=str(tmp_path / "missing_stage{stage}.yaml"))
     r = slurm_cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
     ids = r.stdout.split()
     assert len(ids) == 3 and slurm.recorded_jobs(out) == dict(zip("123", ids, strict=True))
