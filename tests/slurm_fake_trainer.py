@@ -45,7 +45,8 @@ def main() -> int:
     committed = ckpt / "step.txt"
     step = int(committed.read_text()) if args.resume and committed.exists() else 0
     steps = int(os.environ.get("FAKE_STEPS", "12"))
-    event(out, f"start stage={args.stage} rank={rank} step={step} node={os.environ.get('SLURMD_NODENAME')}")
+    event(out, f"start stage={args.stage} rank={rank} step={step} node={os.environ.get('SLURMD_NODENAME')} "
+          f"end={os.environ.get('SLURM_JOB_END_TIME')}")
 
     while step < steps:
         time.sleep(float(os.environ.get("FAKE_STEP_SECONDS", "0.25")))

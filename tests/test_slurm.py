@@ -117,6 +117,9 @@ def test_pipeline_scripts_chain_preempt_and_requeue_with_a_stub_trainer(slurm_cl
     starts2 = [e for e in events if e.startswith("start stage=2 rank=0 ")]
     assert len(starts2) == 2 and starts2[0].split()[3] == "step=0" and starts2[1].split()[3] != "step=0", events
     assert {e.split()[4] for e in events if e.startswith("start stage=1 ")} == {"node=node1", "node=node2"}
+    # The trainer's deadline: the job's end time (set by stage.sh where SLURM < 23.02 does not), 10 min away.
+    end = int(next(e for e in events if e.startswith("start stage=1 ")).split()[5].removeprefix("end="))
+    assert 0 < end - time.time() <= 600, events
     log2 = _stage_log(out, 2, jobs["2"])
     assert "requeueing job" in log2 and "restart 1" in log2, log2
 
