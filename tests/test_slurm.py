@@ -17,8 +17,23 @@ from slurm_cluster import slurm_cluster  # noqa: F401 - the fixture
 from aurl import slurm
 
 REPO = Path(__file__).resolve().parents[1]
-needs_trainer = pytest.mark.skipif(not (REPO / "aurl" / "train" / "__main__.py").exists(),
-                                   reason="aurl.train has not landed yet")
+
+
+def _tiny_config_pattern() -> str | None:
+    """The trainer's tiny per-stage configs as an AURL_CONFIG pattern ("{stage}" = the stage number): the
+    files under configs/ named *tiny* or *debug* that exist for stages 1, 2 and 3."""
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if ("tiny" in path.name or "debug" in path.name) and path.name.count("1") == 1:
+            pattern = str(path.parent / path.name.replace("1", "{stage}"))
+            if all(Path(pattern.replace("{stage}", s)).exists() for s in "123"):
+                return pattern
+    return None
+
+
+TINY_CONFIG = _tiny_config_pattern()
+needs_trainer = pytest.mark.skipif(not (REPO / "aurl" / "train" / "__main__.py").exists() or TINY_CONFIG is None,
+                                   reason="aurl.train or its tiny per-stage configs (configs/**/*tiny*1*.yaml) "
+                                          "have not landed yet")
 
 
 def _env(cluster, out: Path, **knobs) -> dict[str, str]:
@@ -90,10 +105,15 @@ def test_pipeline_scripts_chain_preempt_and_requeue_with_a_stub_trainer(slurm_cl
     that keeps its contract (flag-only USR1 handler, exit 75 when stopped, status in the state file)."""
     out = tmp_path / "run"
     env = _env(slurm_cluster, out, **stub_trainer)
-    r = slurm_cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
-    ids = r.stdout.split()
+    # As a job (`sbatch slurm/pipeline.sh`: it runs from a spool copy); the failing-stage test uses plain bash.
+    pipeline = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
+                                 str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path).stdout.strip()
+    log = tmp_path / f"pipeline-{pipeline}.out"
+    assert slurm_cluster.wait(pipeline, timeout=60)["JobState"] == "COMPLETED", log.read_text()
+    ids = log.read_text().split()[-3:]
     jobs = dict(zip("123", ids, strict=True))
     assert slurm.recorded_jobs(out) == jobs
+    assert json.loads((out / slurm.JOBS_FILE).read_text())["current"]["pipeline_job"] == pipeline
 
     _finished(slurm_cluster, out, 1, jobs["1"], timeout=60)
     # Stage 2 has committed a step: preempt it the way `--signal=B:USR1@N` does (the batch shell only).
@@ -147,7 +167,7 @@ def test_failing_stage_cancels_its_dependents_with_a_stub_trainer(slurm_cluster,
 @needs_trainer
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "run"
-    env = _env(slurm_cluster, out)
+    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG)
     r = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
                           str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
     pipeline = r.stdout.strip()
@@ -175,34 +195,6 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     assert all(slurm.stage_status(out, s) == "completed" for s in (1, 2, 3))
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     assert slurm.status_lines(out) == [f"stage {s}: SLURM job {jobs[s]}: COMPLETED" for s in "123"]
-
-
-@pytest.mark.slow
-@needs_trainer
-def test_failing_stage_cancels_its_dependents(slurm_cluster, tmp_path):  # noqa: F811
-    out = tmp_path / "run"
-    env = _env(slurm_cluster, out, AURL_CONFIG=str(tmp_path / "missing_stage{stage}.yaml"))
-    r = slurm_cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
-    ids = r.stdout.split()
-    assert len(ids) == 3 and slurm.recorded_jobs(out) == dict(zip("123", ids, strict=True))
-    assert slurm_cluster.wait(ids[0], timeout=90)["JobState"] == "FAILED"
-    for job in ids[1:]:
-        info = slurm_cluster.wait(job, timeout=30)
-        assert info["JobState"] == "CANCELLED", info
-
-
-@pytest.mark.slow
-@needs_trainer
-def test_completed_stage_job_exits_at_once(slurm_cluster, tmp_path):  # noqa: F811
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "training_state.json").write_text(json.dumps({"stages": {"2": {"status": "completed"}}}))
-    env = _env(slurm_cluster, out)
-    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", f"--output={tmp_path}/%x-%j.out",
-                            str(REPO / "slurm" / "stage.sh"), "2", env=env, cwd=tmp_path).stdout.strip()
-    info = slurm_cluster.wait(job, timeout=30)
-    log = (tmp_path / f"aurl-stage-{job}.out").read_text()
-    assert info["JobState"] == "COMPLETED" and "already completed" in log, log
 
 
 def test_record_jobs_keeps_earlier_submissions(tmp_path):
