@@ -1,5 +1,5 @@
 """launch/run.sh: which accelerate config and flags it picks (a stub `accelerate` records them), and a real
-two-process CPU launch of the trainer."""
+two-process CPU launch (a probe script with the same flags; the trainer itself once it has landed)."""
 
 from __future__ import annotations
 
@@ -77,3 +77,89 @@ def test_every_accelerate_config_parses_and_names_its_command():
         if name.startswith("deepspeed"):
             assert cfg.deepspeed_config["zero_stage"] == int(name[len("deepspeed_zero")])
             assert cfg.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
+
+
+def _tiny_stage1_config() -> Path | None:
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if ("tiny" in path.name or "debug" in path.name) and "1" in path.name:
+            return path
+    return None
+
+
+def _find_key(obj, key):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                yield v
+            yield from _find_key(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _find_key(v, key)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "aurl" / "train" / "__main__.py").exists() or _tiny_stage1_config() is None,
+                    reason="aurl.train or its tiny stage-1 config has not landed yet")
+def test_run_sh_really_trains_with_two_cpu_processes(tmp_path):
+    import json
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run.sh would pick a GPU config")
+    env = dict(os.environ)
+    for var in ("AURL_ACCELERATE_CONFIG", "AURL_NUM_PROCESSES", "ACCELERATE_USE_CPU"):
+        env.pop(var, None)
+    out = tmp_path / "run"
+    r = subprocess.run(["bash", str(RUN), "--stage", "1", "--config", str(_tiny_stage1_config()),
+                        "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "accelerate_configs/cpu.yaml, 2 process(es)" in r.stderr
+    state = json.loads((out / "training_state.json").read_text())
+    assert 2 in set(_find_key(state, "world_size")), state
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
+def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, tmp_path):
+    """The exact `accelerate launch` flags run.sh builds without a GPU, run for real with a tiny script in
+    place of `-m aurl.train`: two processes, one gloo group (an all-reduce over both ranks)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = _run(stub_accelerate, "--stage", "1")
+    env_line, args = r.stdout.splitlines()
+    flags = args.split()
+    flags = flags[1:flags.index("-m")]  # drop "launch" and the trainer
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from accelerate import Accelerator\n"
+        "acc = Accelerator()\n"
+        "t = torch.tensor([acc.process_index + 1.0])\n"
+        "dist.all_reduce(t)\n"
+        "print(f'rank {acc.process_index}/{acc.num_processes} {acc.device} {dist.get_backend()} sum {t.item()}')\n")
+    env = dict(os.environ, ACCELERATE_USE_CPU=env_line.partition("=")[2])
+    accelerate = Path(sys.executable).parent / "accelerate"
+    p = subprocess.run([str(accelerate), "launch", *flags, str(script)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = sorted(ln for ln in p.stdout.splitlines() if ln.startswith("rank "))
+    assert lines == ["rank 0/2 cpu gloo sum 3.0", "rank 1/2 cpu gloo sum 3.0"], p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "aurl" / "train" / "__main__.py").exists(), reason="aurl.train has not landed yet")
+def test_run_sh_starts_the_trainer_in_two_processes(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    env = dict(os.environ, AURL_SKIP_ENV="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for var in ("AURL_ACCELERATE_CONFIG", "AURL_NUM_PROCESSES", "ACCELERATE_USE_CPU"):
+        env.pop(var, None)
+    p = subprocess.run(["bash", str(RUN), "--help"], env=env, capture_output=True, text=True, timeout=180,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 process(es)" in p.stderr and p.stdout.count("usage:") == 2, p.stdout + p.stderr
