@@ -4,6 +4,7 @@ two-process CPU launch (a probe script with the same flags; the trainer itself o
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,21 +146,7 @@ def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, 
     p = subprocess.run([str(accelerate), "launch", *flags, str(script)], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    lines = sorted(ln for ln in p.stdout.splitlines() if ln.startswith("rank "))
-    assert lines == ["rank 0/2 cpu gloo sum 3.0", "rank 1/2 cpu gloo sum 3.0"], p.stdout
+    # The two processes share one pipe: their lines may interleave.
+    ranks = sorted(re.findall(r"rank (\d)/(\d) cpu\S* gloo sum (\S+?)(?=rank|$|\s)", p.stdout))
+    assert ranks == [("0", "2", "3.0"), ("1", "2", "3.0")], p.stdout
 
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "aurl" / "train" / "__main__.py").exists(), reason="aurl.train has not landed yet")
-def test_run_sh_starts_the_trainer_in_two_processes(tmp_path):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    env = dict(os.environ, AURL_SKIP_ENV="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    for var in ("AURL_ACCELERATE_CONFIG", "AURL_NUM_PROCESSES", "ACCELERATE_USE_CPU"):
-        env.pop(var, None)
-    p = subprocess.run(["bash", str(RUN), "--help"], env=env, capture_output=True, text=True, timeout=180,
-                       cwd=tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "2 process(es)" in p.stderr and p.stdout.count("usage:") == 2, p.stdout + p.stderr
