@@ -88,6 +88,8 @@ log "srun exited with $rc; stage status: $status"
 if [ "$status" = completed ]; then
     exit 0
 fi
+# The trainer's own exit code does not survive accelerate launch (torchrun reports every failed worker as 1):
+# the state file says whether the stage stopped early with a committed checkpoint.
 if [ "$preempted" = 1 ] || [ "$rc" = 75 ] || [ "$status" = stopped ]; then
     if [ "$stopping" = 1 ] && [ "$preempted" = 0 ]; then
         log "stopped by SIGTERM: not requeued here"

@@ -4,7 +4,8 @@ It follows the trainer's side of the contract that slurm/stage.sh relies on, in 
 torch: SIGUSR1 only sets a flag; the stop happens at a step boundary after a committed checkpoint; rank 0
 writes `stages.<N>.status` ("stopped" or "completed") into training_state.json; a stop exits 75; a resume
 starts from the committed step. Each start and end is appended to <output-dir>/events.log for the test.
-Knobs: FAKE_RANK (the machine rank, set by the stub), FAKE_STEPS (steps per stage), FAKE_STEP_SECONDS.
+Knobs: FAKE_RANK (the machine rank, set by the stub), FAKE_STEPS (steps per stage), FAKE_STEP_SECONDS,
+FAKE_DEADLINE_MARGIN (stop that many seconds before SLURM_JOB_END_TIME, in the job's first run only).
 """
 
 from __future__ import annotations
@@ -48,19 +49,29 @@ def main() -> int:
     event(out, f"start stage={args.stage} rank={rank} step={step} node={os.environ.get('SLURMD_NODENAME')} "
           f"end={os.environ.get('SLURM_JOB_END_TIME')}")
 
+    # The trainer's deadline: stop this many seconds before the job's end (first run only, so the test ends).
+    margin = float(os.environ.get("FAKE_DEADLINE_MARGIN", "0"))
+    first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
     while step < steps:
         time.sleep(float(os.environ.get("FAKE_STEP_SECONDS", "0.25")))
         step += 1
+        end = os.environ.get("SLURM_JOB_END_TIME")
+        if margin and first_run and end and int(end) - time.time() < margin:
+            stop = True
         if rank == 0:
             ckpt.mkdir(parents=True, exist_ok=True)
             write(committed, str(step))
         if stop:
             if rank == 0:
                 set_status(out, args.stage, "stopped", step)
+            else:
+                barrier(out, args.stage, "stopped")
             event(out, f"stopped stage={args.stage} rank={rank} step={step}")
             return STOPPED_EXIT
     if rank == 0:
         set_status(out, args.stage, "completed", step)
+    else:
+        barrier(out, args.stage, "completed")
     event(out, f"completed stage={args.stage} rank={rank} step={step}")
     return 0
 
@@ -70,6 +81,17 @@ def set_status(out: Path, stage: int, status: str, step: int) -> None:
     state = json.loads(path.read_text()) if path.exists() else {}
     state.setdefault("stages", {})[str(stage)] = {"status": status, "step": step}
     write(path, json.dumps(state))
+
+
+def barrier(out: Path, stage: int, status: str) -> None:
+    """The trainer's barrier after rank 0's state-file update: a rank that exits non-zero earlier would make
+    `srun --kill-on-bad-exit` kill rank 0 before it records the stop."""
+    path = out / "training_state.json"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if path.exists() and json.loads(path.read_text()).get("stages", {}).get(str(stage), {}).get("status") == status:
+            return
+        time.sleep(0.05)
 
 
 def write(path: Path, text: str) -> None:

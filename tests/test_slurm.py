@@ -89,7 +89,8 @@ rank=0
 while [ $# -gt 0 ]; do
     case "$1" in --machine_rank) rank="$2"; shift 2 ;; -m) shift 2; break ;; *) shift ;; esac
 done
-FAKE_RANK="$rank" {sys.executable} {Path(__file__).parent / "slurm_fake_trainer.py"} "$@"
+# torchrun reports any failed worker as exit status 1 (a worker's 75 included), so does this stub
+FAKE_RANK="$rank" {sys.executable} {Path(__file__).parent / "slurm_fake_trainer.py"} "$@" || exit 1
 """)
     stub.chmod(0o755)
     return {"AURL_SKIP_ENV": "1", "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -161,6 +162,22 @@ def test_failing_stage_cancels_its_dependents_with_a_stub_trainer(slurm_cluster,
     assert info["JobState"] == "FAILED" and info["Restarts"] == "0", info
     for job in ids[1:]:
         assert slurm_cluster.wait(job, timeout=30)["JobState"] == "CANCELLED"
+
+
+@pytest.mark.slow
+def test_deadline_stop_without_a_signal_requeues_with_a_stub_trainer(slurm_cluster, tmp_path, stub_trainer):  # noqa: F811
+    """The trainer stops by itself before the job's end (no signal; accelerate exits 1): the state file says
+    "stopped", so the stage job requeues itself and the next run completes the stage."""
+    out = tmp_path / "run"
+    env = _env(slurm_cluster, out, FAKE_DEADLINE_MARGIN="597", **stub_trainer)
+    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00", "--requeue",
+                            f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
+                            env=env, cwd=tmp_path).stdout.strip()
+    info = slurm_cluster.wait(job, timeout=60)
+    log = (tmp_path / f"aurl-stage-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log
+    assert "srun exited with 1; stage status: stopped" in log and "requeueing job" in log, log
+    assert [e.split()[0] for e in _events(out) if "rank=0" in e] == ["start", "stopped", "start", "completed"]
 
 
 @pytest.mark.slow
