@@ -1,0 +1,93 @@
+"""Committed full-state checkpoints: <output-dir>/checkpoints/stageN/step_XXXXXXXX/.
+
+The commit protocol (Accelerate and DeepSpeed do not give one):
+  1. every rank saves into the staging dir .staging-step_XXXXXXXX (accelerator.save_state is a collective;
+     it writes model, optimizers and each rank's RNG states)
+  2. barrier
+  3. rank 0 writes meta.json (data cursor, step, best) and renames staging -> step_XXXXXXXX (the commit)
+  4. rank 0 points the state file at it (atomic)
+  5. barrier
+  6. rank 0 deletes older committed checkpoints beyond `keep` and any stale staging dir.
+A directory without meta.json, or with the staging prefix, is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from aurl.atomic import _fsync_dir, atomic_write_json
+
+STAGING_PREFIX = ".staging-"
+META = "meta.json"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def is_committed(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and not path.name.startswith(STAGING_PREFIX) and (path / META).is_file()
+
+
+def committed(stage_dir: str | Path) -> list[Path]:
+    """Committed checkpoints of a stage, oldest first."""
+    stage_dir = Path(stage_dir)
+    if not stage_dir.is_dir():
+        return []
+    return sorted(p for p in stage_dir.glob("step_*") if is_committed(p))
+
+
+def read_meta(path: str | Path) -> dict:
+    return json.loads((Path(path) / META).read_text())
+
+
+def save(accelerator, stage_dir: Path, step: int, meta: dict, on_commit=None, keep: int = 2) -> Path:
+    """Run the commit protocol on every rank; returns the committed dir. on_commit(path) runs on rank 0
+    after the rename and before the final barrier (the state-file update)."""
+    stage_dir = Path(stage_dir)
+    final = stage_dir / step_name(step)
+    staging = stage_dir / (STAGING_PREFIX + final.name)
+    if accelerator.is_main_process:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)  # left by a save that was killed
+        staging.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(staging / META, {**meta, "step": step, "world_size": accelerator.num_processes})
+        if final.exists():  # the same step committed before a crash: replace it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        _fsync_dir(stage_dir)
+        if on_commit is not None:
+            on_commit(final)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        purge(stage_dir, keep)
+    return final
+
+
+def purge(stage_dir: Path, keep: int) -> None:
+    assert keep >= 2
+    for old in committed(stage_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in stage_dir.glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest(stage_dir: str | Path, recorded: str | None = None) -> Path | None:
+    """The checkpoint to resume from: the one the state file records if it is committed, else the newest
+    committed one (a crash between the rename and the state-file write)."""
+    if recorded and is_committed(recorded):
+        newest = committed(stage_dir)
+        if newest and newest[-1] != Path(recorded) and newest[-1].name > Path(recorded).name:
+            return newest[-1]
+        return Path(recorded)
+    found = committed(stage_dir)
+    return found[-1] if found else None

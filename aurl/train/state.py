@@ -1,0 +1,155 @@
+"""outputs/training_state.json: the run's progress, owned by rank 0.
+
+Written atomically (temp file, fsync, rename) with the previous version kept as training_state.json.bak.
+A corrupt file is reported with the .bak offered; a state recorded under another config, dataset or world
+size is refused naming what differs. A lock file (flock, released by the kernel when the process dies)
+marks a live run for --clear and --status.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from aurl.atomic import atomic_write_json
+from aurl.console import UserError
+
+SCHEMA_VERSION = 1
+STATE_FILE = "training_state.json"
+LOCK_FILE = "training.lock"
+STAGE_STATUSES = ("pending", "running", "stopped", "completed", "failed")
+# recorded per stage; a resume must see the same values (a plain ZeRO/DDP checkpoint cannot change them)
+RESUME_KEYS = ("world_size", "micro_batch", "grad_accum", "seed", "data_fingerprint", "config_hash")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def state_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / STATE_FILE
+
+
+def new_state() -> dict:
+    return {"schema_version": SCHEMA_VERSION, "current_stage": None, "created_at": now(), "updated_at": now(),
+            "run_id": f"aurl-{int(time.time())}-{os.getpid()}", "stages": {}}
+
+
+def new_stage_entry(**run: Any) -> dict:
+    entry = {"status": "pending", "epoch": 0, "step": 0, "batch": 0, "total_steps": None,
+             "best_val_loss": None, "best_checkpoint": None, "last_checkpoint": None,
+             "tokens_per_s": None, "eta_s": None, "started_at": now(), "updated_at": now()}
+    entry.update(run)
+    return entry
+
+
+def read_state(out_dir: str | Path) -> dict | None:
+    """The state (None when there is none). Corrupt -> UserError that offers the .bak."""
+    path = state_path(out_dir)
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        check_schema(state)
+        return state
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        bak = path.with_name(path.name + ".bak")
+        offer = (f" The previous version is in {bak}: to go on from it, run `cp {bak} {path}`; "
+                 "or remove the run with --clear.") if bak.exists() else " Remove the run with --clear."
+        raise UserError(f"{path} is corrupt ({type(e).__name__}: {e}).{offer}") from e
+
+
+def check_schema(state: Any) -> None:
+    if not isinstance(state, dict):
+        raise ValueError("not a JSON object")
+    if state.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {state.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if not isinstance(state.get("stages"), dict):
+        raise ValueError("no 'stages' object")
+    for name, entry in state["stages"].items():
+        if not name.isdigit() or not isinstance(entry, dict) or entry.get("status") not in STAGE_STATUSES:
+            raise ValueError(f"stage {name!r}: bad entry")
+        for key in ("epoch", "step", "batch"):
+            if not isinstance(entry.get(key), int):
+                raise ValueError(f"stage {name}: {key} is not an integer")
+
+
+def write_state(out_dir: str | Path, state: dict) -> None:
+    """Atomic write; the file it replaces becomes .bak."""
+    path = state_path(out_dir)
+    state["updated_at"] = now()
+    check_schema(state)
+    if path.exists():
+        try:
+            json.loads(path.read_text())  # never let a corrupt file overwrite a good .bak
+            shutil.copy2(path, path.with_name(path.name + ".bak"))
+        except ValueError:
+            pass
+    atomic_write_json(path, state)
+
+
+def check_resumable(entry: dict, run: dict, stage: int) -> None:
+    """Refuse to resume a stage recorded under other settings, naming each difference."""
+    diffs = [f"{k}: recorded {entry.get(k)!r}, now {run.get(k)!r}" for k in RESUME_KEYS
+             if k in entry and entry.get(k) != run.get(k)]
+    if diffs:
+        raise UserError(f"stage {stage} was started with other settings and cannot resume: " + "; ".join(diffs)
+                        + ". Use the original settings, or start over with --clear.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lock: held by rank 0 for the life of a run
+# ---------------------------------------------------------------------------------------------------------
+class RunLock:
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"another run is live in {self.path.parent} ({holder(self.path.parent)}); "
+                            "wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_live(out_dir: str | Path) -> bool:
+    """True while some process holds the run lock (a killed run's lock is free at once)."""
+    path = Path(out_dir) / LOCK_FILE
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def holder(out_dir: str | Path) -> str:
+    try:
+        info = json.loads((Path(out_dir) / LOCK_FILE).read_text())
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError):
+        return "holder unknown"
