@@ -43,7 +43,8 @@ if python -m aurl.slurm stage-done --output-dir "$out" --stage "$stage"; then
     exit 0
 fi
 
-train_args=(--stage "$stage" --output-dir "$out" --resume)
+# No --resume: the trainer resumes a stopped stage by itself (--resume would refuse a fresh start).
+train_args=(--stage "$stage" --output-dir "$out")
 if [ -n "${AURL_CONFIG:-}" ]; then
     train_args+=(--config "${AURL_CONFIG//\{stage\}/$stage}")
 fi

@@ -44,7 +44,7 @@ def main() -> int:
     out = Path(args.output_dir)
     ckpt = out / "checkpoints" / f"stage{args.stage}"
     committed = ckpt / "step.txt"
-    step = int(committed.read_text()) if args.resume and committed.exists() else 0
+    step = int(committed.read_text()) if committed.exists() else 0  # resume is automatic, as in aurl.train
     steps = int(os.environ.get("FAKE_STEPS", "12"))
     event(out, f"start stage={args.stage} rank={rank} step={step} node={os.environ.get('SLURMD_NODENAME')} "
           f"end={os.environ.get('SLURM_JOB_END_TIME')}")
