@@ -1,0 +1,295 @@
+"""One stage of training, top to bottom: setup -> resume -> epochs of optimizer steps -> validation ->
+committed checkpoints -> best model. Every rank runs all of it; rank 0 alone writes the state file,
+the best model and the logs.
+
+Exact resume: the data order is a pure function of (seed, epoch) (EpochBatchSampler, not prepared by
+Accelerate), augmentation a pure function of (seed, epoch, index), checkpoints are taken only at
+optimizer-step boundaries and hold model, optimizers, every rank's RNG states (accelerator.save_state) and
+the data cursor (meta.json: epoch, next batch). The learning rate is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from aurl.config import StageConfig
+from aurl.console import print0
+from aurl.data.cache import ensure_cache
+from aurl.data.dataset import EpochBatchSampler, WindowDataset
+from aurl.model import MusicTransformerVAEGAN
+from aurl.model.checkpoint import init_from_model_file, save_model_file
+from aurl.train import checkpoint as ckpt
+from aurl.train import state as st
+from aurl.train.preemption import StopFlag
+from aurl.train.schedule import lr_at, set_lr
+from aurl.train.tracking import Trackers
+
+
+def stage_dir(out_dir: Path, stage: int) -> Path:
+    return out_dir / "checkpoints" / f"stage{stage}"
+
+
+def best_path(out_dir: Path, stage: int) -> Path:
+    return stage_dir(out_dir, stage) / "best.pt"
+
+
+def _adamw(params, lr: float, o) -> torch.optim.AdamW:
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(o.beta1, o.beta2))
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, cfg: StageConfig, step: int) -> float:
+    """Validation NLL (nats/token): summed loss and token counts reduced across ranks."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for i, batch in enumerate(loader):
+        if cfg.train.max_val_batches and i >= cfg.train.max_val_batches:
+            break
+        ids, mask = batch["input_ids"].to(accelerator.device), batch["loss_mask"].to(accelerator.device)
+        with _autocast(cfg, accelerator):
+            out = model(ids, mask, step=step)
+        nll = out.metrics.get("recon", out.loss).double()
+        n = out.metrics["tokens"].double()
+        total += torch.stack([nll * n, n])
+    total = accelerator.reduce(total, reduction="sum")
+    model.train()
+    return float(total[0] / total[1].clamp_min(1))
+
+
+def _autocast(cfg: StageConfig, accelerator):
+    if cfg.train.mixed_precision == "bf16":
+        return torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_from: Path | None,
+              tracker_kind: str, data_dir: str | None = None) -> str:
+    """Train one stage; returns "completed" or "stopped" (preempted, committed). Resumes automatically."""
+    # ---------------------------------------------------------------------------------------------- setup
+    out_dir = Path(out_dir)
+    main = accelerator.is_main_process
+    d, o, t = cfg.data, cfg.optim, cfg.train
+    cache_dir = Path(d.cache_dir) if d.cache_dir else out_dir / "cache"
+    with accelerator.main_process_first():  # rank 0 builds the cache, the others then open it
+        cache = ensure_cache(data_dir if data_dir is not None else d.data_dir, cache_dir, val_fraction=d.val_fraction,
+                             split_seed=d.split_seed, progress=False, corpus_limit=d.corpus_limit)
+    train_ds = WindowDataset(cache, "train", seq_len=d.seq_len, augment=cfg.augment, seed=t.seed)
+    val_ds = WindowDataset(cache, "val", seq_len=d.seq_len, augment=None, seed=t.seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world)
+    val_sampler = EpochBatchSampler(len(val_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world,
+                                    shuffle=False, drop_last=False)
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers)
+    val_loader = DataLoader(val_ds, batch_sampler=val_sampler, num_workers=d.num_workers)
+    accum = o.grad_accum
+    steps_per_epoch = len(sampler) // accum
+    assert steps_per_epoch >= 1, f"{len(sampler)} batches per epoch < grad_accum {accum}"
+    total_steps = t.epochs * steps_per_epoch
+    if t.max_steps:
+        total_steps = min(total_steps, t.max_steps)
+
+    torch.manual_seed(t.seed + 1000 * stage)  # model init and dropout: the same on every rank and every rerun
+    model = MusicTransformerVAEGAN(cfg.model)
+    if init_from is not None:
+        report, _ = init_from_model_file(init_from, model)
+        print0(f"[stage {stage}] starting from {init_from}: {report.summary()}")
+    opt_g = _adamw(model.generator_parameters(), o.lr, o)
+    gan = cfg.model.is_gan
+    opt_d = _adamw(model.discriminator_parameters(), o.disc_lr, o) if gan else None
+    if gan:
+        model, opt_g, opt_d = accelerator.prepare(model, opt_g, opt_d)
+    else:
+        model, opt_g = accelerator.prepare(model, opt_g)
+
+    # ------------------------------------------------------------------------------------- state + resume
+    run = {"world_size": world, "micro_batch": d.batch_size, "grad_accum": accum, "seed": t.seed,
+           "data_fingerprint": cache.fingerprint, "config_hash": cfg.hash()}
+    state = st.read_state(out_dir) if main else None
+    entry = (state or {}).get("stages", {}).get(str(stage)) if main else None
+    sdir = stage_dir(out_dir, stage)
+    recorded = entry.get("last_checkpoint") if entry else None
+    resume_from = ckpt.latest(sdir, recorded)
+    if main and entry and resume_from is not None:
+        st.check_resumable(entry, run, stage)
+    # all ranks resume from the same dir: rank 0 decides (the file system may lag on other nodes)
+    resume_from = accelerator_broadcast_path(accelerator, resume_from)
+    epoch, batch, step, best_val, bad_evals, early = 0, 0, 0, math.inf, 0, False
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        meta = ckpt.read_meta(resume_from)
+        epoch, batch, step = meta["epoch"], meta["batch"], meta["step"]
+        best_val, bad_evals, early = meta["best_val"], meta["bad_evals"], meta["early_stopped"]
+        print0(f"[stage {stage}] resuming from {resume_from} (epoch {epoch}, batch {batch}, step {step})")
+
+    def update_state(**changes) -> None:  # rank 0 only
+        s = st.read_state(out_dir) or st.new_state()
+        e = s["stages"].setdefault(str(stage), st.new_stage_entry(**run))
+        e.update(run)
+        e.update(changes, total_steps=total_steps, updated_at=st.now())
+        s["current_stage"] = stage
+        st.write_state(out_dir, s)
+
+    if main:
+        update_state(status="running")
+    tracker = Trackers(tracker_kind, out_dir, stage, (state or {}).get("run_id", "aurl"),
+                       cfg.logging.wandb_project, cfg.to_dict(), enabled=main)
+    stop = StopFlag(t.stop_margin_s).install()
+
+    def save(reason: str):
+        meta = {"stage": stage, "epoch": epoch, "batch": batch, "best_val": best_val, "bad_evals": bad_evals,
+                "early_stopped": early, "reason": reason}
+
+        def on_commit(path: Path) -> None:
+            update_state(epoch=epoch, step=step, batch=batch, last_checkpoint=str(path),
+                         best_val_loss=None if math.isinf(best_val) else best_val,
+                         best_checkpoint=str(best_path(out_dir, stage)) if best_path(out_dir, stage).exists()
+                         else None, tokens_per_s=tok_rate, eta_s=eta)
+
+        ckpt.save(accelerator, sdir, step, meta, on_commit=on_commit, keep=cfg.checkpoint.keep)
+
+    def validate_and_track() -> None:
+        nonlocal best_val, bad_evals, early, last_val
+        val = last_val = evaluate(model, val_loader, accelerator, cfg, step)
+        if val < best_val:
+            best_val, bad_evals = val, 0
+            if main:
+                unwrapped = accelerator.unwrap_model(model)
+                info = {"val_nll": val}
+                extra = {"stage": stage, "step": step, "epoch": epoch}
+                save_model_file(best_path(out_dir, stage), unwrapped, cfg.model, info, extra)
+                # the production model = the best of the most advanced stage reached
+                save_model_file(out_dir / "checkpoints" / "best_model.pt", unwrapped, cfg.model, info, extra)
+        else:
+            bad_evals += 1
+            early = bool(t.patience and bad_evals >= t.patience)
+        tracker.log({"val/loss": val, "val/best": best_val}, step, split="val")
+
+    # ------------------------------------------------------------------------------------------ the loop
+    tok_rate, eta, last_val, logs = None, None, math.nan, {}
+    bar = None
+    if main and cfg.logging.progress_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True)
+    model.train()
+    status = "completed"
+    t0, tokens_seen, start_step = time.perf_counter(), 0, step
+    while epoch < t.epochs and step < total_steps and not early:
+        sampler.set_epoch(epoch)
+        if batch >= steps_per_epoch * accum:
+            epoch, batch = epoch + 1, 0
+            continue
+        sampler.set_start_batch(batch)
+        it = iter(train_loader)
+        while batch < steps_per_epoch * accum and step < total_steps:
+            # -------- one optimizer step = accum micro-batches
+            set_lr(opt_g, lr_at(step, o.lr, o.warmup_steps, total_steps, o.min_lr_ratio))
+            opt_g.zero_grad(set_to_none=True)
+            logs: dict[str, float] = {}
+            for micro in range(accum):
+                b = next(it)
+                ids, mask = b["input_ids"].to(accelerator.device), b["loss_mask"].to(accelerator.device)
+                sync = accelerator.no_sync(model) if micro < accum - 1 else nullcontext()
+                with sync, _autocast(cfg, accelerator):
+                    out = model(ids, mask, step=step)
+                    accelerator.backward(out.loss / accum)
+                for k, v in out.metrics.items():
+                    logs[k] = logs.get(k, 0.0) + float(v) / accum
+                tokens_seen += int(mask.sum()) * world
+                batch += 1
+            if o.grad_clip:
+                accelerator.clip_grad_norm_(model.module.generator_parameters() if hasattr(model, "module")
+                                            else model.generator_parameters(), o.grad_clip)
+            opt_g.step()
+            if gan:  # the discriminator: its own optimizer, on the last micro-batch
+                set_lr(opt_d, lr_at(step, o.disc_lr, o.warmup_steps, total_steps, o.min_lr_ratio))
+                opt_d.zero_grad(set_to_none=True)
+                with _autocast(cfg, accelerator):
+                    dout = model(ids, mask, step=step, phase="discriminator")
+                    accelerator.backward(dout.loss)
+                opt_d.step()
+                logs.update({k: float(v) for k, v in dout.metrics.items()})
+            step += 1
+            # -------- logging (rank 0), stop requests (all ranks agree), periodic validation + checkpoint
+            elapsed = time.perf_counter() - t0
+            tok_rate = tokens_seen / max(elapsed, 1e-9)
+            steps_done = step - start_step
+            eta = elapsed / max(1, steps_done) * (total_steps - step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{tok_rate:,.0f}")
+            if step % cfg.logging.log_every_steps == 0 or step == 1:
+                tracker.log({f"train/{k}": v for k, v in logs.items()} | {"train/lr": opt_g.param_groups[0]["lr"],
+                            "train/tokens_per_s": tok_rate}, step, split="train")
+            if t.val_every_steps and step % t.val_every_steps == 0:
+                validate_and_track()
+            if stop.should_stop(accelerator):
+                print0(f"[stage {stage}] stop requested ({stop.requested or 'another rank'}): saving")
+                save("stop")
+                status = "stopped"
+                break
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                save("every_steps")
+            if early:
+                break
+        if status == "stopped":
+            break
+        if batch >= steps_per_epoch * accum or step >= total_steps:
+            # -------- epoch end: validate, log one line, commit
+            if not (t.val_every_steps and step % t.val_every_steps == 0):
+                validate_and_track()
+            print0(f"[stage {stage}] epoch {epoch + 1}/{t.epochs} step {step}/{total_steps} "
+                   f"train loss {logs.get('loss', float('nan')):.4f} val nll {last_val:.4f} (best {best_val:.4f}) "
+                   f"{tok_rate or 0:,.0f} tok/s")
+            if batch >= steps_per_epoch * accum:
+                epoch, batch = epoch + 1, 0
+            save("epoch_end")
+
+    # ------------------------------------------------------------------------------------------- wrap up
+    stop.uninstall()
+    if bar is not None:
+        bar.close()
+    tracker.close()
+    if main:
+        if status == "completed":
+            update_state(status="completed", epoch=epoch, step=step, batch=batch,
+                         best_val_loss=None if math.isinf(best_val) else best_val,
+                         best_checkpoint=str(best_path(out_dir, stage)) if best_path(out_dir, stage).exists()
+                         else None)
+        else:
+            update_state(status="stopped")
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    return status
+
+
+def accelerator_broadcast_path(accelerator, path: Path | None) -> Path | None:
+    """Rank 0's choice of checkpoint, sent to all ranks."""
+    if accelerator.num_processes == 1:
+        return path
+    from accelerate.utils import broadcast_object_list
+
+    obj = [str(path) if path is not None else None]
+    broadcast_object_list(obj, from_process=0)
+    return Path(obj[0]) if obj[0] else None
+
+
+def copy_best(out_dir: Path, stage: int) -> None:
+    """After a stage: best_model.pt = this stage's best (the most advanced stage reached)."""
+    src = best_path(out_dir, stage)
+    if src.exists():
+        shutil.copy2(src, out_dir / "checkpoints" / "best_model.pt")
+        if src.with_suffix(".json").exists():
+            shutil.copy2(src.with_suffix(".json"), out_dir / "checkpoints" / "best_model.json")
+
+

@@ -1,0 +1,98 @@
+"""The three-stage pipeline: stage 1 (transformer, clean data) -> stage 2 (augmented, larger) -> stage 3
+(VAE-GAN, wider augmentation), each started from the previous stage's best weights (aurl.model.transfer).
+
+A pipeline config is a folder holding one YAML per stage whose file name contains the stage number
+(configs/training_configs/quickstart/stage1.yaml ..., or stage1_base.yaml ...), or a path pattern with
+"{stage}". Overrides: `section.key=value` applies to every stage, `stageN.section.key=value` to stage N only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aurl
+from aurl.config import StageConfig, load_config, parse_overrides, stage_config_path
+from aurl.console import UserError, print0
+from aurl.train import loop
+from aurl.train import state as st
+from aurl.train.preemption import STOPPED_EXIT
+
+STAGES = (1, 2, 3)
+DEFAULT_CONFIG = Path(aurl.__file__).resolve().parent.parent / "configs" / "training_configs" / "quickstart"
+
+
+def stage_overrides(items: list[str], stage: int) -> dict:
+    common, own = [], []
+    for item in items:
+        head, _, rest = item.partition(".")
+        if head.startswith("stage") and head[5:].isdigit():
+            if int(head[5:]) not in STAGES:
+                raise UserError(f"override {item!r}: no stage {head[5:]} (stages are 1, 2, 3)")
+            if int(head[5:]) == stage:
+                own.append(rest)
+        else:
+            common.append(item)
+    merged = parse_overrides(common)
+    for section, values in parse_overrides(own).items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def load_pipeline(config: str | Path | None, overrides: list[str]) -> dict[int, StageConfig]:
+    """Every stage's config, all checked before any work starts."""
+    config = DEFAULT_CONFIG if config is None else config
+    return {s: load_config(stage_config_path(config, s), stage_overrides(overrides, s)) for s in STAGES}
+
+
+def make_accelerator():
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # stage 3's D/G phases
+    cuda = torch.cuda.is_available()
+    if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a launcher started several CPU processes
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(cpu=not cuda, kwargs_handlers=handlers)
+
+
+def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int, ...], tracker: str | None,
+                 data_dir: str | None, from_scratch: bool = False) -> int:
+    """Run `stages` in order; exit code 0 (done) or STOPPED_EXIT (preempted with a committed checkpoint)."""
+    accelerator = make_accelerator()
+    out_dir = Path(out_dir)
+    lock = None
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        st.read_state(out_dir)  # a corrupt state file stops us here, with the .bak offered
+        lock = st.RunLock(out_dir).acquire()
+    accelerator.wait_for_everyone()
+    try:
+        for stage in stages:
+            entry = ((st.read_state(out_dir) or {}).get("stages", {}) or {}).get(str(stage))
+            if entry and entry["status"] == "completed":
+                print0(f"[stage {stage}] already completed (best val {entry.get('best_val_loss')}); skipping")
+                loop.copy_best(out_dir, stage) if accelerator.is_main_process else None
+                continue
+            init_from = None
+            if stage > 1:
+                init_from = loop.best_path(out_dir, stage - 1)
+                if not init_from.exists():
+                    if not from_scratch:
+                        raise UserError(f"stage {stage} starts from stage {stage - 1}'s best weights, but "
+                                        f"{init_from} does not exist: run stage {stage - 1} first, or pass "
+                                        "--from-scratch")
+                    init_from = None
+            cfg = cfgs[stage]
+            status = loop.run_stage(cfg, stage, out_dir, accelerator, init_from,
+                                    tracker or cfg.logging.tracker, data_dir)
+            if status == "stopped":
+                return STOPPED_EXIT
+            if accelerator.is_main_process:
+                loop.copy_best(out_dir, stage)
+        print0(f"done: best model in {out_dir / 'checkpoints' / 'best_model.pt'}")
+        return 0
+    finally:
+        if lock is not None:
+            lock.release()
