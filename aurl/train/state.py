@@ -87,9 +87,9 @@ def write_state(out_dir: str | Path, state: dict) -> None:
     check_schema(state)
     if path.exists():
         try:
-            json.loads(path.read_text())  # never let a corrupt file overwrite a good .bak
+            check_schema(json.loads(path.read_text()))  # never let a corrupt file overwrite a good .bak
             shutil.copy2(path, path.with_name(path.name + ".bak"))
-        except ValueError:
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
     atomic_write_json(path, state)
 
