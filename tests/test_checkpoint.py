@@ -1,0 +1,74 @@
+"""aurl.train.checkpoint: the commit protocol (staging -> rename -> state file -> purge) and that resume only
+ever sees committed checkpoints."""
+
+from __future__ import annotations
+
+import torch
+
+from aurl.model import MusicTransformerVAEGAN
+from aurl.model.config import ModelConfig
+from aurl.train import checkpoint as ckpt
+
+
+def _accelerator_and_model():
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, opt = acc.prepare(model, opt)
+    return acc, model, opt
+
+
+def test_commit_protocol_keeps_k_and_calls_on_commit_after_rename(tmp_path):
+    acc, model, _ = _accelerator_and_model()
+    seen = []
+
+    def on_commit(path):
+        assert ckpt.is_committed(path)  # the state file is updated only after the rename
+        seen.append(path.name)
+
+    for step in (1, 2, 3, 4):
+        ckpt.save(acc, tmp_path, step, {"epoch": 0, "batch": step}, on_commit=on_commit, keep=2)
+    assert seen == [ckpt.step_name(s) for s in (1, 2, 3, 4)]
+    assert [p.name for p in ckpt.committed(tmp_path)] == [ckpt.step_name(3), ckpt.step_name(4)]
+    assert ckpt.read_meta(tmp_path / ckpt.step_name(4))["batch"] == 4
+    assert not list(tmp_path.glob(ckpt.STAGING_PREFIX + "*"))
+
+
+def test_half_written_checkpoints_are_never_loaded(tmp_path):
+    acc, model, _ = _accelerator_and_model()
+    good = ckpt.save(acc, tmp_path, 2, {"epoch": 0, "batch": 2})
+    # a save killed before its rename, and a step dir without its meta.json
+    staging = tmp_path / (ckpt.STAGING_PREFIX + ckpt.step_name(5))
+    staging.mkdir()
+    (staging / "meta.json").write_text("{}")
+    (tmp_path / ckpt.step_name(7)).mkdir()
+    assert ckpt.committed(tmp_path) == [good]
+    assert ckpt.latest(tmp_path, recorded=str(good)) == good
+    assert ckpt.latest(tmp_path, recorded=str(tmp_path / ckpt.step_name(7))) == good
+    assert ckpt.latest(tmp_path, recorded=None) == good
+    # the next save clears the stale staging dir
+    ckpt.save(acc, tmp_path, 3, {"epoch": 0, "batch": 3})
+    assert not staging.exists()
+
+
+def test_newest_commit_wins_over_a_stale_state_record(tmp_path):
+    """Killed between the rename and the state-file write: the newer committed checkpoint is used."""
+    acc, model, _ = _accelerator_and_model()
+    old = ckpt.save(acc, tmp_path, 1, {"epoch": 0, "batch": 1})
+    new = ckpt.save(acc, tmp_path, 2, {"epoch": 0, "batch": 2})
+    assert ckpt.latest(tmp_path, recorded=str(old)) == new
+
+
+def test_save_and_load_round_trip_weights(tmp_path):
+    acc, model, opt = _accelerator_and_model()
+    path = ckpt.save(acc, tmp_path, 1, {"epoch": 0, "batch": 1})
+    before = {k: v.clone() for k, v in acc.unwrap_model(model).state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    acc.load_state(str(path))
+    after = acc.unwrap_model(model).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
