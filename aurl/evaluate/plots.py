@@ -148,7 +148,8 @@ def plot_loss_curves(records: Sequence[dict], path: str | Path, title: str = "au
             by_step = {r["step"]: r["loss"] for r in records if r["stage"] == stage and r["split"] == split}
             pts = sorted((offsets[stage] + step, loss) for step, loss in by_step.items())
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{stage} {split}",
+                name = f"stage {stage}" if str(stage).isdigit() else str(stage)  # the trainer logs stage numbers
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{name} {split}",
                         ls="-" if split == "train" else "--", **style)
         start = offsets[stage] + min(r["step"] for r in records if r["stage"] == stage)
         if start > 0:
