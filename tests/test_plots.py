@@ -54,6 +54,19 @@ def test_loss_curves_from_jsonl(tmp_path):
     assert_png(out)
 
 
+
+def test_trainer_records_give_a_recon_series(tmp_path):
+    """The trainer's JSONL shape: numeric stage, train records with loss (total) and recon, val with loss."""
+    src = tmp_path / "metrics.jsonl"
+    rows = [{"stage": 2, "step": 1, "split": "train", "loss": 5.0, "recon": 4.0, "kl": 9.0, "lr": 1e-3},
+            {"stage": 2, "step": 2, "split": "val", "loss": 4.2, "best": 4.2}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = load_loss_records(src)
+    assert [(r["split"], r.get("metric", "loss"), r["loss"]) for r in recs] == [
+        ("train", "loss", 5.0), ("train", "recon", 4.0), ("val", "loss", 4.2)]
+    assert_png(plot_loss_curves(recs, tmp_path / "loss.png"))
+    assert_png(plot_loss_curves(recs, tmp_path / "total.png", metric="loss"))
+
 def test_loss_curves_with_no_records(tmp_path):
     assert_png(plot_loss_curves([], tmp_path / "empty.png"))
     assert load_loss_records(tmp_path / "missing") == []

@@ -53,6 +53,11 @@ def read_jsonl_records(path: str | Path) -> list[dict]:
             continue
         if math.isfinite(loss):
             out.append({**r, "loss": loss, "step": int(r["step"])})
+            recon = r.get("recon")
+            if "metric" not in r and isinstance(recon, (int, float)) and math.isfinite(recon):
+                # the LM term alone as its own record: comparable with the validation NLL in every stage
+                out.append({"stage": r["stage"], "step": int(r["step"]), "split": r["split"], "loss": float(recon),
+                            "metric": "recon"})
     return out
 
 
@@ -127,16 +132,21 @@ def plot_loss_curves(records: Sequence[dict], path: str | Path, title: str = "au
                      metric: str | None = None, dpi: int = 110) -> Path:
     """Train and validation loss of every stage on one step axis (stage boundaries marked) -> PNG.
 
-    metric: which loss to draw when records carry several (default: "loss" if present, else the first).
-    A run with no records yet still gets a picture that says so.
+    metric: which loss to draw when records carry several. Default: per stage and split, "recon" where
+    there are such records, else "loss". Why: in the vae stages the training loss adds the KL and
+    adversarial terms, while the validation loss is the reconstruction NLL; recon is the like-for-like
+    curve (and equals "loss" in the transformer stage). A run with no records yet still gets a picture
+    that says so.
     """
     from matplotlib.figure import Figure
 
     records = list(records)
-    metrics = sorted({r.get("metric", "loss") for r in records})
-    if metric is None:
-        metric = "loss" if "loss" in metrics or not metrics else metrics[0]
-    records = [r for r in records if r.get("metric", "loss") == metric]
+    if metric is not None:
+        records = [r for r in records if r.get("metric", "loss") == metric]
+    else:
+        has_recon = {(r["stage"], r["split"]) for r in records if r.get("metric") == "recon"}
+        records = [r for r in records
+                   if r.get("metric", "loss") == ("recon" if (r["stage"], r["split"]) in has_recon else "loss")]
     offsets = stage_offsets(records)
     fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot(1, 1, 1)
@@ -159,7 +169,7 @@ def plot_loss_curves(records: Sequence[dict], path: str | Path, title: str = "au
     else:
         ax.legend(fontsize=8, ncol=2)
     ax.set_xlabel("optimizer step (stages back to back)")
-    ax.set_ylabel(f"{metric} (nats/token)" if metric in ("loss", "recon") else metric)
+    ax.set_ylabel("NLL (nats/token)" if metric in (None, "loss", "recon") else metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
