@@ -207,7 +207,7 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
         _finished(slurm_cluster, out, int(stage), jobs[stage], timeout=120)
 
     infos = {s: slurm_cluster.job(jobs[s]) for s in "123"}
-    assert infos["2"]["Restarts"] == "1" and infos["1"]["Restarts"] == "0", infos
+    assert infos["2"]["Restarts"] == "1" and infos["1"]["Restarts"] == "0", _stage_log(out, 2, jobs["2"])
     for s in "123":
         assert infos[s]["NodeList"] == "node[1-2]", infos[s]
     assert infos["1"]["EndTime"] <= infos["2"]["StartTime"] and infos["2"]["EndTime"] <= infos["3"]["StartTime"]
