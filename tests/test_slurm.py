@@ -186,9 +186,9 @@ def test_deadline_stop_without_a_signal_requeues_with_a_stub_trainer(slurm_clust
 @needs_trainer
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "run"
-    # Long enough (20 steps, a checkpoint every 2) that the USR1 below lands in the middle of stage 2.
+    # Stage 2 long enough (20 steps, a checkpoint every 2) that the USR1 below lands in its middle; 1 and 3 tiny.
     env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
-               AURL_TRAIN_ARGS="train.epochs=20 train.max_steps=20 checkpoint.every_steps=2")
+               AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=2")
     r = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
                           str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
     pipeline = r.stdout.strip()
