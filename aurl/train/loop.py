@@ -231,6 +231,8 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
             if step % cfg.logging.log_every_steps == 0 or step == 1:
                 tracker.log({f"train/{k}": v for k, v in logs.items()} | {"train/lr": opt_g.param_groups[0]["lr"],
                             "train/tokens_per_s": tok_rate}, step, split="train")
+            if batch >= steps_per_epoch * accum or step >= total_steps:
+                break  # the epoch-end block validates, commits and checks for a stop
             if t.val_every_steps and step % t.val_every_steps == 0:
                 validate_and_track()
             if stop.should_stop(accelerator):
@@ -246,14 +248,17 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
             break
         if batch >= steps_per_epoch * accum or step >= total_steps:
             # -------- epoch end: validate, log one line, commit
-            if not (t.val_every_steps and step % t.val_every_steps == 0):
-                validate_and_track()
+            validate_and_track()
             print0(f"[stage {stage}] epoch {epoch + 1}/{t.epochs} step {step}/{total_steps} "
                    f"train loss {logs.get('loss', float('nan')):.4f} val nll {last_val:.4f} (best {best_val:.4f}) "
                    f"{tok_rate or 0:,.0f} tok/s")
             if batch >= steps_per_epoch * accum:
                 epoch, batch = epoch + 1, 0
             save("epoch_end")
+            if stop.should_stop(accelerator):
+                print0(f"[stage {stage}] stop requested ({stop.requested or 'another rank'}): committed")
+                status = "stopped"
+                break
 
     # ------------------------------------------------------------------------------------------- wrap up
     stop.uninstall()
