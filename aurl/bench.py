@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -69,13 +70,17 @@ def run_script(script: Path, args: list[str], timeout_s: float) -> tuple[int, st
 
     cmd = [sys.executable, "-u", str(script), *args]
     t0 = time.perf_counter()
+    # its own process group, so that a timeout also stops what the script started (e.g. python -m aurl.train)
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
+                            bufsize=1, start_new_session=True)
     timed_out = threading.Event()
 
     def stop() -> None:  # a watchdog: a silent, hung script must not hold the whole run
         timed_out.set()
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     watchdog = threading.Timer(timeout_s, stop)
     watchdog.start()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from aurl import bench
@@ -39,6 +42,27 @@ def test_run_script_stops_a_hung_script(tmp_path):
     rc, out, seconds = bench.run_script(script, ["--sleep", "30"], timeout_s=2)
     assert rc == 124 and "figure: 10 tokens/s" in out and "stopped after" in out and seconds < 20
 
+
+
+def test_a_timeout_also_stops_the_scripts_children(tmp_path):
+    script = tmp_path / "bench_parent.py"
+    pid_file = tmp_path / "child.pid"
+    script.write_text("import subprocess, sys, time\n"
+                      "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                      f"open({str(pid_file)!r}, 'w').write(str(c.pid))\n"
+                      "print('started', flush=True)\ntime.sleep(60)\n")
+    rc, out, _ = bench.run_script(script, [], timeout_s=3)
+    assert rc == 124 and "started" in out
+    child = int(pid_file.read_text())
+    for _ in range(50):  # killed at once; reaped by init shortly after
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        raise AssertionError("the script's child outlived the timeout")
 
 def test_results_keep_one_section_per_device_and_script(tmp_path):
     path = tmp_path / "RESULTS.md"
