@@ -190,10 +190,18 @@ def _section_types(cls) -> dict[str, Any]:
 
 def _parse_scalar(text: str) -> Any:
     """A CLI value as YAML reads it (1 -> int, 1e-3 -> float, true -> bool, null -> None, else str)."""
+    if text.lower() in ("no", "yes", "on", "off", "y", "n"):
+        return text  # YAML 1.1 booleans; only true/false mean a bool here (train.mixed_precision=no)
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-4 as a string
+        except ValueError:
+            pass
+    return value
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
