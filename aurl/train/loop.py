@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from aurl.config import StageConfig
-from aurl.console import print0
+from aurl.console import UserError, print0
 from aurl.data.cache import ensure_cache
 from aurl.data.dataset import EpochBatchSampler, WindowDataset
 from aurl.model import MusicTransformerVAEGAN
@@ -120,10 +120,16 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     sdir = stage_dir(out_dir, stage)
     recorded = entry.get("last_checkpoint") if entry else None
     resume_from = ckpt.latest(sdir, recorded)
+    refusal = None
     if main and entry and resume_from is not None:
-        st.check_resumable(entry, run, stage)
-    # all ranks resume from the same dir: rank 0 decides (the file system may lag on other nodes)
-    resume_from = accelerator_broadcast_path(accelerator, resume_from)
+        try:
+            st.check_resumable(entry, run, stage)
+        except UserError as e:
+            refusal = str(e)
+    # all ranks resume from the same dir, or all refuse: rank 0 decides (other nodes' file systems may lag)
+    resume_from, refusal = broadcast_from_main(accelerator, resume_from, refusal)
+    if refusal:
+        raise UserError(refusal)
     epoch, batch, step, best_val, bad_evals, early = 0, 0, 0, math.inf, 0, False
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
@@ -278,15 +284,15 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     return status
 
 
-def accelerator_broadcast_path(accelerator, path: Path | None) -> Path | None:
-    """Rank 0's choice of checkpoint, sent to all ranks."""
+def broadcast_from_main(accelerator, path: Path | None, refusal: str | None) -> tuple[Path | None, str | None]:
+    """Rank 0's choice of checkpoint (and its refusal, if any), sent to all ranks."""
     if accelerator.num_processes == 1:
-        return path
+        return path, refusal
     from accelerate.utils import broadcast_object_list
 
-    obj = [str(path) if path is not None else None]
+    obj = [str(path) if path is not None else None, refusal]
     broadcast_object_list(obj, from_process=0)
-    return Path(obj[0]) if obj[0] else None
+    return (Path(obj[0]) if obj[0] else None), obj[1]
 
 
 def copy_best(out_dir: Path, stage: int) -> None:

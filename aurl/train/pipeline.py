@@ -63,9 +63,9 @@ def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int,
     accelerator = make_accelerator()
     out_dir = Path(out_dir)
     lock = None
+    st.read_state(out_dir)  # every rank: a corrupt state file stops all of them here, with the .bak offered
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        st.read_state(out_dir)  # a corrupt state file stops us here, with the .bak offered
         lock = st.RunLock(out_dir).acquire()
     accelerator.wait_for_everyone()
     try:
