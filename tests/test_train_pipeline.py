@@ -261,3 +261,18 @@ def test_two_processes_accelerate_launch(tmp_path):
     assert [state["stages"][s]["status"] for s in "123"] == ["completed"] * 3
     assert state["stages"]["1"]["world_size"] == 2
     assert (out / "checkpoints" / "best_model.pt").is_file()
+
+
+def test_sigusr1_stops_with_a_commit_then_resumes(tmp_path):
+    """Preemption: the handler only sets a flag; the loop commits at the next step boundary and exits 75."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(out, "--stage", "1"), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert _wait_for(lambda: (_stage_entry(out, 1) or {}).get("status") == "running", proc)
+    proc.send_signal(signal.SIGUSR1)
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 75, log[-2000:]
+    entry = _stage_entry(out, 1)
+    assert entry["status"] == "stopped" and Path(entry["last_checkpoint"]).is_dir()
+    run(out, "--stage", "1")
+    assert _stage_entry(out, 1)["status"] == "completed"
