@@ -118,7 +118,8 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     state = st.read_state(out_dir) if main else None
     entry = (state or {}).get("stages", {}).get(str(stage)) if main else None
     sdir = stage_dir(out_dir, stage)
-    recorded = entry.get("last_checkpoint") if entry else None
+    # by name inside this output dir: a run folder that was moved or copied still resumes from its own files
+    recorded = str(sdir / Path(entry["last_checkpoint"]).name) if entry and entry.get("last_checkpoint") else None
     resume_from = ckpt.latest(sdir, recorded)
     refusal = None
     if main and entry and resume_from is not None:
