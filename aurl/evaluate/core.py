@@ -286,6 +286,14 @@ def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | P
     (JSONL file / TensorBoard folder) for the loss-curve picture. `info` is copied into the result.
     """
     cfg = (cfg or EvalConfig()).validate()
+    if cfg.pictures and out_dir is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # the `plots` extra is optional
+            from aurl.console import warn
+
+            warn("matplotlib is not installed (pip install -e '.[plots]'): no PNG written")
+            cfg = dataclasses.replace(cfg, pictures=False)
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
         model = getattr(model, "module", None) or model._orig_mod
     device = model.tok_emb.weight.device
