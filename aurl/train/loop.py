@@ -147,11 +147,11 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
         s["current_stage"] = stage
         st.write_state(out_dir, s)
 
+    stop = StopFlag(t.stop_margin_s).install()  # before "running" is recorded: a preemption from then on is caught
     if main:
         update_state(status="running")
     tracker = Trackers(tracker_kind, out_dir, stage, (state or {}).get("run_id", "aurl"),
                        cfg.logging.wandb_project, cfg.to_dict(), enabled=main)
-    stop = StopFlag(t.stop_margin_s).install()
 
     def save(reason: str):
         meta = {"stage": stage, "epoch": epoch, "batch": batch, "best_val": best_val, "bad_evals": bad_evals,
