@@ -1,4 +1,4 @@
-"""Typed stage configs: precedence, unknown keys, wrong types, every shipped YAML loads."""
+"""aurl.config: typed YAML -> dataclasses, precedence, and refusals that name the key."""
 
 from __future__ import annotations
 
@@ -6,43 +6,98 @@ from pathlib import Path
 
 import pytest
 
-from aurl.config import load_config, stage_config_path
+from aurl.config import StageConfig, build_config, load_config, parse_overrides, stage_config_path
 from aurl.console import UserError
-from aurl.train.pipeline import load_pipeline, stage_overrides
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "training_configs"
-
-
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_shipped_configs_load(path):
-    load_config(path)
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs" / "training_configs").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("folder", ["quickstart", "tiny", "."])
-def test_pipelines_load(folder):
-    cfgs = load_pipeline(CONFIGS / folder, [])
-    assert cfgs[1].model.mode == "transformer" and cfgs[3].model.mode == "vae_gan"
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, StageConfig)
 
 
-def test_precedence_cli_over_yaml_over_defaults(tmp_path):
-    y = tmp_path / "s1.yaml"
-    y.write_text("train: {epochs: 3}\noptim: {lr: 0.01}\n")
-    cfg = load_config(y, ["train.epochs=5"])
-    assert cfg.train.epochs == 5 and cfg.optim.lr == 0.01 and cfg.optim.warmup_steps == 100
+def test_defaults_yaml_and_cli_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\n  seed: 5\noptim:\n  lr: 0.01\n")
+    cfg = load_config(f, ["train.epochs=7", "optim.grad_clip=0"])
+    assert cfg.train.epochs == 7          # CLI beats YAML
+    assert cfg.train.seed == 5            # YAML beats default
+    assert cfg.optim.lr == 0.01
+    assert cfg.optim.grad_clip == 0.0     # int accepted for a float field
+    assert cfg.data.batch_size == StageConfig().data.batch_size  # default
 
 
-@pytest.mark.parametrize("text, key", [("train: {epochz: 3}", "train.epochz"), ("trian: {epochs: 3}", "trian"),
-                                       ("train: {epochs: '3'}", "train.epochs"), ("optim: {lr: fast}", "optim.lr"),
-                                       ("model: {d_model: 1.5}", "model.d_model"),
-                                       ("augment: {enabled: 1}", "augment.enabled")])
-def test_bad_keys_and_types_name_the_key(tmp_path, text, key):
-    y = tmp_path / "s.yaml"
-    y.write_text(text + "\n")
-    with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        load_config(y)
+def test_model_and_augment_sections_are_their_owners_dataclasses():
+    from aurl.data.augment import AugmentConfig
+    from aurl.model.config import ModelConfig
+
+    cfg = build_config({"model": {"mode": "vae", "d_model": 64, "n_heads": 4, "max_seq_len": 128},
+                        "data": {"seq_len": 64}, "augment": {"enabled": True, "transpose_max": 3}})
+    assert isinstance(cfg.model, ModelConfig) and cfg.model.mode == "vae"
+    assert isinstance(cfg.augment, AugmentConfig) and cfg.augment.transpose_max == 3
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"trian": {"epochs": 1}}, "trian"),
+    ({"train": {"epoch": 1}}, "train.epoch"),
+    ({"model": {"d_modle": 8}}, "model.d_modle"),
+    ({"augment": {"transpose": 2}}, "augment.transpose"),
+    ({"train": {"epochs": "three"}}, "train.epochs"),
+    ({"train": {"epochs": 2.5}}, "train.epochs"),
+    ({"optim": {"lr": "fast"}}, "optim.lr"),
+    ({"logging": {"progress_bar": "yes"}}, "logging.progress_bar"),
+    ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision"),
+    ({"checkpoint": {"keep": 1}}, "checkpoint.keep"),
+    ({"data": {"seq_len": 4096}}, "data.seq_len"),
+    ({"model": {"mode": "gan"}}, "model.mode"),
+    ({"logging": {"tracker": "mlflow"}}, "logging.tracker"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_bad_key_or_type_is_refused_naming_the_key(raw, key):
+    with pytest.raises(UserError) as e:
+        build_config(raw)
+    assert key in str(e.value)
+
+
+def test_bad_overrides():
+    with pytest.raises(UserError, match="section.key=value"):
+        parse_overrides(["epochs=3"])
+    with pytest.raises(UserError, match="train.nope"):
+        load_config(None, ["train.nope=1"])
+    assert parse_overrides(["data.data_dir=null", "train.seed=3"]) == {"data": {"data_dir": None},
+                                                                        "train": {"seed": 3}}
+
+
+def test_missing_and_broken_yaml(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_stage_config_path(tmp_path):
+    for n in (1, 2, 3):
+        (tmp_path / f"tiny_stage{n}.yaml").write_text("")
+    assert stage_config_path(tmp_path, 2).name == "tiny_stage2.yaml"
+    assert stage_config_path(str(tmp_path / "tiny_stage{stage}.yaml"), 3).name == "tiny_stage3.yaml"
+    with pytest.raises(UserError):
+        stage_config_path(tmp_path / "missing", 1)
+
+
+def test_config_hash_ignores_logging_but_not_model():
+    a = build_config({})
+    b = build_config({"logging": {"log_every_steps": 3}})
+    c = build_config({"model": {"dropout": 0.0}})
+    assert a.hash() == b.hash() != c.hash()
 
 
 def test_stage_prefixed_overrides():
+    from aurl.train.pipeline import stage_overrides
+
     assert stage_overrides(["train.epochs=2", "stage2.optim.lr=1e-4"], 2) == {"train": {"epochs": 2},
                                                                             "optim": {"lr": 1e-4}}
     assert stage_overrides(["stage2.optim.lr=1e-4"], 1) == {}
@@ -50,10 +105,12 @@ def test_stage_prefixed_overrides():
         stage_overrides(["stage7.optim.lr=1"], 1)
 
 
-def test_config_folder_must_name_each_stage_once(tmp_path):
-    (tmp_path / "stage1.yaml").write_text("")
-    with pytest.raises(UserError, match="stage 2"):
-        stage_config_path(tmp_path, 2)
+@pytest.mark.parametrize("folder", ["quickstart", "tiny", "."])
+def test_pipelines_load(folder):
+    from aurl.train.pipeline import load_pipeline
+
+    cfgs = load_pipeline(Path(__file__).resolve().parents[1] / "configs" / "training_configs" / folder, [])
+    assert cfgs[1].model.mode == "transformer" and cfgs[3].model.mode == "vae_gan"
 
 
 def test_cli_values_parse_like_users_mean():

@@ -1,48 +1,99 @@
-"""training_state.json: atomic writes with .bak, corrupt detection, mismatch refusal, the run lock."""
+"""aurl.train.state and schedule/preemption helpers: atomic state with .bak, corrupt detection, mismatch refusal,
+the run lock."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from aurl.console import UserError
 from aurl.train import state as st
+from aurl.train.preemption import StopFlag
+from aurl.train.schedule import lr_at
 
 
-def test_write_keeps_bak_and_reads_back(tmp_path):
+def _state_with_stage(**kw):
     s = st.new_state()
-    s["stages"]["1"] = st.new_stage_entry(world_size=1)
+    s["stages"]["1"] = st.new_stage_entry(world_size=1, micro_batch=4, grad_accum=1, seed=0,
+                                          data_fingerprint="abc", config_hash="h1", **kw)
+    return s
+
+
+def test_write_read_and_bak(tmp_path):
+    s = _state_with_stage()
     st.write_state(tmp_path, s)
+    assert st.read_state(tmp_path)["stages"]["1"]["status"] == "pending"
+    assert not (tmp_path / "training_state.json.bak").exists()
     s["stages"]["1"]["step"] = 5
     st.write_state(tmp_path, s)
     assert st.read_state(tmp_path)["stages"]["1"]["step"] == 5
     assert json.loads((tmp_path / "training_state.json.bak").read_text())["stages"]["1"]["step"] == 0
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"schema_version": 99, "stages": {}}',
-                                  '{"schema_version": 1, "stages": {"1": {"status": "??"}}}'])
-def test_corrupt_state_offers_bak(tmp_path, text):
-    st.write_state(tmp_path, st.new_state())
-    st.write_state(tmp_path, st.new_state())
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"schema_version": 99, "stages": {}}',
+                                  '{"schema_version": 1, "stages": {"1": {"status": "weird"}}}'],
+                         ids=["truncated", "list", "schema", "status"])
+def test_corrupt_state_is_detected_and_bak_offered(tmp_path, text):
+    st.write_state(tmp_path, _state_with_stage())
+    st.write_state(tmp_path, _state_with_stage())  # now a .bak exists
     (tmp_path / "training_state.json").write_text(text)
-    with pytest.raises(UserError, match=r"corrupt.*\.bak"):
+    with pytest.raises(UserError) as e:
         st.read_state(tmp_path)
+    assert "corrupt" in str(e.value) and ".bak" in str(e.value)
+    # a corrupt file never overwrites the good .bak
+    st.write_state(tmp_path, _state_with_stage())
+    assert json.loads((tmp_path / "training_state.json.bak").read_text())["schema_version"] == 1
 
 
-def test_resume_refused_with_differences():
-    entry = st.new_stage_entry(world_size=2, micro_batch=8, grad_accum=1, seed=0, data_fingerprint="a",
-                               config_hash="x")
-    with pytest.raises(UserError, match="world_size.*data_fingerprint"):
-        st.check_resumable(entry, {**entry, "world_size": 1, "data_fingerprint": "b"}, 1)
-    st.check_resumable(entry, dict(entry), 1)
+def test_mismatch_refusal_names_what_differs():
+    entry = _state_with_stage()["stages"]["1"]
+    run = {k: entry[k] for k in st.RESUME_KEYS}
+    st.check_resumable(entry, run, 1)
+    with pytest.raises(UserError) as e:
+        st.check_resumable(entry, {**run, "world_size": 2, "data_fingerprint": "zzz"}, 1)
+    msg = str(e.value)
+    assert "world_size" in msg and "data_fingerprint" in msg and "seed" not in msg
 
 
-def test_lock(tmp_path):
+def test_lock_live_and_released_on_kill(tmp_path):
     assert not st.is_live(tmp_path)
     lock = st.RunLock(tmp_path).acquire()
-    assert st.is_live(tmp_path) and "pid" in st.holder(tmp_path)
-    with pytest.raises(UserError, match="another run"):
+    assert st.is_live(tmp_path)
+    with pytest.raises(UserError, match="another run is live"):
         st.RunLock(tmp_path).acquire()
     lock.release()
     assert not st.is_live(tmp_path)
+    # a process killed with SIGKILL leaves the file, but not the lock
+    code = ("import sys,time; from aurl.train.state import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    assert st.is_live(tmp_path)
+    p.kill()
+    p.wait()
+    assert not st.is_live(tmp_path)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    lrs = [lr_at(s, 1.0, 10, 110, 0.1) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+
+
+def test_stop_flag_only_sets_a_flag_and_honours_deadline(monkeypatch):
+    flag = StopFlag().install()
+    try:
+        assert not flag.local()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert flag.local() and flag.requested == "SIGUSR1"
+    finally:
+        flag.uninstall()
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "1000")  # long past
+    assert StopFlag(margin_s=10).local()
