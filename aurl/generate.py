@@ -71,12 +71,9 @@ def _validate(args, cfg) -> None:
         raise UserError(f"--num must be >= 1, got {args.num}")
     if args.length < 1:
         raise UserError(f"--length must be >= 1, got {args.length}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    from aurl.model.sampling import check_sampling_options
+
+    check_sampling_options(args.temperature, args.top_k, args.top_p)
     if args.latent_scale < 0:
         raise UserError(f"--latent-scale must be >= 0, got {args.latent_scale}")
     if args.prompt_tokens < 0:

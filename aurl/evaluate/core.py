@@ -76,12 +76,9 @@ class EvalConfig:
             raise UserError(f"--num-samples must be >= 0, got {self.num_samples}")
         if self.length < 1:
             raise UserError(f"--length must be >= 1, got {self.length}")
-        if self.temperature < 0:
-            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise UserError(f"--top-k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        from aurl.model.sampling import check_sampling_options
+
+        check_sampling_options(self.temperature, self.top_k, self.top_p)
         if self.max_val_tokens < 0:
             raise UserError(f"--max-val-tokens must be >= 0 (0 = all), got {self.max_val_tokens}")
         if self.batch_size < 1:

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from aurl.console import UserError
 from aurl.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 
@@ -171,3 +172,13 @@ def finalize(tokens) -> list[int]:
         out.append(t)
     out += [on - NOTE_ON_OFFSET + NOTE_OFF_OFFSET for on in sorted(sounding)]
     return out + [END_ID]
+
+
+def check_sampling_options(temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse sampling options that generate() cannot honour, naming the flag (for every sampling CLI)."""
+    if temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
