@@ -51,6 +51,10 @@ def status(out_dir: Path) -> int:
               f"batch {e['batch']}, best val {'-' if best is None else f'{best:.4f}'}"
               f", {'-' if tps is None else f'{tps:,.0f}'} tok/s, ETA {'-' if eta is None else f'{eta:.0f} s'}")
         print(f"    best: {e.get('best_checkpoint')}\n    last: {e.get('last_checkpoint')}")
+    from aurl.slurm import status_lines  # the stage jobs slurm/pipeline.sh recorded, if any
+
+    for line in status_lines(out_dir):
+        print(f"  {line}")
     return 0
 
 
