@@ -3,7 +3,7 @@
 Precedence, stated once: CLI `section.key=value` overrides > the YAML file > the dataclass defaults.
 An unknown section or key, or a value of the wrong type, is a UserError naming the key, raised before any
 work starts. Each component gets only its own section (data, model, augment, optim, train, checkpoint,
-logging).
+logging, eval).
 """
 
 from __future__ import annotations
@@ -117,6 +117,25 @@ class LoggingConfig:
 
 
 @dataclass
+class StageEvalConfig:
+    """The evaluation at the end of a completed stage: rank 0 evaluates the stage's best model with
+    aurl.evaluate on a small budget and writes <output-dir>/eval/stageN (report, samples, pictures)."""
+
+    enabled: bool = True
+    """Evaluate at the end of the stage (false = skip; `python -m aurl.evaluate` can run it later)."""
+    num_samples: int = 4
+    """Generated samples (0 = validation likelihood only)."""
+    length: int = 256
+    """New tokens per sample."""
+    max_val_tokens: int = 20000
+    """Cap on validation target tokens (0 = the whole validation split)."""
+    temperature: float = 1.0
+    """Sampling temperature of the samples."""
+    top_p: float = 1.0
+    """Nucleus sampling mass of the samples (1 = off)."""
+
+
+@dataclass
 class StageConfig:
     """One stage's full config: one field per YAML section."""
 
@@ -127,6 +146,7 @@ class StageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: StageEvalConfig = field(default_factory=StageEvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -293,6 +313,15 @@ def validate(cfg: StageConfig) -> None:
         bad("logging.tracker", lg.tracker, f"must be one of {', '.join(TRACKERS)}")
     if lg.log_every_steps < 1:
         bad("logging.log_every_steps", lg.log_every_steps, "must be >= 1")
+    ev = cfg.eval
+    for key, v in (("eval.num_samples", ev.num_samples), ("eval.max_val_tokens", ev.max_val_tokens),
+                   ("eval.temperature", ev.temperature)):
+        if v < 0:
+            bad(key, v, "must be >= 0")
+    if ev.length < 1:
+        bad("eval.length", ev.length, "must be >= 1")
+    if not 0.0 < ev.top_p <= 1.0:
+        bad("eval.top_p", ev.top_p, "must be in (0, 1]")
 
 
 TRACKERS = ("none", "tensorboard", "wandb", "both")

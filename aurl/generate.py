@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, nargs="+", default=[], help="piece(s) to encode (posterior: 1; interpolate: 2)")
     p.add_argument("--latent-scale", type=float, default=1.0, help="std multiplier of prior/posterior samples")
     p.add_argument("--stop-at-end", action="store_true", help="let the model end a piece early with END")
+    p.add_argument("--no-grammar", action="store_true",
+                   help="sample the raw distribution (default: grammar-constrained decoding, see aurl.model.sampling)")
     p.add_argument("--out", type=Path, default=Path("outputs/samples"), help="folder for the MIDI files")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     return p
@@ -147,7 +149,8 @@ def run(args) -> list[Path]:
                 z = interpolate(mu[0], mu[1], args.num)
     prompts = torch.from_numpy(prompt).unsqueeze(0).expand(args.num, -1)
     tokens = generate(model, prompts, args.length, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, generator=gen, z=z, stop_at_end=args.stop_at_end).cpu()
+                      top_p=args.top_p, generator=gen, z=z, stop_at_end=args.stop_at_end,
+                      grammar=not args.no_grammar).cpu()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.checkpoint).stem
     paths = []

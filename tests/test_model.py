@@ -185,6 +185,30 @@ def test_stop_at_end_pads_after_end():
             assert all(t == PAD_ID for t in row[row.index(END_ID) + 1 :])
 
 
+def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not():
+    """An untrained model breaks the event grammar all the time; constrained decoding never does (only notes
+    still open at the length cut-off remain), and END comes only once every note is closed."""
+    from aurl.vocab import NOTE_ON_OFFSET, grammar_errors
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    prompt = torch.full((4, 1), START_ID)
+    prompt = torch.cat([prompt, torch.full((4, 1), NOTE_ON_OFFSET + 39)], 1)  # a prompt with a note sounding
+    raw = generate(model, prompt, 200, generator=make_generator(1), grammar=False)
+    assert sum(grammar_errors(row)["note_off_without_on"] for row in raw.tolist()) > 0
+    with torch.no_grad():
+        model.tok_emb.weight[END_ID] *= 20  # make END tempting
+    for use_cache in (True, False):
+        out = generate(model, prompt, 200, generator=make_generator(1), grammar=True, use_cache=use_cache,
+                       stop_at_end=True)
+        for row in out.tolist():
+            errs = grammar_errors(row)
+            ended = END_ID in row
+            assert errs["note_off_without_on"] == errs["duplicate_note_on"] == errs["special_inside"] == 0, errs
+            if ended:
+                assert errs["unclosed_notes"] == 0, row
+
+
 def test_filters_and_interpolation():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
     assert torch.isinf(filter_logits(logits, 1.0, top_k=2)).tolist() == [[False, False, True, True]]

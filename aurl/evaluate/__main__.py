@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="loss records for the loss-curve PNG: a TensorBoard folder or a JSONL file "
                         "(default: the nearest logs/metrics.jsonl, logs/losses.jsonl or logs/tensorboard above "
                         "the checkpoint)")
+    p.add_argument("--no-grammar", action="store_true",
+                   help="sample the raw distribution instead of grammar-constrained decoding (measures the "
+                        "grammar the model itself has learned)")
     p.add_argument("--no-pictures", action="store_true", help="write no PNG")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     return p
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          max_val_tokens=args.max_val_tokens, batch_size=args.batch_size,
-                         pictures=not args.no_pictures).validate()
+                         grammar=not args.no_grammar, pictures=not args.no_pictures).validate()
         result = evaluate_checkpoint(args.checkpoint, args.cache, cfg, out_dir=args.out, json_path=args.json,
                                      losses=args.losses, device=args.device)
     except UserError as e:

@@ -13,7 +13,8 @@ What is measured, and why:
   decoder given one posterior sample z ~ q(z|window) (seeded) plus the window's KL(q || N(0, I)); both
   parts are reported. The CE given z alone would be lower than any true NLL because z has seen the window.
 - Samples: `num_samples` sequences of `length` new tokens after START, sampled with the KV cache (vae: z
-  from the prior). The grammar check runs on the raw tokens; notes still open when the length cut-off
+  from the prior), grammar-constrained unless `grammar` is False (then the figures measure the model's own
+  grammar: --no-grammar). The grammar check runs on the sampled tokens as they are; notes still open when the length cut-off
   stops a sample are counted apart (`unclosed_at_cutoff`), not as errors, unless the sample ended with END.
   Each sample is written as MIDI through aurl.model.sampling.finalize + aurl.vocab.decode (as
   `python -m aurl.generate` does); "valid MIDI" = the file reads back with aurl's reader with >= 1 note.
@@ -62,6 +63,9 @@ class EvalConfig:
     """Sample among the k likeliest tokens (0 = off)."""
     top_p: float = 1.0
     """Nucleus sampling mass (1 = off)."""
+    grammar: bool = True
+    """Grammar-constrained decoding (aurl.model.sampling); False samples the raw distribution, so the grammar
+    figures then measure what the model itself has learned."""
     max_val_tokens: int = 0
     """Cap on validation target tokens (0 = all validation pieces); a small budget for stage ends."""
     batch_size: int = 8
@@ -243,7 +247,7 @@ def generate_samples(model, cfg: EvalConfig, device) -> list[list[int]]:
     rows = []
     for b in range(0, cfg.num_samples, 16):  # bounded memory for large sample counts
         out = generate(model, prompt[b : b + 16], cfg.length, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, generator=gen, stop_at_end=False).cpu()
+                       top_p=cfg.top_p, generator=gen, stop_at_end=False, grammar=cfg.grammar).cpu()
         for row in out.tolist():
             while row and row[-1] == vocab.PAD_ID:
                 row.pop()
@@ -479,7 +483,8 @@ def format_report(result: dict) -> str:
             f"samples: {s['num']} x {result['eval_config']['length']} tokens (seed {result['eval_config']['seed']}, "
             f"T {result['eval_config']['temperature']})  mean {s['mean_notes']:.0f} notes, {s['mean_seconds']:.1f} s",
             f"  valid MIDI       {s['valid_midi_share'] * 100:.0f} %",
-            f"  grammar errors   {s['grammar_error_rate'] * 100:.2f} % of tokens ({errs}); "
+            f"  grammar errors   {s['grammar_error_rate'] * 100:.2f} % of tokens ({errs}"
+            f"{'' if result['eval_config'].get('grammar', True) else ', unconstrained sampling'}); "
             f"clean samples {s['grammar_clean_share'] * 100:.0f} %; notes open at the length cut-off "
             f"{s['unclosed_at_cutoff']} (closed in the MIDI)",
             "",

@@ -6,6 +6,13 @@ cached and uncached generation stay identical; the cache path re-fills its cache
 
 PAD, START and UNK are never sampled; END only when ``stop_at_end`` (a row that ends is padded with PAD).
 Every sequence decodes to a valid Score: aurl.vocab.decode closes hanging notes and skips special tokens.
+
+Grammar-constrained decoding (``grammar=True``, the default): before each draw, the tokens that would break
+the event grammar of the row so far get no probability: a NOTE_ON of a pitch already sounding, a NOTE_OFF of
+a pitch not sounding, and END while a note still sounds. The model's own distribution is renormalised over
+the legal tokens, so a sample is grammatical by construction (only notes still open when the length budget
+cuts a row off remain open; aurl.model.sampling.finalize closes those). ``grammar=False`` samples the raw
+distribution, which is how aurl.evaluate measures how much the model itself has learned the grammar.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from aurl.console import UserError
-from aurl.vocab import END_ID, PAD_ID, START_ID, UNK_ID
+from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES, PAD_ID, START_ID, UNK_ID
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -51,10 +58,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 @torch.no_grad()
 def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: torch.Generator | None = None, z: torch.Tensor | None = None,
-             use_cache: bool = True, stop_at_end: bool = False) -> torch.Tensor:
+             use_cache: bool = True, stop_at_end: bool = False, grammar: bool = True) -> torch.Tensor:
     """prompt [B, T0] (T0 >= 1, e.g. START) -> [B, T0 + max_new_tokens] tokens.
 
     In vae modes z [B, latent_dim] conditions the decoder (None = a prior sample drawn from `generator`).
+    grammar: constrain each draw to the tokens that keep the row grammatical (see the module docstring).
     """
     cfg = model.cfg
     was_training = model.training
@@ -71,11 +79,16 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
     cache = model.new_cache(B, L) if use_cache else None
     logits = model.decode(seq[:, win:], z, cache)[:, -1]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    sounding = _sounding(seq) if grammar else None
     for _ in range(max_new_tokens):
         logits[:, banned] = float("-inf")
+        if grammar:
+            _mask_ungrammatical(logits, sounding)
         tok = sample_next(logits, temperature, top_k, top_p, generator)
         tok = torch.where(finished, torch.full_like(tok, PAD_ID), tok)
         finished |= tok == END_ID
+        if grammar:
+            _track(sounding, tok)
         seq = torch.cat([seq, tok[:, None]], dim=1)
         if finished.all():
             break
@@ -93,6 +106,35 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
         seq = F.pad(seq, (0, pad), value=PAD_ID)
     model.train(was_training)
     return seq
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grammar constraint: which pitches sound in each row, and the tokens that are illegal given that
+def _track(sounding: torch.Tensor, tok: torch.Tensor) -> None:
+    """Update sounding [B, 88] (bool) in place with one token per row."""
+    rows = torch.arange(tok.shape[0], device=tok.device)
+    on = (tok >= NOTE_ON_OFFSET) & (tok < NOTE_ON_OFFSET + NUM_PITCHES)
+    off = (tok >= NOTE_OFF_OFFSET) & (tok < NOTE_OFF_OFFSET + NUM_PITCHES)
+    sounding[rows[on], tok[on] - NOTE_ON_OFFSET] = True
+    sounding[rows[off], tok[off] - NOTE_OFF_OFFSET] = False
+
+
+def _sounding(seq: torch.Tensor) -> torch.Tensor:
+    """The pitches still sounding at the end of each prompt row."""
+    sounding = torch.zeros(seq.shape[0], NUM_PITCHES, dtype=torch.bool, device=seq.device)
+    for t in range(seq.shape[1]):
+        _track(sounding, seq[:, t])
+    return sounding
+
+
+def _mask_ungrammatical(logits: torch.Tensor, sounding: torch.Tensor) -> None:
+    """-inf (in place) on NOTE_ON of sounding pitches, NOTE_OFF of silent ones, END while any note sounds."""
+    ninf = float("-inf")
+    on = logits[:, NOTE_ON_OFFSET : NOTE_ON_OFFSET + NUM_PITCHES]
+    on.masked_fill_(sounding, ninf)
+    off = logits[:, NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES]
+    off.masked_fill_(~sounding, ninf)
+    logits[:, END_ID].masked_fill_(sounding.any(-1), ninf)
 
 
 # ----------------------------------------------------------------------------------------------------------

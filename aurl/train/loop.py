@@ -266,6 +266,9 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                 print0(f"[stage {stage}] stop requested ({stop.requested or 'another rank'}): committed")
                 status = "stopped"
                 break
+        elif early:  # stopped early by a mid-epoch validation: commit where it stopped
+            print0(f"[stage {stage}] early stop at step {step}: {bad_evals} validations without improvement")
+            save("early_stop")
 
     # ------------------------------------------------------------------------------------------- wrap up
     stop.uninstall()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aurl
 from aurl.config import StageConfig, load_config, parse_overrides, stage_config_path
-from aurl.console import UserError, print0
+from aurl.console import UserError, print0, warn
 from aurl.train import loop
 from aurl.train import state as st
 from aurl.train.preemption import STOPPED_EXIT
@@ -91,8 +91,35 @@ def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int,
                 return STOPPED_EXIT
             if accelerator.is_main_process:
                 loop.copy_best(out_dir, stage)
+                if cfg.eval.enabled:
+                    evaluate_stage(cfg, stage, out_dir)
+            accelerator.wait_for_everyone()  # the other ranks wait for rank 0's evaluation
         print0(f"done: best model in {out_dir / 'checkpoints' / 'best_model.pt'}")
         return 0
     finally:
         if lock is not None:
             lock.release()
+        accelerator.end_training()  # trackers closed and the process group torn down before exit
+
+
+def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path) -> None:
+    """Rank 0, after a completed stage: aurl.evaluate on the stage's best model, into out_dir/eval/stageN.
+    A failure here is reported and training goes on: the stage's weights are already committed."""
+    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
+
+    best = loop.best_path(out_dir, stage)
+    if not best.exists():
+        return
+    ev = cfg.eval
+    eval_cfg = EvalConfig(num_samples=ev.num_samples, length=ev.length, max_val_tokens=ev.max_val_tokens,
+                          temperature=ev.temperature, top_p=ev.top_p, seed=cfg.train.seed)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+    try:
+        result = evaluate_checkpoint(best, cache_dir, eval_cfg, out_dir=out_dir / "eval" / f"stage{stage}",
+                                     device="auto")
+    except Exception as e:  # noqa: BLE001 -- an evaluation bug must not cost the trained stage
+        warn(f"[stage {stage}] evaluation failed ({type(e).__name__}: {e}); run python -m aurl.evaluate "
+             f"--checkpoint {best} to retry")
+        return
+    for line in format_report(result).splitlines():
+        print0(f"[stage {stage}] {line}")
