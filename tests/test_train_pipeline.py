@@ -83,6 +83,14 @@ def test_three_stages_one_process(reference):
         assert len(list(d.glob("step_*"))) <= 2 and not list(d.glob(".staging-*"))
     recs = step_losses(reference)
     assert any(k[0] == 3 and k[2] == "val" for k in recs)
+    # each stage's best model was evaluated at the stage end: report, MIDI samples, loss curves, piano rolls
+    for s in (1, 2, 3):
+        ev = reference / "eval" / f"stage{s}"
+        report = json.loads((ev / "eval.json").read_text())
+        assert report["stage"] == s and report["samples"]["num"] == 2
+        assert report["samples"]["grammar_errors"] == dict.fromkeys(report["samples"]["grammar_errors"], 0)
+        assert (ev / "loss_curves.png").stat().st_size > 1000 and (ev / "sample_000.png").stat().st_size > 1000
+        assert (ev / "sample_000.mid").is_file()
 
 
 def test_best_model_loads_for_generation(reference):
@@ -98,6 +106,8 @@ def test_status_read_only(reference):
                        env=ENV, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "stage 1: completed" in r.stdout and "stage 3: completed" in r.stdout and "best val" in r.stdout
+    assert f"latest evaluation: {reference / 'eval' / 'stage3' / 'eval.json'}" in r.stdout
+    assert str(reference / "eval" / "stage3" / "loss_curves.png") in r.stdout
     assert (reference / "training_state.json").read_bytes() == before
 
 

@@ -51,6 +51,16 @@ def status(out_dir: Path) -> int:
               f"batch {e['batch']}, best val {'-' if best is None else f'{best:.4f}'}"
               f", {'-' if tps is None else f'{tps:,.0f}'} tok/s, ETA {'-' if eta is None else f'{eta:.0f} s'}")
         print(f"    best: {e.get('best_checkpoint')}\n    last: {e.get('last_checkpoint')}")
+    from aurl.evaluate.status import latest_eval  # the newest stage-end or evaluate-command report
+
+    ev = latest_eval(out_dir)
+    if ev is not None:
+        nll = ev["nll_per_token"]
+        bar = ev["quality_bar"]
+        print(f"  latest evaluation: {ev['json']} (val NLL/token {'-' if nll is None else f'{nll:.4f}'}"
+              + (f"; quality bar {sum(bar.values())}/{len(bar)} met" if bar else "") + ")")
+        for picture in ev["pictures"]:
+            print(f"    {picture}")
     from aurl.slurm import status_lines  # the stage jobs slurm/pipeline.sh recorded, if any
 
     for line in status_lines(out_dir):
