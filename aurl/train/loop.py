@@ -191,6 +191,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     model.train()
     status = "completed"
     t0, tokens_seen, start_step = time.perf_counter(), 0, step
+    last_step_end = t0
     while epoch < t.epochs and step < total_steps and not early:
         sampler.set_epoch(epoch)
         if batch >= steps_per_epoch * accum:
@@ -228,7 +229,10 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                 logs.update({k: float(v) for k, v in dout.metrics.items()})
             step += 1
             # -------- logging (rank 0), stop requests (all ranks agree), periodic validation + checkpoint
-            elapsed = time.perf_counter() - t0
+            now = time.perf_counter()
+            # wall time since the previous step ended: data, forward/backward, optimizer and this bookkeeping
+            step_s, last_step_end = now - last_step_end, now
+            elapsed = now - t0
             tok_rate = tokens_seen / max(elapsed, 1e-9)
             steps_done = step - start_step
             eta = elapsed / max(1, steps_done) * (total_steps - step)
@@ -237,7 +241,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{tok_rate:,.0f}")
             if step % cfg.logging.log_every_steps == 0 or step == 1:
                 tracker.log({f"train/{k}": v for k, v in logs.items()} | {"train/lr": opt_g.param_groups[0]["lr"],
-                            "train/tokens_per_s": tok_rate}, step, split="train")
+                            "train/tokens_per_s": tok_rate, "train/step_s": step_s}, step, split="train")
             if batch >= steps_per_epoch * accum or step >= total_steps:
                 break  # the epoch-end block validates, commits and checks for a stop
             if t.val_every_steps and step % t.val_every_steps == 0:
@@ -262,6 +266,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
             if batch >= steps_per_epoch * accum:
                 epoch, batch = epoch + 1, 0
             save("epoch_end")
+            last_step_end = time.perf_counter()  # step_s times steps, not validations and saves
             if stop.should_stop(accelerator):
                 print0(f"[stage {stage}] stop requested ({stop.requested or 'another rank'}): committed")
                 status = "stopped"
