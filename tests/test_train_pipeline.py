@@ -259,18 +259,74 @@ def test_mismatched_state_refused(reference, tmp_path):
     assert r.returncode == 2 and "micro_batch" in r.stderr
 
 
-def test_two_processes_accelerate_launch(tmp_path):
-    out = tmp_path / "run"
-    env = {**ENV, "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "aurl.train", "--config", str(TINY), "--output-dir", str(out)]
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+def launch_cmd(out: Path, *extra: str) -> list[str]:
+    """Two CPU processes through a real `accelerate launch` (the CPU recipe of shared/notes/environment.md)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            "-m", "aurl.train", "--config", str(TINY), "--output-dir", str(out), *extra]
+
+
+LAUNCH_ENV = {**ENV, "ACCELERATE_USE_CPU": "1"}
+# a longer stage 1 than the tiny default, so that a kill after the first commit lands well before its end
+LONGER_STAGE1 = ("stage1.train.epochs=20", "stage1.train.max_steps=40")
+
+
+@pytest.fixture(scope="session")
+def two_process_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference2")
+    r = subprocess.run(launch_cmd(out, *LONGER_STAGE1), cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True,
+                       timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ProcessGroup" not in r.stderr and "abort" not in r.stderr.lower()  # end_training: a clean exit
+    return out
+
+
+def test_two_processes_accelerate_launch(two_process_reference):
+    out = two_process_reference
     state = read_state(out)
     assert [state["stages"][s]["status"] for s in "123"] == ["completed"] * 3
     assert state["stages"]["1"]["world_size"] == 2
     assert (out / "checkpoints" / "best_model.pt").is_file()
+    assert (out / "eval" / "stage3" / "eval.json").is_file()  # rank 0 evaluated while rank 1 waited
+
+
+def kill9_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once (torch elastic starts each rank in its own session,
+    so killing the launcher's process group would leave the ranks running)."""
+    tree, frontier = [pid], [pid]
+    while frontier:
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", ",".join(map(str, frontier))],
+                                  capture_output=True, text=True).stdout.split()
+        frontier = [int(c) for c in children]
+        tree += frontier
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_two_processes_kill9_and_resume(two_process_reference, tmp_path):
+    """SIGKILL to the whole launch (the launcher and both ranks) mid-stage, the same command again: stage 1 ends
+    where the uninterrupted two-process run ended, with the same losses (float tolerance)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(launch_cmd(out, "--stage", "1", *LONGER_STAGE1), cwd=REPO, env=LAUNCH_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    hit = _wait_for(lambda: (e := _stage_entry(out, 1) or {}).get("last_checkpoint") is not None
+                    and e.get("status") == "running", proc)
+    kill9_tree(proc.pid)
+    proc.wait()
+    assert hit, "the run never committed a checkpoint while running"
+    killed_at = _stage_entry(out, 1)["step"]
+    r = subprocess.run(launch_cmd(out, "--stage", "1", *LONGER_STAGE1), cwd=REPO, env=LAUNCH_ENV,
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming from" in r.stdout + r.stderr
+    ref = {k: v for k, v in step_losses(two_process_reference).items() if k[0] == 1}
+    got = step_losses(out)
+    assert ref.keys() == got.keys() and killed_at < max(k[1] for k in ref)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
 
 
 def test_sigusr1_stops_with_a_commit_then_resumes(tmp_path):
