@@ -18,10 +18,14 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from aurl.atomic import _fsync_dir, atomic_write_json
+from aurl.console import UserError
 
 STAGING_PREFIX = ".staging-"
 META = "meta.json"
+EXTRA = "extra_state.pt"
 
 
 def step_name(step: int) -> str:
@@ -45,9 +49,12 @@ def read_meta(path: str | Path) -> dict:
     return json.loads((Path(path) / META).read_text())
 
 
-def save(accelerator, stage_dir: Path, step: int, meta: dict, on_commit=None, keep: int = 2) -> Path:
+def save(accelerator, stage_dir: Path, step: int, meta: dict, on_commit=None, keep: int = 2,
+         extra: dict | None = None) -> Path:
     """Run the commit protocol on every rank; returns the committed dir. on_commit(path) runs on rank 0
-    after the rename and before the final barrier (the state-file update)."""
+    after the rename and before the final barrier (the state-file update). `extra`: name -> object with
+    state_dict(), identical on every rank and not prepared by Accelerate (the discriminator kept outside a
+    DeepSpeed engine and its optimizer); rank 0 writes them to extra_state.pt inside the same commit."""
     stage_dir = Path(stage_dir)
     final = stage_dir / step_name(step)
     staging = stage_dir / (STAGING_PREFIX + final.name)
@@ -58,6 +65,8 @@ def save(accelerator, stage_dir: Path, step: int, meta: dict, on_commit=None, ke
         staging.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
+    if extra and accelerator.is_main_process:
+        torch.save({name: obj.state_dict() for name, obj in extra.items()}, staging / EXTRA)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(staging / META, {**meta, "step": step, "world_size": accelerator.num_processes})
@@ -71,6 +80,19 @@ def save(accelerator, stage_dir: Path, step: int, meta: dict, on_commit=None, ke
     if accelerator.is_main_process:
         purge(stage_dir, keep)
     return final
+
+
+def load_extra(path: Path, extra: dict | None) -> None:
+    """Every rank: restore the objects save() wrote as `extra` (a checkpoint without them is an error)."""
+    if not extra:
+        return
+    file = Path(path) / EXTRA
+    if not file.is_file():
+        raise UserError(f"{path} has no {EXTRA} (the discriminator's state): it was not written by a DeepSpeed "
+                        "run of this stage; resume with the launch config that wrote it")
+    states = torch.load(file, map_location="cpu", weights_only=True)
+    for name, obj in extra.items():
+        obj.load_state_dict(states[name])
 
 
 def purge(stage_dir: Path, keep: int) -> None:

@@ -46,15 +46,20 @@ def load_pipeline(config: str | Path | None, overrides: list[str]) -> dict[int, 
 
 
 def make_accelerator():
+    """The run's one Accelerator. Under DeepSpeed (an accelerate_configs/deepspeed_*.yaml launch sets
+    ACCELERATE_USE_DEEPSPEED) there are no DDP kwargs and no cpu=True (that would drop DeepSpeed); without
+    CUDA every multi-process run uses gloo (DeepSpeed included: it then runs on CPU)."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, parse_flag_from_env
 
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # stage 3's D/G phases
+    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    # stage 3's D/G phases leave parameters unused; DeepSpeed has no DDP wrapper to tell
+    handlers = [] if deepspeed else [DistributedDataParallelKwargs(find_unused_parameters=True)]
     cuda = torch.cuda.is_available()
     if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a launcher started several CPU processes
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(cpu=not cuda, kwargs_handlers=handlers)
+    return Accelerator(cpu=not cuda and not deepspeed, kwargs_handlers=handlers)
 
 
 def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int, ...], tracker: str | None,

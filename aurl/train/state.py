@@ -26,6 +26,8 @@ LOCK_FILE = "training.lock"
 STAGE_STATUSES = ("pending", "running", "stopped", "completed", "failed")
 # recorded per stage; a resume must see the same values (a plain ZeRO/DDP checkpoint cannot change them)
 RESUME_KEYS = ("world_size", "micro_batch", "grad_accum", "seed", "data_fingerprint", "config_hash")
+# also compared when recorded: None without DeepSpeed (a ZeRO checkpoint has another layout than a DDP one)
+LAYOUT_KEYS = ("zero_stage",)
 
 
 def now() -> str:
@@ -94,13 +96,30 @@ def write_state(out_dir: str | Path, state: dict) -> None:
     atomic_write_json(path, state)
 
 
-def check_resumable(entry: dict, run: dict, stage: int) -> None:
-    """Refuse to resume a stage recorded under other settings, naming each difference."""
-    diffs = [f"{k}: recorded {entry.get(k)!r}, now {run.get(k)!r}" for k in RESUME_KEYS
+def check_resumable(entry: dict, run: dict, stage: int, checkpoint: str | Path | None = None) -> None:
+    """Refuse to resume a stage recorded under other settings, naming each difference and the way out.
+
+    Another number of processes is refused for DDP too: each rank's data shard (every world_size-th sample)
+    and the global batch (micro_batch x grad_accum x processes) depend on it, so the data cursor of the
+    checkpoint means other samples and the run would not be the one it resumes. ZeRO checkpoints are, in
+    addition, sharded per rank."""
+    diffs = [f"{k}: recorded {entry.get(k)!r}, now {run.get(k)!r}" for k in RESUME_KEYS + LAYOUT_KEYS
              if k in entry and entry.get(k) != run.get(k)]
-    if diffs:
-        raise UserError(f"stage {stage} was started with other settings and cannot resume: " + "; ".join(diffs)
-                        + ". Use the original settings, or start over with --clear.")
+    if not diffs:
+        return
+    fix = "Use the original settings, or start over with --clear."
+    if "world_size" in entry and entry["world_size"] != run.get("world_size"):
+        n = entry["world_size"]
+        if entry.get("zero_stage"):
+            where = checkpoint or "<the checkpoint dir>"
+            fix = (f"Its DeepSpeed ZeRO-{entry['zero_stage']} checkpoint is sharded over {n} processes: relaunch "
+                   f"with --num_processes {n}; or take the weights alone (no optimizer state, no data cursor) "
+                   f"with `python {where}/zero_to_fp32.py {where} <out-dir>`; or start over with --clear.")
+        else:
+            fix = (f"Relaunch with --num_processes {n} (the data shards and the global batch depend on it), "
+                   "or start over with --clear.")
+    raise UserError(f"stage {stage} was started with other settings and cannot resume: " + "; ".join(diffs)
+                    + ". " + fix)
 
 
 # ---------------------------------------------------------------------------------------------------------
