@@ -27,6 +27,13 @@ from aurl.model import MusicTransformerVAEGAN
 from aurl.model.checkpoint import init_from_model_file, save_model_file
 from aurl.train import checkpoint as ckpt
 from aurl.train import state as st
+from aurl.train.distributed import (
+    average_gradients,
+    configure_deepspeed,
+    detach_discriminator,
+    export_weights,
+    is_deepspeed,
+)
 from aurl.train.preemption import StopFlag
 from aurl.train.schedule import lr_at, set_lr
 from aurl.train.tracking import Trackers
@@ -107,14 +114,22 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     opt_g = _adamw(model.generator_parameters(), o.lr, o)
     gan = cfg.model.is_gan
     opt_d = _adamw(model.discriminator_parameters(), o.disc_lr, o) if gan else None
-    if gan:
+    ds = is_deepspeed(accelerator)
+    disc = None  # under DeepSpeed: the discriminator, kept outside the engine (see detach_discriminator)
+    if ds:
+        configure_deepspeed(accelerator, d.batch_size, o.grad_accum, o.grad_clip)
+        if gan:
+            disc = detach_discriminator(model).to(accelerator.device)
+    if gan and not ds:
         model, opt_g, opt_d = accelerator.prepare(model, opt_g, opt_d)
     else:
         model, opt_g = accelerator.prepare(model, opt_g)
+    extra_state = {"discriminator": disc, "disc_optimizer": opt_d} if disc is not None else None
 
     # ------------------------------------------------------------------------------------- state + resume
     run = {"world_size": world, "micro_batch": d.batch_size, "grad_accum": accum, "seed": t.seed,
-           "data_fingerprint": cache.fingerprint, "config_hash": cfg.hash()}
+           "data_fingerprint": cache.fingerprint, "config_hash": cfg.hash(),
+           "zero_stage": accelerator.state.deepspeed_plugin.zero_stage if ds else None}
     state = st.read_state(out_dir) if main else None
     entry = (state or {}).get("stages", {}).get(str(stage)) if main else None
     sdir = stage_dir(out_dir, stage)
@@ -124,7 +139,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     refusal = None
     if main and entry and resume_from is not None:
         try:
-            st.check_resumable(entry, run, stage)
+            st.check_resumable(entry, run, stage, resume_from)
         except UserError as e:
             refusal = str(e)
     # all ranks resume from the same dir, or all refuse: rank 0 decides (other nodes' file systems may lag)
@@ -134,6 +149,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     epoch, batch, step, best_val, bad_evals, early = 0, 0, 0, math.inf, 0, False
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        ckpt.load_extra(resume_from, extra_state)
         meta = ckpt.read_meta(resume_from)
         epoch, batch, step = meta["epoch"], meta["batch"], meta["step"]
         best_val, bad_evals, early = meta["best_val"], meta["bad_evals"], meta["early_stopped"]
@@ -150,8 +166,12 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     stop = StopFlag(t.stop_margin_s).install()  # before "running" is recorded: a preemption from then on is caught
     if main:
         update_state(status="running")
-    tracker = Trackers(tracker_kind, out_dir, stage, (state or {}).get("run_id", "aurl"),
-                       cfg.logging.wandb_project, cfg.to_dict(), enabled=main)
+    # the run id from the file just written (a fresh run had none before); one W&B run per stage, its id kept
+    run_id = (st.read_state(out_dir) or {}).get("run_id", "aurl") if main else "aurl"
+    tracker = Trackers(tracker_kind, out_dir, stage, run_id, cfg.logging.wandb_project, cfg.to_dict(), enabled=main,
+                       wandb_run_id=(entry or {}).get("wandb_run_id"))
+    if main and tracker.wandb_run_id:
+        update_state(wandb_run_id=tracker.wandb_run_id)
 
     def save(reason: str):
         meta = {"stage": stage, "epoch": epoch, "batch": batch, "best_val": best_val, "bad_evals": bad_evals,
@@ -163,20 +183,20 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                          best_checkpoint=str(best_path(out_dir, stage)) if best_path(out_dir, stage).exists()
                          else None, tokens_per_s=tok_rate, eta_s=eta)
 
-        ckpt.save(accelerator, sdir, step, meta, on_commit=on_commit, keep=cfg.checkpoint.keep)
+        ckpt.save(accelerator, sdir, step, meta, on_commit=on_commit, keep=cfg.checkpoint.keep, extra=extra_state)
 
     def validate_and_track() -> None:
         nonlocal best_val, bad_evals, early, last_val
         val = last_val = evaluate(model, val_loader, accelerator, cfg, step)
         if val < best_val:
             best_val, bad_evals = val, 0
+            weights = export_weights(accelerator, model, disc)  # under ZeRO-3 a gather: every rank takes part
             if main:
-                unwrapped = accelerator.unwrap_model(model)
                 info = {"val_nll": val}
                 extra = {"stage": stage, "step": step, "epoch": epoch}
-                save_model_file(best_path(out_dir, stage), unwrapped, cfg.model, info, extra)
+                save_model_file(best_path(out_dir, stage), weights, cfg.model, info, extra)
                 # the production model = the best of the most advanced stage reached
-                save_model_file(out_dir / "checkpoints" / "best_model.pt", unwrapped, cfg.model, info, extra)
+                save_model_file(out_dir / "checkpoints" / "best_model.pt", weights, cfg.model, info, extra)
         else:
             bad_evals += 1
             early = bool(t.patience and bad_evals >= t.patience)
@@ -208,14 +228,17 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                 b = next(it)
                 ids, mask = b["input_ids"].to(accelerator.device), b["loss_mask"].to(accelerator.device)
                 sync = accelerator.no_sync(model) if micro < accum - 1 else nullcontext()
+                if ds:  # the engine accumulates, clips and steps inside backward at the last micro-batch
+                    accelerator.sync_gradients = micro == accum - 1
                 with sync, _autocast(cfg, accelerator):
                     out = model(ids, mask, step=step)
-                    accelerator.backward(out.loss / accum)
+                    # DeepSpeed divides by its gradient_accumulation_steps (= accum) itself
+                    accelerator.backward(out.loss if ds else out.loss / accum)
                 for k, v in out.metrics.items():
                     logs[k] = logs.get(k, 0.0) + float(v) / accum
                 tokens_seen += int(mask.sum()) * world
                 batch += 1
-            if o.grad_clip:
+            if o.grad_clip and not ds:  # DeepSpeed clips in its step (gradient_clipping)
                 accelerator.clip_grad_norm_(model.module.generator_parameters() if hasattr(model, "module")
                                             else model.generator_parameters(), o.grad_clip)
             opt_g.step()
@@ -224,7 +247,11 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                 opt_d.zero_grad(set_to_none=True)
                 with _autocast(cfg, accelerator):
                     dout = model(ids, mask, step=step, phase="discriminator")
-                    accelerator.backward(dout.loss)
+                    if disc is None:
+                        accelerator.backward(dout.loss)
+                    else:  # D is outside the engine: plain backward (only D has grads), then average them
+                        dout.loss.backward()
+                        average_gradients(disc.parameters(), accelerator)
                 opt_d.step()
                 logs.update({k: float(v) for k, v in dout.metrics.items()})
             step += 1
