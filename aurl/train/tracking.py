@@ -1,16 +1,33 @@
 """Run trackers: one interface (log, close), a no-op when tracking is off, so the loop never branches on it.
 
-Tracking never blocks or kills training: a tracker that fails to start or to log is dropped with a warning.
-Every record also goes to <output-dir>/logs/metrics.jsonl (read by aurl.evaluate's loss curves).
+Only rank 0 tracks (Trackers(enabled=False) elsewhere). Tracking never blocks or kills training: a tracker
+that fails to start or to log is dropped with a one-line warning. Every record also goes to
+<output-dir>/logs/metrics.jsonl (read by aurl.evaluate's loss curves).
+
+TensorBoard: <output-dir>/logs/tensorboard/stageN/, x = optimizer step.
+
+W&B: one run per stage (name and job_type "stageN"), grouped by the pipeline's run id (training_state.json
+"run_id"), the stage config as the run config. The W&B run id is recorded in the stage's entry of the state
+file ("wandb_run_id") and passed again with resume="allow" when the stage resumes, so one stage stays one
+W&B run. The x-axis is the optimizer step, logged as the metric "step" (define_metric): a resumed stage
+replays the steps after its checkpoint, and W&B's own step counter would drop records that go back.
+Modes: WANDB_MODE (online, offline, disabled) wins; unset and no API key (WANDB_API_KEY or a netrc entry)
+-> offline with a warning, never a network wait. Files go to $WANDB_DIR, else <output-dir>/logs/wandb/;
+upload an offline run later with `wandb sync <dir>/offline-run-*`. An offline resume writes a new
+offline-run dir under the same id (W&B merges them on sync).
 """
 
 from __future__ import annotations
 
 import json
+import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from aurl.console import warn
+
+WANDB_INIT_TIMEOUT_S = 60  # a key but no network: give up after this (W&B's default is 90 s)
 
 
 class NullTracker:
@@ -30,48 +47,77 @@ class TensorBoardTracker(NullTracker):
     def log(self, metrics: dict, step: int) -> None:
         for k, v in metrics.items():
             self.writer.add_scalar(k, float(v), step)
+        self.writer.flush()  # a killed run keeps what it logged
 
     def close(self) -> None:
         self.writer.close()
 
 
+def wandb_has_key() -> bool:
+    """An API key W&B would find: WANDB_API_KEY, or a netrc entry for its host (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class WandbTracker(NullTracker):
-    def __init__(self, project: str, run_id: str, stage: int, config: dict, out_dir: Path):
-        if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
-            os.environ["WANDB_MODE"] = "offline"  # no key: never hang on the network
+    def __init__(self, project: str, group: str, stage: int, config: dict, out_dir: Path, run_id: str | None):
         import wandb
 
-        self.run = wandb.init(project=project, id=f"{run_id}-stage{stage}", resume="allow", group=run_id,
-                              job_type=f"stage{stage}", config=config, dir=str(out_dir))
+        mode = os.environ.get("WANDB_MODE")
+        if mode is None and not wandb_has_key():
+            mode = "offline"
+            warn("W&B: no API key (WANDB_API_KEY or `wandb login`): logging offline; upload later with "
+                 "`wandb sync`, or set WANDB_MODE=disabled")
+        wandb_dir = Path(os.environ.get("WANDB_DIR") or out_dir / "logs")
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=project, id=run_id, resume="allow",
+                              group=group, job_type=f"stage{stage}", name=f"{group}-stage{stage}", config=config,
+                              dir=str(wandb_dir), mode=mode,
+                              settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S, console="off"))
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        self.id = self.run.id
 
     def log(self, metrics: dict, step: int) -> None:
-        self.run.log({k: float(v) for k, v in metrics.items()}, step=step)
+        self.run.log({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
 
     def close(self) -> None:
         self.run.finish()
 
 
 class Trackers(NullTracker):
-    """Fan out to several trackers plus the JSONL record; each failure drops only that tracker."""
+    """Fan out to several trackers plus the JSONL record; each failure drops only that tracker.
+    wandb_run_id: the id to resume (None: a new run); .wandb_run_id afterwards: the W&B run's id, if any."""
 
     def __init__(self, kind: str, out_dir: Path, stage: int, run_id: str, project: str, config: dict,
-                 enabled: bool = True):
+                 enabled: bool = True, wandb_run_id: str | None = None):
         self.trackers: list = []
         self.jsonl = out_dir / "logs" / "metrics.jsonl" if enabled else None
         self.stage = stage
+        self.wandb_run_id = None
         if not enabled:
             return
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
         if kind in ("tensorboard", "both"):
             self._start(lambda: TensorBoardTracker(out_dir / "logs" / "tensorboard" / f"stage{stage}"))
         if kind in ("wandb", "both"):
-            self._start(lambda: WandbTracker(project, run_id, stage, config, out_dir / "logs"))
+            wb = self._start(lambda: WandbTracker(project, run_id, stage, config, out_dir, wandb_run_id))
+            self.wandb_run_id = wb.id if wb is not None else None
 
-    def _start(self, make) -> None:
+    def _start(self, make):
         try:
-            self.trackers.append(make())
+            tracker = make()
         except Exception as e:  # noqa: BLE001 -- tracking must never stop training
-            warn(f"tracker not started ({type(e).__name__}: {e}); training goes on without it")
+            warn(f"tracker not started ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                 "training goes on without it")
+            return None
+        self.trackers.append(tracker)
+        return tracker
 
     def log(self, metrics: dict, step: int, split: str = "train") -> None:
         if self.jsonl is None:
