@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from aurl.console import PREFIX, UserError, print0
+from aurl.console import PREFIX, ArgParser, UserError, print0
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
@@ -177,14 +177,8 @@ def update_results(path: Path, label: str, runs: dict[str, str]) -> None:
     atomic_write_text(path, head.rstrip() + "\n\n" + "".join(d.rstrip() + "\n\n" for d in devices).rstrip() + "\n")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse would print the whole usage first)
-        print(f"{PREFIX} error: {message} (see --help)", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m aurl.bench", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="python -m aurl.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="", help="comma-separated scripts to run, by name (data,model,train); "
                                                "default: every bench/bench_*.py")
     p.add_argument("--quick", action="store_true", help="smaller budgets per script (a smoke run)")

@@ -6,6 +6,7 @@ this works before (and without) a process group.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -38,3 +39,12 @@ def warn(message: str) -> None:
 
 class UserError(Exception):
     """Bad user input (a file, key or value). Entry points print it as one line and exit with code 2."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with the house error style: a bad flag is one line on stderr and exit code 2 (argparse would
+    print the whole usage first)."""
+
+    def error(self, message: str):
+        print(f"{PREFIX} error: {message} (see --help)", file=sys.stderr, flush=True)
+        raise SystemExit(2)

@@ -19,20 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aurl.console import PREFIX, UserError, print0
+from aurl.console import PREFIX, ArgParser, UserError, print0
 from aurl.vocab import END_ID, PAD_ID, START_ID, decode, encode
 
 VAE_MODES = ("prior", "posterior", "interpolate")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse would print the whole usage first)
-        print(f"{PREFIX} error: {message} (see --help)", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m aurl.generate", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="python -m aurl.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="model file written by training (best_model.pt)")
     p.add_argument("--num", type=int, default=1, help="files to write (interpolate: points on the path, >= 2)")
     p.add_argument("--length", type=int, default=1024, help="new tokens per file (not counting the prompt)")

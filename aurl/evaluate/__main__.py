@@ -10,20 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from aurl.console import PREFIX, UserError, print0
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse would print the whole usage first)
-        print(f"{PREFIX} error: {message} (see --help)", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+from aurl.console import PREFIX, ArgParser, UserError, print0
 
 
 def _parser() -> argparse.ArgumentParser:
     from aurl.evaluate.core import EvalConfig
 
     d = EvalConfig()
-    p = _Parser(prog="python -m aurl.evaluate", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m aurl.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="model file (e.g. outputs/checkpoints/best_model.pt)")
     p.add_argument("--cache", type=Path, default=None,
                    help="token cache folder (default: the one the file names, else the nearest cache/ above it, "

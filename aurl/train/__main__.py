@@ -3,19 +3,18 @@ aurl.train.pipeline for the config layout). No --config = the CPU quickstart on 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from aurl.config import TRACKERS
-from aurl.console import UserError
+from aurl.console import ArgParser, UserError
 from aurl.train import state as st
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="aurl.train", description=__doc__)
+    p = ArgParser(prog="python -m aurl.train", description=__doc__)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides: section.key=value (all stages) or stageN.section.key=value")
     p.add_argument("--config", help="folder of stage YAMLs (stage1*.yaml..stage3*.yaml) or a '{stage}' pattern "
