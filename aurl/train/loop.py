@@ -38,6 +38,8 @@ from aurl.train.preemption import StopFlag
 from aurl.train.schedule import lr_at, set_lr
 from aurl.train.tracking import Trackers
 
+PROGRESS_EVERY_S = 30.0  # rank 0 refreshes step, tokens/s and ETA in the state file at least this often
+
 
 def stage_dir(out_dir: Path, stage: int) -> Path:
     return out_dir / "checkpoints" / f"stage{stage}"
@@ -125,6 +127,8 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     else:
         model, opt_g = accelerator.prepare(model, opt_g)
     extra_state = {"discriminator": disc, "disc_optimizer": opt_d} if disc is not None else None
+    # D's phase bypasses the engine's forward: the engine hooks its outputs' backward as a generator step
+    d_model = accelerator.unwrap_model(model) if disc is not None else model
 
     # ------------------------------------------------------------------------------------- state + resume
     run = {"world_size": world, "micro_batch": d.batch_size, "grad_accum": accum, "seed": t.seed,
@@ -211,7 +215,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     model.train()
     status = "completed"
     t0, tokens_seen, start_step = time.perf_counter(), 0, step
-    last_step_end = t0
+    last_step_end = last_progress_write = t0
     while epoch < t.epochs and step < total_steps and not early:
         sampler.set_epoch(epoch)
         if batch >= steps_per_epoch * accum:
@@ -246,7 +250,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                 set_lr(opt_d, lr_at(step, o.disc_lr, o.warmup_steps, total_steps, o.min_lr_ratio))
                 opt_d.zero_grad(set_to_none=True)
                 with _autocast(cfg, accelerator):
-                    dout = model(ids, mask, step=step, phase="discriminator")
+                    dout = d_model(ids, mask, step=step, phase="discriminator")
                     if disc is None:
                         accelerator.backward(dout.loss)
                     else:  # D is outside the engine: plain backward (only D has grads), then average them
@@ -266,6 +270,9 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{tok_rate:,.0f}")
+            if main and now - last_progress_write >= PROGRESS_EVERY_S:  # --status stays current between commits
+                update_state(epoch=epoch, step=step, batch=batch, tokens_per_s=tok_rate, eta_s=eta)
+                last_progress_write = now
             if step % cfg.logging.log_every_steps == 0 or step == 1:
                 tracker.log({f"train/{k}": v for k, v in logs.items()} | {"train/lr": opt_g.param_groups[0]["lr"],
                             "train/tokens_per_s": tok_rate, "train/step_s": step_s}, step, split="train")
