@@ -99,8 +99,12 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world)
     val_sampler = EpochBatchSampler(len(val_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world,
                                     shuffle=False, drop_last=False)
-    train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers)
-    val_loader = DataLoader(val_ds, batch_sampler=val_sampler, num_workers=d.num_workers)
+    # own generators: iter(DataLoader) draws a seed, and from the global RNG it would shift dropout's stream
+    # after a mid-epoch resume (the resumed run starts its iterator at another point of that stream)
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers,
+                              generator=torch.Generator().manual_seed(t.seed))
+    val_loader = DataLoader(val_ds, batch_sampler=val_sampler, num_workers=d.num_workers,
+                            generator=torch.Generator().manual_seed(t.seed))
     accum = o.grad_accum
     steps_per_epoch = len(sampler) // accum
     assert steps_per_epoch >= 1, f"{len(sampler)} batches per epoch < grad_accum {accum}"
