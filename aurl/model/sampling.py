@@ -112,11 +112,11 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
 # Grammar constraint: which pitches sound in each row, and the tokens that are illegal given that
 def _track(sounding: torch.Tensor, tok: torch.Tensor) -> None:
     """Update sounding [B, 88] (bool) in place with one token per row."""
-    rows = torch.arange(tok.shape[0], device=tok.device)
-    on = (tok >= NOTE_ON_OFFSET) & (tok < NOTE_ON_OFFSET + NUM_PITCHES)
-    off = (tok >= NOTE_OFF_OFFSET) & (tok < NOTE_OFF_OFFSET + NUM_PITCHES)
-    sounding[rows[on], tok[on] - NOTE_ON_OFFSET] = True
-    sounding[rows[off], tok[off] - NOTE_OFF_OFFSET] = False
+    # gather/scatter on one column per row (no boolean indexing: no data-dependent shapes, no device sync)
+    on = ((tok >= NOTE_ON_OFFSET) & (tok < NOTE_ON_OFFSET + NUM_PITCHES))[:, None]
+    off = ((tok >= NOTE_OFF_OFFSET) & (tok < NOTE_OFF_OFFSET + NUM_PITCHES))[:, None]
+    col = torch.where(on, tok[:, None] - NOTE_ON_OFFSET, tok[:, None] - NOTE_OFF_OFFSET).clamp(0, NUM_PITCHES - 1)
+    sounding.scatter_(1, col, (sounding.gather(1, col) | on) & ~off)
 
 
 def _sounding(seq: torch.Tensor) -> torch.Tensor:
