@@ -217,6 +217,37 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     assert slurm.status_lines(out) == [f"stage {s}: SLURM job {jobs[s]}: COMPLETED" for s in "123"]
 
+    # The preempted stage 2 ends where an uninterrupted one ends: the same stage 2 (world size 2, from the same
+    # stage-1 weights) run again without a stop, by a local two-process launch, logs the same losses.
+    import shutil
+    import subprocess
+
+    again = tmp_path / "uninterrupted"
+    shutil.copytree(out, again, ignore=shutil.ignore_patterns("training.lock", "stage2", "stage3", "metrics.jsonl"))
+    state = json.loads((again / "training_state.json").read_text())
+    state["stages"] = {"1": state["stages"]["1"]}
+    (again / "training_state.json").write_text(json.dumps(state))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "aurl.train", "--config", TINY_CONFIG, "--output-dir", str(again), "--stage", "2",
+           *env["AURL_TRAIN_ARGS"].split()]
+    r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def stage2_losses(run: Path) -> dict:
+        recs = {}
+        for line in (run / "logs" / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec["stage"] == 2:
+                recs[(rec["step"], rec["split"])] = rec["loss"]  # a step replayed after the requeue: the later one
+        return recs
+
+    preempted, uninterrupted = stage2_losses(out), stage2_losses(again)
+    assert preempted.keys() == uninterrupted.keys() and len(preempted) >= 20
+    for k in preempted:
+        assert preempted[k] == pytest.approx(uninterrupted[k], rel=1e-5, abs=1e-6), k
+
 
 def test_record_jobs_keeps_earlier_submissions(tmp_path):
     slurm.record_jobs(tmp_path, {"1": "10", "2": "11"})
