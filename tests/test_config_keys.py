@@ -796,8 +796,8 @@ def _(lab, key):
 
 @probe("train.patience")
 def _(lab, key):
-    # a learning rate far too high: the validation loss soon stops improving
-    noisy = ("optim.lr=0.5", "optim.warmup_steps=0", "train.val_every_steps=1", "train.max_steps=0")
+    # a learning rate far too high and no clipping: the validation loss soon stops improving
+    noisy = ("optim.lr=5", "optim.grad_clip=0", "optim.warmup_steps=0", "train.val_every_steps=1", "train.max_steps=0")
     never, one = lab.run(*noisy), lab.run(*noisy, f"{key}=1")
     vals = [v for _, v in sorted(never.val().items())]
     assert never.state["step"] == 6 and any(b >= min(vals[:i]) for i, b in enumerate(vals) if i)  # no new best

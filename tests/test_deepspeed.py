@@ -8,10 +8,8 @@ $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), so it is paid once pe
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import REPO, TINY, alive, kill9_tree, read_state, stage_entry, step_losses
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "training_configs" / "tiny"
 # 2 micro-batches of 2 per step, 6 steps per stage, a commit after every step: room to kill mid-stage
 SMALL = ["data.batch_size=2", "checkpoint.every_steps=1", "eval.enabled=false"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "AURL_ACCELERATE_CONFIG")}
@@ -49,52 +46,6 @@ def launch(zero: str, out: Path, *extra: str, processes: int = 2, check: bool = 
     return r
 
 
-def read_state(out: Path) -> dict:
-    return json.loads((out / "training_state.json").read_text())
-
-
-def stage_entry(out: Path, stage: int) -> dict:
-    try:
-        return read_state(out)["stages"].get(str(stage)) or {}
-    except (OSError, ValueError, KeyError):
-        return {}
-
-
-def step_losses(out: Path) -> dict:
-    """(stage, step, split) -> loss; a step replayed after a resume keeps its later record."""
-    recs = {}
-    for line in (out / "logs" / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        recs[(r["stage"], r["step"], r["split"])] = r["loss"]
-    return recs
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (torchrun starts its workers in new sessions: a process-group kill
-    would leave them running)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, []))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def kill9_when(zero: str, out: Path, pred, *extra: str) -> None:
     """Launch, wait for pred(), then SIGKILL the launcher and every process it started, all at once."""
     proc = subprocess.Popen(ds_cmd(zero, out, *extra), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
@@ -105,12 +56,7 @@ def kill9_when(zero: str, out: Path, pred, *extra: str) -> None:
             hit = True
             break
         time.sleep(0.01)
-    tree = descendants(proc.pid)
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    tree = kill9_tree(proc.pid)
     proc.wait()
     end = time.time() + 20
     while time.time() < end and any(alive(p) for p in tree):  # nothing of the killed run may go on

@@ -20,21 +20,8 @@ from aurl import slurm
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tiny_config_pattern() -> str | None:
-    """The trainer's tiny per-stage configs as an AURL_CONFIG pattern ("{stage}" = the stage number): the
-    files under configs/ named *tiny* or *debug* that exist for stages 1, 2 and 3."""
-    for path in sorted((REPO / "configs").rglob("*.yaml")):
-        if ("tiny" in path.name or "debug" in path.name) and path.name.count("1") == 1:
-            pattern = str(path.parent / path.name.replace("1", "{stage}"))
-            if all(Path(pattern.replace("{stage}", s)).exists() for s in "123"):
-                return pattern
-    return None
-
-
-TINY_CONFIG = _tiny_config_pattern()
-needs_trainer = pytest.mark.skipif(not (REPO / "aurl" / "train" / "__main__.py").exists() or TINY_CONFIG is None,
-                                   reason="aurl.train or its tiny per-stage configs (configs/**/*tiny*1*.yaml) "
-                                          "have not landed yet")
+# the tiny per-stage configs as an AURL_CONFIG pattern ("{stage}" = the stage number)
+TINY_CONFIG = str(REPO / "configs" / "training_configs" / "tiny" / "tiny_stage{stage}.yaml")
 
 
 def _env(cluster, out: Path, **knobs) -> dict[str, str]:
@@ -102,58 +89,6 @@ def _events(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_pipeline_scripts_chain_preempt_and_requeue_with_a_stub_trainer(slurm_cluster, tmp_path, stub_trainer):  # noqa: F811
-    """slurm/pipeline.sh, stage.sh and launch/slurm_node.sh on the real cluster, the trainer replaced by a stub
-    that keeps its contract (flag-only USR1 handler, exit 75 when stopped, status in the state file)."""
-    out = tmp_path / "run"
-    env = _env(slurm_cluster, out, **stub_trainer)
-    # As a job (`sbatch slurm/pipeline.sh`: it runs from a spool copy); the failing-stage test uses plain bash.
-    pipeline = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
-                                 str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path).stdout.strip()
-    log = tmp_path / f"pipeline-{pipeline}.out"
-    assert slurm_cluster.wait(pipeline, timeout=60)["JobState"] == "COMPLETED", log.read_text()
-    ids = log.read_text().split()[-3:]
-    jobs = dict(zip("123", ids, strict=True))
-    assert slurm.recorded_jobs(out) == jobs
-    assert json.loads((out / slurm.JOBS_FILE).read_text())["current"]["pipeline_job"] == pipeline
-
-    _finished(slurm_cluster, out, 1, jobs["1"], timeout=60)
-    # Stage 2 has committed a step: preempt it the way `--signal=B:USR1@N` does (the batch shell only).
-    deadline = time.monotonic() + 60
-    while not (out / "checkpoints" / "stage2" / "step.txt").exists():
-        assert time.monotonic() < deadline, _stage_log(out, 2, jobs["2"])
-        time.sleep(0.1)
-    slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobs["2"])
-    for stage in "23":
-        _finished(slurm_cluster, out, int(stage), jobs[stage], timeout=90)
-
-    infos = {s: slurm_cluster.job(jobs[s]) for s in "123"}
-    assert [infos[s]["Restarts"] for s in "123"] == ["0", "1", "0"], infos
-    assert all(infos[s]["NodeList"] == "node[1-2]" for s in "123"), infos
-    assert infos["1"]["EndTime"] <= infos["2"]["StartTime"] and infos["2"]["EndTime"] <= infos["3"]["StartTime"]
-    events = _events(out)
-    # Every stage ran on both nodes, ranks 0 and 1; stage 2 stopped on both and resumed from its checkpoint.
-    for stage in "123":
-        assert {e.split()[2] for e in events if e.startswith(f"completed stage={stage} ")} == {"rank=0", "rank=1"}
-    assert {e.split()[2] for e in events if e.startswith("stopped stage=2 ")} == {"rank=0", "rank=1"}, events
-    starts2 = [e for e in events if e.startswith("start stage=2 rank=0 ")]
-    assert len(starts2) == 2 and starts2[0].split()[3] == "step=0" and starts2[1].split()[3] != "step=0", events
-    assert {e.split()[4] for e in events if e.startswith("start stage=1 ")} == {"node=node1", "node=node2"}
-    # The trainer's deadline: the job's end time (set by stage.sh where SLURM < 23.02 does not), 10 min away.
-    end = int(next(e for e in events if e.startswith("start stage=1 ")).split()[5].removeprefix("end="))
-    assert 0 < end - time.time() <= 600, events
-    log2 = _stage_log(out, 2, jobs["2"])
-    assert "requeueing job" in log2 and "restart 1" in log2, log2
-
-    # A completed stage's job, submitted again, exits 0 at once.
-    again = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", f"--output={tmp_path}/%x-%j.out",
-                              str(REPO / "slurm" / "stage.sh"), "3", env=env, cwd=tmp_path).stdout.strip()
-    assert slurm_cluster.wait(again, timeout=30)["JobState"] == "COMPLETED"
-    assert "already completed" in (tmp_path / f"aurl-stage-{again}.out").read_text()
-    assert len(_events(out)) == len(events)
-
-
-@pytest.mark.slow
 def test_failing_stage_cancels_its_dependents_with_a_stub_trainer(slurm_cluster, tmp_path, stub_trainer):  # noqa: F811
     out = tmp_path / "run"
     env = _env(slurm_cluster, out, AURL_CONFIG=str(tmp_path / "missing_stage{stage}.yaml"), **stub_trainer)
@@ -183,12 +118,12 @@ def test_deadline_stop_without_a_signal_requeues_with_a_stub_trainer(slurm_clust
 
 
 @pytest.mark.slow
-@needs_trainer
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "run"
     # Stage 2 long enough (20 steps, a checkpoint every 2) that the USR1 below lands in its middle; 1 and 3 tiny.
     env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
-               AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=2")
+               AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=2 "
+                                   "eval.enabled=false")
     r = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
                           str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
     pipeline = r.stdout.strip()
@@ -214,6 +149,14 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     log2 = _stage_log(out, 2, jobs["2"])
     assert "requeueing job" in log2 and log2.count("restart 1") >= 1, log2
     assert all(slurm.stage_status(out, s) == "completed" for s in (1, 2, 3))
+    state = json.loads((out / "training_state.json").read_text())
+    assert all(state["stages"][s]["world_size"] == 2 for s in "123")  # one rank on each node
+
+    # A completed stage's job, submitted again, exits 0 at once (stage jobs are idempotent).
+    resubmitted = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", f"--output={tmp_path}/%x-%j.out",
+                                    str(REPO / "slurm" / "stage.sh"), "3", env=env, cwd=tmp_path).stdout.strip()
+    assert slurm_cluster.wait(resubmitted, timeout=60)["JobState"] == "COMPLETED"
+    assert "already completed" in (tmp_path / f"aurl-stage-{resubmitted}.out").read_text()
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     assert slurm.status_lines(out) == [f"stage {s}: SLURM job {jobs[s]}: COMPLETED" for s in "123"]
 

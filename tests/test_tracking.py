@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -14,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from run_helpers import REPO, TINY, kill9_tree, read_state, stage_entry
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "training_configs" / "tiny"
 FAST = ["eval.enabled=false", "checkpoint.every_steps=1"]  # a commit after every step: room to kill mid-stage
 BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
 BASE_ENV.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -26,17 +24,6 @@ pytestmark = pytest.mark.slow
 
 def train_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "aurl.train", "--config", str(TINY), "--output-dir", str(out), *extra, *FAST]
-
-
-def read_state(out: Path) -> dict:
-    return json.loads((out / "training_state.json").read_text())
-
-
-def stage_entry(out: Path, stage: int) -> dict:
-    try:
-        return read_state(out)["stages"].get(str(stage)) or {}
-    except (OSError, ValueError, KeyError):
-        return {}
 
 
 def wandb_records(path: Path):
@@ -81,27 +68,6 @@ def wandb_run(run_dir: Path) -> dict:
     return info
 
 
-def kill9_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the trainer and what it started (wandb's service process) at once."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    tree, todo = [], [proc.pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     """Three stages with --tracker both (W&B offline), killed with -9 mid stage 2, then the same command."""
@@ -117,7 +83,8 @@ def tracked_run(tmp_path_factory):
             hit = True
             break
         time.sleep(0.01)
-    kill9_tree(proc)
+    kill9_tree(proc.pid)  # the trainer and wandb's service process
+    proc.wait()
     assert hit, "never reached a commit in stage 2"
     killed = stage_entry(out, 2)
     r = subprocess.run(train_cmd(out, "--tracker", "both"), cwd=REPO, env=env, capture_output=True, text=True,

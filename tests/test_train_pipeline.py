@@ -10,39 +10,32 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import REPO, TINY, kill9_tree, read_state, stage_entry, step_losses, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "training_configs" / "tiny"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def train_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "aurl.train", "--config", str(TINY), "--output-dir", str(out), *extra]
+# The stage-end evaluation changes nothing in training (it is not part of the resume check either), so only
+# the reference runs, which check it, pay for it.
+NO_EVAL = ("eval.enabled=false",)
 
 
-def run(out: Path, *extra: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
-    r = subprocess.run(train_cmd(out, *extra), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+def train_cmd(out: Path, *extra: str, evaluate: bool = False) -> list[str]:
+    return [sys.executable, "-m", "aurl.train", "--config", str(TINY), "--output-dir", str(out), *extra,
+            *(() if evaluate else NO_EVAL)]
+
+
+def run(out: Path, *extra: str, check: bool = True, timeout: float = 240,
+        evaluate: bool = False) -> subprocess.CompletedProcess:
+    r = subprocess.run(train_cmd(out, *extra, evaluate=evaluate), cwd=REPO, env=ENV, capture_output=True, text=True,
+                       timeout=timeout)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
-
-
-def read_state(out: Path) -> dict:
-    return json.loads((out / "training_state.json").read_text())
-
-
-def step_losses(out: Path) -> dict:
-    """(stage, step, split) -> loss; a step replayed after a resume keeps its later record."""
-    recs = {}
-    for line in (out / "logs" / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        recs[(r["stage"], r["step"], r["split"])] = r["loss"]
-    return recs
 
 
 def weights(path: Path) -> dict:
@@ -61,7 +54,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
-    run(out)
+    run(out, evaluate=True)
     return out
 
 
@@ -116,38 +109,20 @@ def test_completed_run_is_idempotent(reference, tmp_path):
     assert "already completed" in r.stdout + r.stderr
 
 
-def _wait_for(pred, proc, timeout=120.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    return False
-
-
-def _stage_entry(out: Path, stage: int) -> dict | None:
-    try:
-        return read_state(out)["stages"].get(str(stage))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def test_kill9_and_resume_is_exact(reference, tmp_path):
     """SIGKILL during a checkpoint save (stage 1), between stages (1 -> 2), mid-epoch (stage 3); each time the
     same command resumes; the end result equals the uninterrupted run bit for bit."""
     out = tmp_path / "run"
     moments = [
         ("during a save", lambda: any((out / "checkpoints" / "stage1").glob(".staging-*"))
-         or ((_stage_entry(out, 1) or {}).get("step", 0) >= 3)),
-        ("between stages", lambda: (_stage_entry(out, 1) or {}).get("status") == "completed"),
-        ("mid-epoch", lambda: (_stage_entry(out, 3) or {}).get("last_checkpoint") is not None),
+         or (stage_entry(out, 1).get("step", 0) >= 3)),
+        ("between stages", lambda: stage_entry(out, 1).get("status") == "completed"),
+        ("mid-epoch", lambda: stage_entry(out, 3).get("last_checkpoint") is not None),
     ]
     for what, pred in moments:
         proc = subprocess.Popen(train_cmd(out), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        hit = _wait_for(pred, proc)
+        hit = wait_for(pred, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert hit, f"never reached the moment {what!r}"
@@ -260,13 +235,15 @@ def test_mismatched_state_refused(reference, tmp_path):
 
 
 def launch_cmd(out: Path, *extra: str) -> list[str]:
-    """Two CPU processes through a real `accelerate launch` (the CPU recipe of shared/notes/environment.md)."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-            "-m", "aurl.train", "--config", str(TINY), "--output-dir", str(out), *extra]
+    """Two CPU processes through launch/run.sh: with no GPU it picks accelerate_configs/cpu.yaml and the CPU
+    recipe of shared/notes/environment.md (a real `accelerate launch`, torchrun, gloo)."""
+    return ["bash", str(REPO / "launch" / "run.sh"), "--config", str(TINY), "--output-dir", str(out), *extra]
 
 
-LAUNCH_ENV = {**ENV, "ACCELERATE_USE_CPU": "1"}
+LAUNCH_ENV = {**{k: v for k, v in ENV.items() if k not in ("AURL_ACCELERATE_CONFIG", "AURL_NUM_PROCESSES",
+                                                             "ACCELERATE_USE_CPU")},
+              "AURL_SKIP_ENV": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+              "CUDA_VISIBLE_DEVICES": ""}  # run.sh then picks the CPU config on a GPU machine too
 # a longer stage 1 than the tiny default, so that a kill after the first commit lands well before its end
 LONGER_STAGE1 = ("stage1.train.epochs=20", "stage1.train.max_steps=40")
 
@@ -277,6 +254,7 @@ def two_process_reference(tmp_path_factory) -> Path:
     r = subprocess.run(launch_cmd(out, *LONGER_STAGE1), cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True,
                        timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "accelerate_configs/cpu.yaml, 2 process(es)" in r.stderr  # run.sh's pick without a GPU
     assert "ProcessGroup" not in r.stderr and "abort" not in r.stderr.lower()  # end_training: a clean exit
     return out
 
@@ -290,35 +268,19 @@ def test_two_processes_accelerate_launch(two_process_reference):
     assert (out / "eval" / "stage3" / "eval.json").is_file()  # rank 0 evaluated while rank 1 waited
 
 
-def kill9_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants at once (torch elastic starts each rank in its own session,
-    so killing the launcher's process group would leave the ranks running)."""
-    tree, frontier = [pid], [pid]
-    while frontier:
-        children = subprocess.run(["ps", "-o", "pid=", "--ppid", ",".join(map(str, frontier))],
-                                  capture_output=True, text=True).stdout.split()
-        frontier = [int(c) for c in children]
-        tree += frontier
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def test_two_processes_kill9_and_resume(two_process_reference, tmp_path):
     """SIGKILL to the whole launch (the launcher and both ranks) mid-stage, the same command again: stage 1 ends
     where the uninterrupted two-process run ended, with the same losses (float tolerance)."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(launch_cmd(out, "--stage", "1", *LONGER_STAGE1), cwd=REPO, env=LAUNCH_ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    hit = _wait_for(lambda: (e := _stage_entry(out, 1) or {}).get("last_checkpoint") is not None
-                    and e.get("status") == "running", proc)
+    proc = subprocess.Popen(launch_cmd(out, "--stage", "1", *LONGER_STAGE1, *NO_EVAL), cwd=REPO, env=LAUNCH_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hit = wait_for(lambda: (e := stage_entry(out, 1)).get("last_checkpoint") is not None
+                   and e.get("status") == "running", proc)
     kill9_tree(proc.pid)
     proc.wait()
     assert hit, "the run never committed a checkpoint while running"
-    killed_at = _stage_entry(out, 1)["step"]
-    r = subprocess.run(launch_cmd(out, "--stage", "1", *LONGER_STAGE1), cwd=REPO, env=LAUNCH_ENV,
+    killed_at = stage_entry(out, 1)["step"]
+    r = subprocess.run(launch_cmd(out, "--stage", "1", *LONGER_STAGE1, *NO_EVAL), cwd=REPO, env=LAUNCH_ENV,
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resuming from" in r.stdout + r.stderr
@@ -334,11 +296,11 @@ def test_sigusr1_stops_with_a_commit_then_resumes(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(train_cmd(out, "--stage", "1"), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    assert _wait_for(lambda: (_stage_entry(out, 1) or {}).get("status") == "running", proc)
+    assert wait_for(lambda: stage_entry(out, 1).get("status") == "running", proc)
     proc.send_signal(signal.SIGUSR1)
     log, _ = proc.communicate(timeout=240)
     assert proc.returncode == 75, log[-2000:]
-    entry = _stage_entry(out, 1)
+    entry = stage_entry(out, 1)
     assert entry["status"] == "stopped" and Path(entry["last_checkpoint"]).is_dir()
     run(out, "--stage", "1")
-    assert _stage_entry(out, 1)["status"] == "completed"
+    assert stage_entry(out, 1)["status"] == "completed"

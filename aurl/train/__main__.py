@@ -30,7 +30,7 @@ def parse_args(argv):
     p.add_argument("--clear", action="store_true", help="delete this output dir's state, checkpoints and logs")
     p.add_argument("--force", action="store_true", help="with --clear: even while a run holds the lock")
     p.add_argument("--yes", action="store_true", help="with --clear: do not ask")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before, between or after the flags
 
 
 def status(out_dir: Path) -> int:
