@@ -598,94 +598,32 @@ def _(lab, key):
     rejects(key, "yes")
 
 
-@probe("augment.transpose_prob")
+# augment keys: (value a, value b) whose windows differ, with the other settings that make the key matter;
+# then a value that is refused, with the settings that make it invalid
+AUGMENT_PROBES = {
+    "augment.transpose_prob": ((0.0, 1.0), {}, 1.5, {}),
+    "augment.transpose_max": ((1, 6), {"transpose_prob": 1.0}, -1, {}),
+    "augment.stretch_prob": ((0.0, 1.0), {}, -0.5, {}),
+    "augment.stretch_min": ((0.5, 0.9), {"stretch_prob": 1.0, "stretch_max": 1.0}, 2.0, {"stretch_max": 1.5}),
+    "augment.stretch_max": ((1.1, 2.0), {"stretch_prob": 1.0, "stretch_min": 1.0}, 0.5, {"stretch_min": 0.8}),
+    "augment.velocity_prob": ((0.0, 1.0), {}, 2.0, {}),
+    "augment.velocity_min": ((0.5, 0.9), {"velocity_prob": 1.0, "velocity_max": 1.0}, 0.0, {}),
+    "augment.velocity_max": ((1.1, 1.5), {"velocity_prob": 1.0, "velocity_min": 1.0}, 0.5, {"velocity_min": 0.8}),
+    "augment.instrument_prob": ((0.0, 1.0), {}, 1.1, {}),
+    "augment.instrument_mode": (("group", "any"), {"instrument_prob": 1.0}, "family", {}),
+    "augment.swing_prob": ((0.0, 1.0), {"swing_max": 0.5}, -1.0, {}),
+    "augment.swing_max": ((0.1, 0.6), {"swing_prob": 1.0}, 1.0, {}),
+    "augment.swing_beat_steps": ((32, 12), {"swing_prob": 1.0, "swing_max": 0.6}, 1, {}),
+    "augment.humanize_prob": ((0.0, 1.0), {}, 1.5, {}),
+    "augment.humanize_steps": ((1, 4), {"humanize_prob": 1.0}, -1, {}),
+}
+
+
+@probe(*AUGMENT_PROBES)
 def _(lab, key):
-    aug_differs(key, 0.0, 1.0)
-    aug_rejects(key, 1.5)
-
-
-@probe("augment.transpose_max")
-def _(lab, key):
-    aug_differs(key, 1, 6, transpose_prob=1.0)
-    aug_rejects(key, -1)
-
-
-@probe("augment.stretch_prob")
-def _(lab, key):
-    aug_differs(key, 0.0, 1.0)
-    aug_rejects(key, -0.5)
-
-
-@probe("augment.stretch_min")
-def _(lab, key):
-    aug_differs(key, 0.5, 0.9, stretch_prob=1.0, stretch_max=1.0)
-    aug_rejects(key, 2.0, stretch_max=1.5)
-
-
-@probe("augment.stretch_max")
-def _(lab, key):
-    aug_differs(key, 1.1, 2.0, stretch_prob=1.0, stretch_min=1.0)
-    aug_rejects(key, 0.5, stretch_min=0.8)
-
-
-@probe("augment.velocity_prob")
-def _(lab, key):
-    aug_differs(key, 0.0, 1.0)
-    aug_rejects(key, 2.0)
-
-
-@probe("augment.velocity_min")
-def _(lab, key):
-    aug_differs(key, 0.5, 0.9, velocity_prob=1.0, velocity_max=1.0)
-    aug_rejects(key, 0.0)
-
-
-@probe("augment.velocity_max")
-def _(lab, key):
-    aug_differs(key, 1.1, 1.5, velocity_prob=1.0, velocity_min=1.0)
-    aug_rejects(key, 0.5, velocity_min=0.8)
-
-
-@probe("augment.instrument_prob")
-def _(lab, key):
-    aug_differs(key, 0.0, 1.0)
-    aug_rejects(key, 1.1)
-
-
-@probe("augment.instrument_mode")
-def _(lab, key):
-    aug_differs(key, "group", "any", instrument_prob=1.0)
-    aug_rejects(key, "family")
-
-
-@probe("augment.swing_prob")
-def _(lab, key):
-    aug_differs(key, 0.0, 1.0, swing_max=0.5)
-    aug_rejects(key, -1.0)
-
-
-@probe("augment.swing_max")
-def _(lab, key):
-    aug_differs(key, 0.1, 0.6, swing_prob=1.0)
-    aug_rejects(key, 1.0)
-
-
-@probe("augment.swing_beat_steps")
-def _(lab, key):
-    aug_differs(key, 32, 12, swing_prob=1.0, swing_max=0.6)
-    aug_rejects(key, 1)
-
-
-@probe("augment.humanize_prob")
-def _(lab, key):
-    aug_differs(key, 0.0, 1.0)
-    aug_rejects(key, 1.5)
-
-
-@probe("augment.humanize_steps")
-def _(lab, key):
-    aug_differs(key, 1, 4, humanize_prob=1.0)
-    aug_rejects(key, -1)
+    (a, b), context, bad, bad_context = AUGMENT_PROBES[key]
+    aug_differs(key, a, b, **context)
+    aug_rejects(key, bad, **bad_context)
 
 
 # ---------------------------------------------------------------------------------------------------------
