@@ -244,6 +244,8 @@ def test_bf16_autocast_runs(mode):
 def test_ddp_wrapping_both_phases(tmp_path):
     """One forward signature: plain torch DDP (gloo, world size 1) wraps every mode; vae_gan's phases each
     leave the other network's parameters unused, hence find_unused_parameters=True."""
+    import gc
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -257,6 +259,12 @@ def test_ddp_wrapping_both_phases(tmp_path):
             if mode == "vae_gan":
                 model(x, m, step=1, phase="discriminator").loss.backward()
             assert model.module.tok_emb.weight.grad is not None
+            # Drain gloo's work queue, then free DDP's reducer while the group is alive. Freed later (with the
+            # GIL held) while a worker thread still ran a gradient hook that needs the GIL, the group's
+            # destructor waited forever for that thread (seen once: the whole suite hung).
+            dist.barrier()
+            del model
+            gc.collect()
     finally:
         dist.destroy_process_group()
 
