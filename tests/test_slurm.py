@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_helpers import step_losses
 from slurm_cluster import slurm_cluster  # noqa: F401 - the fixture
 
 from aurl import slurm
@@ -178,13 +179,8 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
 
-    def stage2_losses(run: Path) -> dict:
-        recs = {}
-        for line in (run / "logs" / "metrics.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            if rec["stage"] == 2:
-                recs[(rec["step"], rec["split"])] = rec["loss"]  # a step replayed after the requeue: the later one
-        return recs
+    def stage2_losses(run: Path) -> dict:  # a step replayed after the requeue keeps its later record
+        return {k: v for k, v in step_losses(run).items() if k[0] == 2}
 
     preempted, uninterrupted = stage2_losses(out), stage2_losses(again)
     assert preempted.keys() == uninterrupted.keys() and len(preempted) >= 20

@@ -1,10 +1,10 @@
-"""Committed full-state checkpoints: <output-dir>/checkpoints/stageN/step_XXXXXXXX/.
+"""Committed full-state checkpoints: <output-dir>/checkpoints/stageN/step_<step, 8 digits>/.
 
 The commit protocol (Accelerate and DeepSpeed do not give one):
-  1. every rank saves into the staging dir .staging-step_XXXXXXXX (accelerator.save_state is a collective;
+  1. every rank saves into the staging dir .staging-step_<step> (accelerator.save_state is a collective;
      it writes model, optimizers and each rank's RNG states)
   2. barrier
-  3. rank 0 writes meta.json (data cursor, step, best) and renames staging -> step_XXXXXXXX (the commit)
+  3. rank 0 writes meta.json (data cursor, step, best) and renames staging -> step_<step> (the commit)
   4. rank 0 points the state file at it (atomic)
   5. barrier
   6. rank 0 deletes older committed checkpoints beyond `keep` and any stale staging dir.

@@ -45,6 +45,11 @@ def stage_dir(out_dir: Path, stage: int) -> Path:
     return out_dir / "checkpoints" / f"stage{stage}"
 
 
+def cache_path(cfg: StageConfig, out_dir: Path) -> Path:
+    """The stage's token cache: data.cache_dir, else <output-dir>/cache."""
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(out_dir) / "cache"
+
+
 def best_path(out_dir: Path, stage: int) -> Path:
     return stage_dir(out_dir, stage) / "best.pt"
 
@@ -89,7 +94,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     out_dir = Path(out_dir)
     main = accelerator.is_main_process
     d, o, t = cfg.data, cfg.optim, cfg.train
-    cache_dir = Path(d.cache_dir) if d.cache_dir else out_dir / "cache"
+    cache_dir = cache_path(cfg, out_dir)
     with accelerator.main_process_first():  # rank 0 builds the cache, the others then open it
         cache = ensure_cache(data_dir if data_dir is not None else d.data_dir, cache_dir, val_fraction=d.val_fraction,
                              split_seed=d.split_seed, progress=False, corpus_limit=d.corpus_limit)

@@ -118,9 +118,8 @@ def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path) -> None:
     ev = cfg.eval
     eval_cfg = EvalConfig(num_samples=ev.num_samples, length=ev.length, max_val_tokens=ev.max_val_tokens,
                           temperature=ev.temperature, top_p=ev.top_p, seed=cfg.train.seed)
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
     try:
-        result = evaluate_checkpoint(best, cache_dir, eval_cfg, out_dir=out_dir / "eval" / f"stage{stage}",
+        result = evaluate_checkpoint(best, loop.cache_path(cfg, out_dir), eval_cfg, out_dir=out_dir / "eval" / f"stage{stage}",
                                      device="auto")
     except Exception as e:  # noqa: BLE001 -- an evaluation bug must not cost the trained stage
         warn(f"[stage {stage}] evaluation failed ({type(e).__name__}: {e}); run python -m aurl.evaluate "
