@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-grammar", action="store_true",
                    help="sample the raw distribution (default: grammar-constrained decoding, see aurl.model.sampling)")
     p.add_argument("--out", type=Path, default=Path("outputs/samples"), help="folder for the MIDI files")
+    p.add_argument("--audio", action="store_true",
+                   help="also render each file to WAV beside it (FluidSynth; see aurl.evaluate.audio)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     return p
 
@@ -153,6 +155,11 @@ def run(args) -> list[Path]:
         n = tokens_to_midi(row.tolist(), path)
         print0(f"wrote {path} ({n} notes, {int((row != PAD_ID).sum())} tokens)")
         paths.append(path)
+    if args.audio:  # without a synthesizer: one warning, the MIDI files stand
+        from aurl.evaluate.audio import render_all
+
+        for wav in filter(None, render_all(paths)):
+            print0(f"wrote {wav}")
     return paths
 
 

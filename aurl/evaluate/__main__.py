@@ -1,7 +1,10 @@
 """`python -m aurl.evaluate --checkpoint PATH`: validation likelihood, samples and music metrics of a model.
 
-Prints a readable table and writes OUT/eval.json, OUT/sample_NNN.mid and piano-roll PNGs (plus loss curves
-when the run's logs are found). Exit codes: 0 done, 2 bad input (missing file, no cache, bad flag value).
+Prints a readable table and writes OUT/eval.json, OUT/sample_NNN.mid, their audio (sample_NNN.wav, when
+FluidSynth is installed), piano-roll PNGs (plus loss curves when the run's logs are found) and validation
+excerpts to compare with (OUT/reference/). `--report` (re)writes the run's RUN/report.html (aurl.evaluate.report),
+after the evaluation if a checkpoint is given, else from the files already there.
+Exit codes: 0 done, 2 bad input (missing file, no cache, bad flag value, nothing to report).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = EvalConfig()
     p = ArgParser(prog="python -m aurl.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, type=Path, help="model file (e.g. outputs/checkpoints/best_model.pt)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="model file (e.g. outputs/checkpoints/best_model.pt); required unless --report")
     p.add_argument("--cache", type=Path, default=None,
                    help="token cache folder (default: the one the file names, else the nearest cache/ above it, "
                         "else outputs/cache)")
@@ -42,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="sample the raw distribution instead of grammar-constrained decoding (measures the "
                         "grammar the model itself has learned)")
     p.add_argument("--no-pictures", action="store_true", help="write no PNG")
+    p.add_argument("--no-audio", action="store_true", help="render no WAV (default: render when FluidSynth is found)")
+    p.add_argument("--report", action="store_true",
+                   help="write RUN/report.html: the run's loss curves, evaluations, samples to hear and configs")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="the run folder of --report (default: the one holding the checkpoint's checkpoints/ "
+                        "folder, else outputs)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     return p
 
@@ -50,19 +60,37 @@ def main(argv: list[str] | None = None) -> int:
     from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
 
     args = _parser().parse_args(argv)
+    if args.checkpoint is None and not args.report:
+        print(f"{PREFIX} error: give --checkpoint (evaluate a model) and/or --report (see --help)", file=sys.stderr)
+        return 2
     try:
-        cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         max_val_tokens=args.max_val_tokens, batch_size=args.batch_size,
-                         grammar=not args.no_grammar, pictures=not args.no_pictures).validate()
-        result = evaluate_checkpoint(args.checkpoint, args.cache, cfg, out_dir=args.out, json_path=args.json,
-                                     losses=args.losses, device=args.device)
+        if args.checkpoint is not None:
+            cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             max_val_tokens=args.max_val_tokens, batch_size=args.batch_size,
+                             grammar=not args.no_grammar, pictures=not args.no_pictures,
+                             audio=not args.no_audio).validate()
+            result = evaluate_checkpoint(args.checkpoint, args.cache, cfg, out_dir=args.out, json_path=args.json,
+                                         losses=args.losses, device=args.device)
+            for line in format_report(result).splitlines():
+                print0(line)
+        if args.report:
+            from aurl.evaluate.report import write_report
+
+            print0(f"report: {write_report(args.run_dir or _run_of(args.checkpoint))}")
     except UserError as e:
         print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
         return 2
-    for line in format_report(result).splitlines():
-        print0(line)
     return 0
+
+
+def _run_of(checkpoint: Path | None) -> Path:
+    """The run folder a model file belongs to: the folder holding its checkpoints/ folder, else outputs."""
+    if checkpoint is not None:
+        for parent in checkpoint.resolve().parents:
+            if parent.name == "checkpoints":
+                return parent.parent
+    return Path("outputs")
 
 
 if __name__ == "__main__":

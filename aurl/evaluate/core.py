@@ -74,6 +74,9 @@ class EvalConfig:
     """Cap on validation excerpts whose metrics form the data distribution (spread evenly over pieces)."""
     pictures: bool = True
     """Write piano-roll PNGs (and loss curves when loss records are given)."""
+    audio: bool = True
+    """Render samples and reference excerpts to WAV (aurl.evaluate.audio; skipped with one warning when no
+    synthesizer is installed)."""
 
     def validate(self) -> EvalConfig:
         if self.num_samples < 0:
@@ -339,6 +342,7 @@ def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | P
         data_m = [compute_metrics(s, tempo_tolerance=TEMPO_TOLERANCE) for s in excerpts]
         samp_m = [compute_metrics(s, tempo_tolerance=TEMPO_TOLERANCE) for s in scores]
         result["metrics"] = compare_metrics(data_m, samp_m)
+        report["metrics"] = samp_m  # per sample, for the trackers' sample table and the run report
         result["data_excerpts"] = len(excerpts)
         timings["metrics_s"] = time.perf_counter() - t0
         ent, scale = result["metrics"]["pitch_class_entropy"], result["metrics"]["scale_consistency"]
@@ -359,6 +363,12 @@ def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | P
             pictures.append(str(plot_piano_rolls(
                 excerpts[:1] + scores[:k], out / "rolls_data_vs_samples.png",
                 ["validation excerpt"] + [f"sample {i}" for i in range(k)])))
+        if out is not None:  # listening material: reference excerpts, and WAVs beside the MIDI
+            from aurl.evaluate.audio import reference_and_audio
+
+            t0 = time.perf_counter()
+            result["listening"] = reference_and_audio(out, files, excerpts, cfg.pictures, cfg.audio)
+            timings["listening_s"] = time.perf_counter() - t0
     if out is not None and cfg.pictures and losses is not None:
         from aurl.evaluate.plots import load_loss_records, plot_loss_curves
 

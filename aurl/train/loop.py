@@ -88,8 +88,9 @@ def _autocast(cfg: StageConfig, accelerator):
 
 
 def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_from: Path | None,
-              tracker_kind: str, data_dir: str | None = None) -> str:
-    """Train one stage; returns "completed" or "stopped" (preempted, committed). Resumes automatically."""
+              tracker_kind: str, data_dir: str | None = None, on_complete=None) -> str:
+    """Train one stage; returns "completed" or "stopped" (preempted, committed). Resumes automatically.
+    on_complete(tracker, step): rank 0, once the completed stage is recorded, before its trackers close."""
     # ---------------------------------------------------------------------------------------------- setup
     out_dir = Path(out_dir)
     main = accelerator.is_main_process
@@ -322,15 +323,17 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     stop.uninstall()
     if bar is not None:
         bar.close()
-    tracker.close()
     if main:
         if status == "completed":
             update_state(status="completed", epoch=epoch, step=step, batch=batch,
                          best_val_loss=None if math.isinf(best_val) else best_val,
                          best_checkpoint=str(best_path(out_dir, stage)) if best_path(out_dir, stage).exists()
                          else None)
+            if on_complete is not None:  # the stage-end evaluation: its media go to this stage's trackers
+                on_complete(tracker, step)
         else:
             update_state(status="stopped")
+    tracker.close()
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return status

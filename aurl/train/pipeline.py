@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import aurl
+from aurl.atomic import atomic_write_json
 from aurl.config import StageConfig, load_config, parse_overrides, stage_config_path
 from aurl.console import UserError, print0, warn
 from aurl.train import loop
@@ -90,15 +91,18 @@ def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int,
                                         "--from-scratch")
                     init_from = None
             cfg = cfgs[stage]
+
+            def stage_end(stage_tracker, step, cfg=cfg, stage=stage):
+                if cfg.eval.enabled:  # the other ranks wait in run_stage for rank 0's evaluation
+                    evaluate_stage(cfg, stage, out_dir, stage_tracker, step)
+
             status = loop.run_stage(cfg, stage, out_dir, accelerator, init_from,
-                                    tracker or cfg.logging.tracker, data_dir)
+                                    tracker or cfg.logging.tracker, data_dir, on_complete=stage_end)
             if status == "stopped":
                 return STOPPED_EXIT
             if accelerator.is_main_process:
                 loop.copy_best(out_dir, stage)
-                if cfg.eval.enabled:
-                    evaluate_stage(cfg, stage, out_dir)
-            accelerator.wait_for_everyone()  # the other ranks wait for rank 0's evaluation
+            accelerator.wait_for_everyone()
         print0(f"done: best model in {out_dir / 'checkpoints' / 'best_model.pt'}")
         return 0
     finally:
@@ -107,8 +111,9 @@ def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int,
         accelerator.end_training()  # trackers closed and the process group torn down before exit
 
 
-def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path) -> None:
-    """Rank 0, after a completed stage: aurl.evaluate on the stage's best model, into out_dir/eval/stageN.
+def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path, tracker=None, step: int = 0) -> None:
+    """Rank 0, after a completed stage: aurl.evaluate on the stage's best model, into out_dir/eval/stageN;
+    its sounds, pictures and sample table to the stage's trackers at `step`; out_dir/report.html rewritten.
     A failure here is reported and training goes on: the stage's weights are already committed."""
     from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
 
@@ -127,3 +132,13 @@ def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path) -> None:
         return
     for line in format_report(result).splitlines():
         print0(f"[stage {stage}] {line}")
+    try:
+        from aurl.evaluate.report import tracker_media, write_report
+
+        atomic_write_json(out_dir / "eval" / f"stage{stage}" / "stage_config.json", cfg.to_dict())
+        if tracker is not None:
+            tracker.log_media(tracker_media(result), step)
+        print0(f"[stage {stage}] report: {write_report(out_dir)}")
+    except Exception as e:  # noqa: BLE001 -- as above: the report is a view, never a reason to stop
+        warn(f"[stage {stage}] report not written ({type(e).__name__}: {e}); run python -m aurl.evaluate --report "
+             f"--run-dir {out_dir} to retry")

@@ -15,13 +15,19 @@ Modes: WANDB_MODE (online, offline, disabled) wins; unset and no API key (WANDB_
 -> offline with a warning, never a network wait. Files go to $WANDB_DIR, else <output-dir>/logs/wandb/;
 upload an offline run later with `wandb sync <dir>/offline-run-*`. An offline resume writes a new
 offline-run dir under the same id (W&B merges them on sync).
+
+Media (log_media, the stage-end evaluation, at the stage's last optimizer step): W&B gets wandb.Audio,
+wandb.Image and a wandb.Table (a WAV or PNG cell shown as sound or picture); TensorBoard gets add_audio,
+add_image and add_text (the table as Markdown, files by name).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import netrc
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -30,8 +36,35 @@ from aurl.console import warn
 WANDB_INIT_TIMEOUT_S = 60  # a key but no network: give up after this (W&B's default is 90 s)
 
 
+@dataclass
+class Media:
+    """What an evaluation shows in the trackers (tags are W&B keys / TensorBoard tags)."""
+
+    audio: dict[str, Path] = field(default_factory=dict)
+    """tag -> 16-bit WAV file"""
+    images: dict[str, Path] = field(default_factory=dict)
+    """tag -> PNG file"""
+    text: dict[str, str] = field(default_factory=dict)
+    """tag -> Markdown"""
+    tables: dict[str, tuple[list[str], list[list]]] = field(default_factory=dict)
+    """tag -> (columns, rows); a Path cell to a .wav/.png is shown as that sound/picture, None as empty"""
+
+
+def _markdown_table(columns: list[str], rows: list[list]) -> str:
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        return v.name if isinstance(v, Path) else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
 class NullTracker:
     def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def log_media(self, media: Media, step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -48,6 +81,25 @@ class TensorBoardTracker(NullTracker):
         for k, v in metrics.items():
             self.writer.add_scalar(k, float(v), step)
         self.writer.flush()  # a killed run keeps what it logged
+
+    def log_media(self, media: Media, step: int) -> None:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from aurl.evaluate.audio import read_wav
+
+        for tag, path in media.audio.items():
+            samples, rate = read_wav(path)
+            self.writer.add_audio(tag, torch.from_numpy(samples).unsqueeze(0), step, sample_rate=rate)
+        for tag, path in media.images.items():
+            with Image.open(path) as im:
+                self.writer.add_image(tag, np.asarray(im.convert("RGB")), step, dataformats="HWC")
+        for tag, text in media.text.items():
+            self.writer.add_text(tag, text, step)
+        for tag, (columns, rows) in media.tables.items():
+            self.writer.add_text(tag, _markdown_table(columns, rows), step)
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
@@ -85,6 +137,22 @@ class WandbTracker(NullTracker):
 
     def log(self, metrics: dict, step: int) -> None:
         self.run.log({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
+
+    def log_media(self, media: Media, step: int) -> None:
+        import wandb
+
+        def cell(v):
+            if isinstance(v, Path):
+                return wandb.Audio(str(v)) if v.suffix == ".wav" else wandb.Image(str(v))
+            return v
+
+        record: dict = {"step": int(step)}
+        record.update({tag: wandb.Audio(str(p)) for tag, p in media.audio.items()})
+        record.update({tag: wandb.Image(str(p)) for tag, p in media.images.items()})
+        record.update({tag: wandb.Html(f"<pre>{html.escape(text)}</pre>") for tag, text in media.text.items()})
+        for tag, (columns, rows) in media.tables.items():
+            record[tag] = wandb.Table(columns=columns, data=[[cell(v) for v in row] for row in rows])
+        self.run.log(record)
 
     def close(self) -> None:
         self.run.finish()
@@ -131,6 +199,15 @@ class Trackers(NullTracker):
                 t.log(metrics, step)
             except Exception as e:  # noqa: BLE001
                 warn(f"tracker {type(t).__name__} failed ({e}); dropped")
+                self.trackers.remove(t)
+
+    def log_media(self, media: Media, step: int) -> None:
+        """Media to every tracker (not to metrics.jsonl); a tracker that fails is dropped, training goes on."""
+        for t in list(self.trackers):
+            try:
+                t.log_media(media, step)
+            except Exception as e:  # noqa: BLE001
+                warn(f"tracker {type(t).__name__} failed to log media ({type(e).__name__}: {e}); dropped")
                 self.trackers.remove(t)
 
     def close(self) -> None:
