@@ -46,9 +46,9 @@ def test_render_is_audible_where_the_notes_are_and_as_long_as_the_midi(synth, tm
     assert 4.5 <= seconds <= 4.5 + audio.TAIL_SECONDS, seconds
     part = {name: x[int(a * rate):int(b * rate)] for name, (a, b) in
             {"before": (0.0, 0.45), "notes": (0.55, 2.4), "last": (4.0, 4.5)}.items()}
-    # measured: before 0.0 (digital silence), notes ~0.1, last ~0.1 after normalising the peak to 0.89
+    # measured (TimGM6mb, peak normalised to 0.89): before 0.0 (digital silence), notes 0.19, last note 0.25
     assert rms(part["before"]) < 1e-3, rms(part["before"])
-    assert rms(part["notes"]) > 0.02 and rms(part["last"]) > 0.02, {k: rms(v) for k, v in part.items()}
+    assert rms(part["notes"]) > 0.05 and rms(part["last"]) > 0.05, {k: rms(v) for k, v in part.items()}
     assert np.abs(x).max() == pytest.approx(audio.PEAK, abs=1e-3)
 
 
@@ -68,8 +68,8 @@ def test_drums_are_written_on_channel_10_and_sound_as_drums(synth, tmp_path):
         assert channels == ({9} if drum else {0}), (kind, channels)
         x, rate = audio.read_wav(audio.render_midi(path, synth=synth))
         flat[kind] = spectral_flatness(x[: int(0.2 * rate)])  # the first snare hit
-    # measured with TimGM6mb: snare on channel 10 ~0.59, the same key as a piano note ~0.10
-    assert flat["drums"] > 2 * flat["piano"], flat
+    # measured with TimGM6mb: the snare on channel 10 0.09 (noise), the same key as a piano note 5e-7 (a tone)
+    assert flat["drums"] > 0.01 and flat["piano"] < 1e-3, flat
 
 
 def test_evaluation_renders_every_sample_and_reference_excerpts(synth, tiny_run, tmp_path):
