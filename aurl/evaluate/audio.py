@@ -9,7 +9,7 @@ The synthesizer is the `fluidsynth` command (Debian: `apt-get install fluidsynth
 - AURL_SOUNDFONT: the .sf2 file (default: the best General MIDI SoundFont installed, SOUNDFONTS in order).
 Without a synthesizer or SoundFont, rendering warns once per process and returns None: evaluation goes on.
 
-Why this format: 22.05 kHz mono 16-bit WAV (43 KB per second of music) plays in every browser's <audio>,
+Why this format: 22.05 kHz mono 16-bit WAV (44 KB per second of music) plays in every browser's <audio>,
 wandb.Audio takes the file, and TensorBoard's add_audio gets its floats from the standard library's wave
 module (read_wav), with no decoder to install. FluidSynth renders to raw float (no clipping however dense the
 chords); each file is then peak-normalised to PEAK and its silent tail cut, but never shorter than the MIDI's
@@ -33,14 +33,14 @@ import numpy as np
 from aurl.console import warn
 
 SAMPLE_RATE = 22050
-PEAK = 0.89  # -1 dBFS: equal loudness across samples, with headroom for players that resample
+PEAK = 0.89  # -1 dBFS: every file peaks at the same level, with headroom for players that resample
 TAIL_SECONDS = 1.0  # release and reverb kept after the last note, at most
 # evaluation's cap on one file (5 MB): an untrained model's sample can spread a few notes over minutes of rests
 EVAL_MAX_SECONDS = 120.0
 SILENCE = 1e-3  # -60 dB below the peak counts as silence when cutting the tail
 GAIN = 0.5  # FluidSynth's master gain (float output: only the relative level matters)
 RENDER_TIMEOUT_S = 600
-# Debian's GM SoundFonts, best first: fluid-soundfont-gm (142 MB), timgm6mb-soundfont (6 MB), then whatever
+# Debian's GM SoundFonts, best first: fluid-soundfont-gm (145 MB), timgm6mb-soundfont (6 MB), then whatever
 # the system names as its default
 SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/TimGM6mb.sf2",
               "/usr/share/sounds/sf2/default-GM.sf2", "/usr/share/soundfonts/default.sf2")
