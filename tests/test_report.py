@@ -189,4 +189,6 @@ def test_status_prints_the_report_and_evaluate_rewrites_it(trained, tmp_path, ca
     assert evaluate_main(["--report", "--run-dir", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "nothing to report" in err and str(empty) in err and not list(empty.iterdir())
-    assert evaluate_main([]) == 2 and "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        evaluate_main([])
+    assert e.value.code == 2 and "--checkpoint" in capsys.readouterr().err

@@ -59,10 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.checkpoint is None and not args.report:
-        print(f"{PREFIX} error: give --checkpoint (evaluate a model) and/or --report (see --help)", file=sys.stderr)
-        return 2
+        parser.error("give --checkpoint (evaluate a model) and/or --report")  # one line, exit code 2
     try:
         if args.checkpoint is not None:
             cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
