@@ -2,6 +2,7 @@
 
     python -m aurl.generate --checkpoint outputs/checkpoints/best_model.pt --num 4 --length 1024 --out outputs/samples
     python -m aurl.generate --checkpoint ... --prompt piece.mid            # continue a piece
+    python -m aurl.generate --checkpoint ... --audio                       # and a .wav beside each file
     python -m aurl.generate --checkpoint ... --mode posterior --source a.mid   # vae: resample around a piece
     python -m aurl.generate --checkpoint ... --mode interpolate --source a.mid b.mid --num 5
 

@@ -12,6 +12,9 @@ The trainer's end-of-stage call (rank 0 only)::
 and for --status: ``latest_eval(run_dir)`` (aurl.evaluate.status) -> the newest report and its PNG paths;
 ``eval_reports(run_dir)`` -> all of them (e.g. the quality bar's "stage-2 NLL below stage 1's").
 
+Sound: every sample, and a few validation excerpts, rendered to WAV beside its MIDI (aurl.evaluate.audio,
+FluidSynth); the whole run on one page, RUN/report.html (aurl.evaluate.report, `python -m aurl.evaluate --report`).
+
 Importing this package imports neither torch nor matplotlib.
 """
 
