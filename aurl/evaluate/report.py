@@ -164,6 +164,20 @@ def _run_section(run: Path, state: dict | None, page: _Page, curves: tuple[Path 
     return "\n".join(out)
 
 
+def _summary(evals: list[tuple[Path, dict]]) -> str:
+    """One row per evaluation: stages side by side (likelihood and quality bar)."""
+    criteria = list(dict.fromkeys(k for _, r in evals for k in (r.get("quality_bar") or {})))
+    rows = []
+    for folder, r in evals:
+        v, bar = r.get("validation") or {}, r.get("quality_bar") or {}
+        marks = ['<span class="yes">yes</span>' if bar[c] else '<span class="no">NO</span>' if c in bar else "-"
+                 for c in criteria]
+        rows.append([f'<a href="#{_e(folder.name)}">{_e(folder.name)}</a>', _e(r.get("step")),
+                     _num(v.get("nll_per_token"), 4), _num(v.get("nll_per_note")), *marks])
+    return "<h2>Evaluations at a glance</h2>" + _table(
+        ["evaluation", "step", "NLL/token", "NLL/note", *criteria], rows)
+
+
 def _eval_section(folder: Path, r: dict, page: _Page) -> str:
     from aurl.evaluate.metrics import METRIC_NAMES
 
@@ -240,11 +254,10 @@ def write_report(run_dir: str | Path) -> Path:
     page = _Page(run)
     curves = _loss_curves(run)
     title = f"aurl run {state['run_id'] if state else run.resolve().name}"
-    nav = " · ".join(f'<a href="#{_e(f.name)}">{_e(f.name)}</a>' for f, _ in evals)
     body = [f"<h1>{_e(title)}</h1>",
-            f"<p>run folder <code>{_e(run.resolve())}</code>; written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-            + (f"; evaluations: {nav}" if nav else "") + "</p>",
+            f"<p>run folder <code>{_e(run.resolve())}</code>; written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}</p>",
             _run_section(run, state, page, curves)]
+    body += [_summary(evals)] if evals else []
     body += [_eval_section(folder, r, page) for folder, r in evals]
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
            f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
