@@ -108,6 +108,15 @@ def test_without_a_synthesizer_evaluation_warns_once_and_goes_on(tiny_run, tmp_p
     assert len(warnings) == 1 and "no-such-fluidsynth" in warnings[0] and "AURL_FLUIDSYNTH" in warnings[0]
 
 
+def test_no_audio_flag_renders_nothing(synth, tiny_run, tmp_path):
+    from aurl.evaluate.__main__ import main
+
+    assert main(["--checkpoint", str(tiny_run / "checkpoints" / "best_model.pt"), "--num-samples", "1", "--length",
+                 "8", "--max-val-tokens", "50", "--no-pictures", "--no-audio", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "sample_000.mid").is_file() and (tmp_path / "reference" / "excerpt_000.mid").is_file()
+    assert not list(tmp_path.rglob("*.wav"))
+
+
 def test_missing_soundfont_and_off_render_nothing(tmp_path, monkeypatch, capsys):
     midi = tmp_path / "a.mid"
     make_pretty_midi([(60, 0.0, 0.5, 100)]).write(str(midi))

@@ -179,7 +179,7 @@ def test_status_prints_the_report_and_evaluate_rewrites_it(trained, tmp_path, ca
     shutil.copytree(out, run, ignore=shutil.ignore_patterns("cache", "*.pt", "step_*", "tensorboard"))
     (run / "report.html").unlink()
     assert train_main(["--status", "--output-dir", str(run)]) == 0
-    assert "report: none yet (python -m aurl.evaluate --report)" in capsys.readouterr().out
+    assert f"report: none yet (python -m aurl.evaluate --report --run-dir {run})" in capsys.readouterr().out
     assert evaluate_main(["--report", "--run-dir", str(run)]) == 0
     assert (run / "report.html").is_file() and "Evaluation stage1" in (run / "report.html").read_text()
     assert train_main(["--status", "--output-dir", str(run)]) == 0

@@ -61,7 +61,8 @@ def status(out_dir: Path) -> int:
         for picture in ev["pictures"]:
             print(f"    {picture}")
     report = out_dir / "report.html"  # aurl.evaluate.report: rewritten after each stage-end evaluation
-    print(f"  report: {report}" if report.is_file() else "  report: none yet (python -m aurl.evaluate --report)")
+    print(f"  report: {report}" if report.is_file()
+          else f"  report: none yet (python -m aurl.evaluate --report --run-dir {out_dir})")
     from aurl.slurm import status_lines  # the stage jobs slurm/pipeline.sh recorded, if any
 
     for line in status_lines(out_dir):
