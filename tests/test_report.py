@@ -166,8 +166,8 @@ def test_report_opens_in_headless_chromium_with_every_picture_and_sound(trained,
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (2400, 1280)
-    # a blank page is one colour; measured on this report: std ~60, ~15 % of pixels not white
-    assert pixels.std() > 20 and (pixels < 200).mean() > 0.03, (pixels.std(), (pixels < 200).mean())
+    # a blank page is one colour (std 0); measured on this report: std 33, 4.4 % of pixels darker than 200
+    assert pixels.std() > 15 and (pixels < 200).mean() > 0.02, (pixels.std(), (pixels < 200).mean())
 
 
 def test_status_prints_the_report_and_evaluate_rewrites_it(trained, tmp_path, capsys):
