@@ -40,8 +40,8 @@ LAYOUT_KEYS = ("zero_stage",)
 # config keys (a whole section by its name) a resume may change: they do not change what the run computes
 RESUME_FREE_KEYS = ("data.data_dir", "data.cache_dir", "data.num_workers", "train.stop_margin_s",
                     "logging", "checkpoint", "eval")
-# named by a stage's recorded settings (data.batch_size, optim.grad_accum, train.seed, every section)
-NAMED_BY_SETTINGS = ("micro_batch", "grad_accum", "seed", "config_hash")
+# replaced by a stage's recorded settings, which name the key that differs
+NAMED_BY_SETTINGS = ("config_hash",)
 
 
 def now() -> str:
