@@ -166,6 +166,8 @@ def train_peer(model, seqs, cfg, steps: int, total_steps: int, eval_steps: list[
         opt.step()
         if step + 1 in eval_steps or step + 1 == steps:
             val = score(model)
+            print(f"  peer step {step + 1}/{steps}: train loss {float(loss):.4f}, validation {val:,.1f} nats "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
             if val < best_val:
                 best_val, best_step = val, step + 1
                 best = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -215,6 +217,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_peer_") as tmp:
         tmp = Path(tmp)
         entry, val_steps, aurl_s = train_aurl(args.config, tmp / "run", tmp / "cache", overrides, args.device)
+        print(f"aurl trained: {entry['step']} steps in {aurl_s:.0f} s; the peer now", flush=True)
         cache = TokenCache.open(tmp / "cache")
         data_dir = Path(cache.manifest["options"]["data_dir"])
         model, _, meta = load_model_file(tmp / "run" / "checkpoints" / "stage1" / "best.pt", map_location=device)
