@@ -18,7 +18,8 @@ uniform start); no dropout (Llama has none in its residual path). Its best model
 best validation value at the steps where aurl validated.
 Scoring, identical on both sides: every validation piece in windows of the model's context that overlap by
 one token, so each token after the piece's first is predicted exactly once; total nats / the number of notes
-in the piece's MIDI file (symusic), the same denominator for both tokenizations.
+in the piece's MIDI file (symusic), the same denominator for both tokenizations; also per note that each
+side's tokens hold (aurl merges a pitch sounding in two voices at once into one note, REMI keeps both).
 """
 
 from __future__ import annotations
@@ -262,14 +263,16 @@ def main(argv=None) -> int:
           f"Llama feed-forward {ffn} (aurl's MLP {cfg.model.d_ff})")
     print()
     print(f"{'side':34s}{'params':>11s}{'vocab':>7s}{'val tokens':>12s}{'notes in tokens':>17s}"
-          f"{'nats/token':>12s}{'nats/note':>11s}{'best step':>11s}{'train s':>9s}")
+          f"{'nats/token':>12s}{'nats/note':>11s}{'per own note':>14s}{'best step':>11s}{'train s':>9s}")
     rows = [("aurl stage 1 (aurl tokens)", aurl_params, vocab.VOCAB_SIZE, aurl_tokens, aurl_notes_in_tokens,
              aurl_nats, meta["extra"].get("step", "?"), aurl_s),
             ("Llama + MidiTok REMI (transformers)", peer_params, len(tok), peer_tokens, peer_notes_in_tokens,
              peer_nats, best_step, peer_s)]
     for name, params, vsize, tokens, nt, nats, bstep, secs in rows:
         print(f"{name:34s}{params:>11,}{vsize:>7,}{tokens:>12,}{nt:>17,}{nats / tokens:>12.4f}{nats / notes:>11.4f}"
-              f"{bstep!s:>11s}{secs:>9.0f}")
+              f"{nats / max(nt, 1):>14.4f}{bstep!s:>11s}{secs:>9.0f}")
+    print("nats/note divides by the notes of the MIDI files (the same for both); 'per own note' by the notes "
+          "each side's tokens hold (a tokenization that drops notes has fewer to predict)")
     ratio = aurl_nats / peer_nats
     print(f"\nnats/note aurl / peer = {ratio:.4f} ({'aurl ahead' if ratio < 1 else 'peer ahead'} by "
           f"{abs(1 - ratio) * 100:.1f} %); parameters aurl / peer = {aurl_params / peer_params:.3f} "

@@ -109,9 +109,9 @@ def test_peer_comparison_runs_both_sides_in_fast_mode():
     assert scored >= 1  # zero pieces compared would be no comparison
     params, nats_per_note = [], []
     for cells in table:
-        params.append(int(cells[-8].replace(",", "")))
-        assert int(cells[-6].replace(",", "")) > 0  # validation tokens scored
-        nats_per_note.append(float(cells[-3]))
+        params.append(int(cells[-9].replace(",", "")))
+        assert int(cells[-7].replace(",", "")) > 0  # validation tokens scored
+        nats_per_note.append(float(cells[-4]))
     assert all(math.isfinite(x) and x > 0 for x in nats_per_note)
     assert abs(params[1] / params[0] - 1) <= 0.15
     ratio = float(re.search(r"nats/note aurl / peer = ([\d.]+)", out)[1])
