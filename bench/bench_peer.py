@@ -167,7 +167,7 @@ def train_peer(model, seqs, cfg, steps: int, total_steps: int, eval_steps: list[
         opt.step()
         if step + 1 in eval_steps or step + 1 == steps:
             val = score(model)
-            print(f"  peer step {step + 1}/{steps}: train loss {float(loss):.4f}, validation {val:,.1f} nats "
+            print(f"  peer step {step + 1}/{steps}: train loss {float(loss.detach()):.4f}, validation {val:,.1f} nats "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
             if val < best_val:
                 best_val, best_step = val, step + 1
