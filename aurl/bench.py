@@ -7,7 +7,9 @@
 
 Each script measures one part next to its baseline and prints its own table: bench_data.py (ingest vs
 MidiTok, loader tokens/s), bench_model.py (generation with vs without the KV cache, forward+backward
-tokens/s per stage), bench_train.py (the aurl train step vs a bare PyTorch loop; on a GPU tokens/s and MFU).
+tokens/s per stage), bench_train.py (the aurl train step vs a bare PyTorch loop; on a GPU tokens/s and MFU),
+bench_peer.py (aurl's stage 1 vs a same-size Llama on MidiTok REMI tokens, trained the same way: validation
+nats per note).
 This command runs them one after another in fresh processes (same Python, repository root as working
 directory), shows their output live and writes it to bench/RESULTS.md: one section per device, in it one
 subsection per script with the date and commit. A run replaces only the subsections of the scripts it ran,
@@ -39,6 +41,7 @@ QUICK_ARGS = {
     "data": ["--samples", "500"],
     "model": ["--gen-tokens", "256", "--steps", "1", "--batch", "2"],
     "train": ["--steps", "3"],
+    "peer": ["--steps", "20"],
 }
 
 
@@ -179,7 +182,7 @@ def update_results(path: Path, label: str, runs: dict[str, str]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgParser(prog="python -m aurl.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default="", help="comma-separated scripts to run, by name (data,model,train); "
+    p.add_argument("--only", default="", help="comma-separated scripts to run, by name (data,model,peer,train); "
                                                "default: every bench/bench_*.py")
     p.add_argument("--quick", action="store_true", help="smaller budgets per script (a smoke run)")
     p.add_argument("--device", default=None,

@@ -87,7 +87,8 @@ class TrainConfig:
     val_every_steps: int = 0
     """Also validate every N optimizer steps (0 = only at each epoch end)."""
     max_val_batches: int = 0
-    """Validate on at most this many batches per rank (0 = the whole validation split)."""
+    """Validate on the first max_val_batches x data.batch_size validation windows, shared by the processes
+    (0 = all); each window is scored once, so the value does not depend on the number of processes."""
     stop_margin_s: float = 120.0
     """Stop (save, exit 75) this many seconds before SLURM_JOB_END_TIME, when that is set."""
 

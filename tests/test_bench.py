@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -91,3 +92,28 @@ def test_flag_errors_are_one_line_and_exit_2(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--timeout" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_peer_comparison_runs_both_sides_in_fast_mode():
+    """bench_peer.py end to end at a tiny budget: the real aurl trainer and the transformers Llama on REMI tokens,
+    both scored on the same validation pieces; the table, the ratio and parameter counts within 15 %."""
+    import re
+
+    script = bench.find_scripts()["peer"]
+    rc, out, _ = bench.run_script(script, ["--steps", "2", "--corpus-limit", "6", "--batch-size", "4"], timeout_s=600)
+    assert rc == 0, out[-3000:]
+    table = [line.split() for line in out.splitlines() if line.startswith(("aurl stage 1 ", "Llama + MidiTok REMI "))]
+    assert len(table) == 2, out
+    scored = int(re.search(r"\((\d+) scored, ([\d,]+) notes", out)[1])
+    assert scored >= 1  # zero pieces compared would be no comparison
+    params, nats_per_note = [], []
+    for cells in table:
+        params.append(int(cells[-9].replace(",", "")))
+        assert int(cells[-7].replace(",", "")) > 0  # validation tokens scored
+        nats_per_note.append(float(cells[-4]))
+    assert all(math.isfinite(x) and x > 0 for x in nats_per_note)
+    assert abs(params[1] / params[0] - 1) <= 0.15
+    ratio = float(re.search(r"nats/note aurl / peer = ([\d.]+)", out)[1])
+    assert ratio == pytest.approx(nats_per_note[0] / nats_per_note[1], rel=1e-3)
+    assert "2 optimizer steps" in out and "batch 4" in out  # the same budget on both sides

@@ -97,3 +97,68 @@ def test_stop_flag_only_sets_a_flag_and_honours_deadline(monkeypatch):
         flag.uninstall()
     monkeypatch.setenv("SLURM_JOB_END_TIME", "1000")  # long past
     assert StopFlag(margin_s=10).local()
+
+
+def test_refusal_names_each_changed_setting_once():
+    from aurl.config import load_config
+
+    cfg = load_config(None)
+    entry = st.new_stage_entry(world_size=1, micro_batch=8, grad_accum=1, seed=0, data_fingerprint="abc",
+                               config_hash=cfg.hash(), settings=st.resume_settings(cfg))
+    run = {**entry, "settings": st.resume_settings(load_config(None, ["train.epochs=11", "optim.lr=1e-3",
+                                                                       "logging.log_every_steps=3",
+                                                                       "checkpoint.keep=4", "eval.enabled=false",
+                                                                       "train.stop_margin_s=5"]))}
+    with pytest.raises(UserError) as e:
+        st.check_resumable(entry, {**run, "config_hash": "other"}, 1)
+    msg = str(e.value)
+    assert "train.epochs: recorded 10, now 11" in msg and "optim.lr: recorded 0.0003, now 0.001" in msg
+    assert msg.count(": recorded") == 2  # not config_hash again, and not the keys a resume may change
+    st.check_resumable(entry, {**entry, "settings": st.resume_settings(load_config(None, ["eval.length=9"]))}, 1)
+
+
+# a resume with one changed setting: the key, its recorded and its new value (tiny stage 1 stopped at step 1)
+CHANGED = [("train.epochs=3", "train.epochs: recorded 2, now 3"),
+           ("train.max_steps=5", "train.max_steps: recorded 4, now 5"),
+           ("optim.lr=0.002", "optim.lr: recorded 0.001, now 0.002"),
+           ("optim.warmup_steps=3", "optim.warmup_steps: recorded 2, now 3"),
+           ("data.batch_size=2", "data.batch_size: recorded 4, now 2"),
+           ("train.mixed_precision=bf16", "train.mixed_precision: recorded 'no', now 'bf16'"),
+           ("train.patience=2", "train.patience: recorded 0, now 2")]
+
+
+def _tree(*roots):
+    """Every file under roots: path -> (bytes, mtime), to show that nothing changed."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for r in roots for p in sorted(r.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_with_a_changed_setting_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from aurl.train.__main__ import main
+    from aurl.train.preemption import STOPPED_EXIT
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "training_configs" / "tiny"
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["--config", str(tiny), "--output-dir", str(out), "--stage", "1", f"data.cache_dir={cache}",
+            "train.max_steps=4", "eval.enabled=false", "logging.tracker=none"]
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "1")  # the deadline has passed: stop (commit) after the first step
+    assert main(args) == STOPPED_EXIT
+    monkeypatch.delenv("SLURM_JOB_END_TIME")
+    entry = st.read_state(out)["stages"]["1"]
+    assert entry["status"] == "stopped" and entry["step"] == 1 and entry["last_checkpoint"]
+    capsys.readouterr()
+    before = _tree(out, cache)
+    refused = 0
+    for change, named in CHANGED:
+        assert main([*args, change]) == 2, change
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err and "cannot resume" in err, err
+        assert _tree(out, cache) == before, change  # nothing written, not even the lock file
+        refused += 1
+    assert refused == len(CHANGED)
+    # the keys a resume may change: it resumes and finishes
+    assert main([*args, "logging.log_every_steps=2", "checkpoint.keep=3", "train.stop_margin_s=1"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert st.read_state(out)["stages"]["1"]["status"] == "completed"

@@ -150,28 +150,41 @@ class WindowDataset(torch.utils.data.Dataset):
 class EpochBatchSampler:
     """Batches of (epoch, index) keys; the order is a pure function of (seed, epoch); sharded by rank.
 
-    Rank r takes every world_size-th sample of the epoch's permutation, so ranks never share a sample.
-    drop_last=True: every rank gets (num_samples // world_size) // batch_size full batches. drop_last=False:
-    the permutation wraps around so every rank has the same number of batches (the last may be short).
+    drop_last=True (training): rank r takes every world_size-th sample of the epoch's permutation, so ranks
+    never share a sample, and every rank gets (num_samples // world_size) // batch_size full batches.
+    drop_last=False (validation): every sample exactly once over all ranks, whatever their number, and every
+    rank the same number of batches (DeepSpeed ZeRO-3 gathers parameters inside each forward, so all ranks
+    must run as many): the first `limit` samples of the order (0 = all) are cut into world_size x
+    num_batches contiguous batches as even as possible (sizes differ by at most one, never empty, at most
+    batch_size -- but 2 when batch_size is 1 and the samples do not divide evenly), dealt round-robin to the
+    ranks. No sample is repeated or padded: a repeated window would weigh twice in the mean, a fully masked
+    one would still count in a VAE's per-window KL.
     set_start_batch(k) makes the next iteration begin at batch k of the current epoch without touching the
     batches before it (mid-epoch resume); set_epoch() resets it to 0.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, drop_last: bool = True):
-        if num_samples < 1 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+                 shuffle: bool = True, drop_last: bool = True, limit: int = 0):
+        if num_samples < 1 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or limit < 0:
             raise ValueError(f"bad sampler arguments: num_samples={num_samples} batch_size={batch_size} "
-                             f"rank={rank} world_size={world_size}")
+                             f"rank={rank} world_size={world_size} limit={limit}")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
         self.epoch = 0
         self.start_batch = 0
-        per_rank = num_samples // world_size if drop_last else -(-num_samples // world_size)
-        self.per_rank = per_rank
-        self.num_batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
-        if self.num_batches == 0:
-            raise UserError(f"{num_samples} samples make no full batch of {batch_size} on each of {world_size} "
-                            "ranks: lower the batch size or use more data")
+        if drop_last:
+            self.used = num_samples
+            self.num_batches = (num_samples // world_size) // batch_size
+            if self.num_batches == 0:
+                raise UserError(f"{num_samples} samples make no full batch of {batch_size} on each of "
+                                f"{world_size} ranks: lower the batch size or use more data")
+        else:
+            self.used = min(limit, num_samples) if limit else num_samples
+            if self.used < world_size:
+                raise UserError(f"{self.used} validation windows cannot give each of {world_size} processes one: "
+                                "use fewer processes or more validation data")
+            # the fewest batches per rank that hold every sample, but no more than leave each one non-empty
+            self.num_batches = min(-(-self.used // (world_size * batch_size)), self.used // world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -185,18 +198,21 @@ class EpochBatchSampler:
     def __len__(self) -> int:
         return self.num_batches
 
-    def _rank_indices(self) -> np.ndarray:
+    def _order(self) -> np.ndarray:
         if self.shuffle:
-            order = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, self.epoch, 0x5A4D]).permutation(self.num_samples)
-        else:
-            order = np.arange(self.num_samples)
-        need = self.per_rank * self.world_size
-        if need > len(order):
-            order = np.resize(order, need)  # wrap around (drop_last=False)
-        return order[self.rank : need : self.world_size]
+            return np.random.default_rng([int(self.seed) & 0xFFFFFFFF, self.epoch, 0x5A4D]).permutation(self.num_samples)
+        return np.arange(self.num_samples)
+
+    def _rank_batches(self) -> list[np.ndarray]:
+        order, w, nb = self._order(), self.world_size, self.num_batches
+        if self.drop_last:
+            idx = order[self.rank : nb * self.batch_size * w : w]
+            return [idx[b * self.batch_size : (b + 1) * self.batch_size] for b in range(nb)]
+        # batch c of all w x nb covers bounds[c]:bounds[c + 1]; rank r takes c = r, r + w, r + 2w, ...
+        bounds = np.arange(w * nb + 1) * self.used // (w * nb)
+        return [order[bounds[c] : bounds[c + 1]] for c in range(self.rank, w * nb, w)]
 
     def __iter__(self):
-        idx = self._rank_indices()
-        bs, epoch = self.batch_size, self.epoch
+        batches, epoch = self._rank_batches(), self.epoch
         for b in range(self.start_batch, self.num_batches):
-            yield [(epoch, int(i)) for i in idx[b * bs : (b + 1) * bs]]
+            yield [(epoch, int(i)) for i in batches[b]]

@@ -81,6 +81,17 @@ def evaluate(model, loader, accelerator, cfg: StageConfig, step: int) -> float:
     return float(total[0] / total[1].clamp_min(1))
 
 
+def make_val_loader(val_ds: WindowDataset, cfg: StageConfig, rank: int, world: int) -> DataLoader:
+    """The validation windows of this rank: over all ranks every window exactly once (the first
+    max_val_batches x batch_size of them when that key is set), so the validation value does not depend on
+    the number of processes; every rank runs the same number of batches (EpochBatchSampler, drop_last=False)."""
+    d, t = cfg.data, cfg.train
+    sampler = EpochBatchSampler(len(val_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world,
+                                shuffle=False, drop_last=False, limit=t.max_val_batches * d.batch_size)
+    return DataLoader(val_ds, batch_sampler=sampler, num_workers=d.num_workers,
+                      generator=torch.Generator().manual_seed(t.seed))
+
+
 def _autocast(cfg: StageConfig, accelerator):
     if cfg.train.mixed_precision == "bf16":
         return torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16)
@@ -103,14 +114,11 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     val_ds = WindowDataset(cache, "val", seq_len=d.seq_len, augment=None, seed=t.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world)
-    val_sampler = EpochBatchSampler(len(val_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world,
-                                    shuffle=False, drop_last=False)
     # own generators: iter(DataLoader) draws a seed, and from the global RNG it would shift dropout's stream
     # after a mid-epoch resume (the resumed run starts its iterator at another point of that stream)
     train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers,
                               generator=torch.Generator().manual_seed(t.seed))
-    val_loader = DataLoader(val_ds, batch_sampler=val_sampler, num_workers=d.num_workers,
-                            generator=torch.Generator().manual_seed(t.seed))
+    val_loader = make_val_loader(val_ds, cfg, rank, world)
     accum = o.grad_accum
     steps_per_epoch = len(sampler) // accum
     assert steps_per_epoch >= 1, f"{len(sampler)} batches per epoch < grad_accum {accum}"
@@ -141,25 +149,15 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     d_model = accelerator.unwrap_model(model) if disc is not None else model
 
     # ------------------------------------------------------------------------------------- state + resume
-    run = {"world_size": world, "micro_batch": d.batch_size, "grad_accum": accum, "seed": t.seed,
-           "data_fingerprint": cache.fingerprint, "config_hash": cfg.hash(),
-           "zero_stage": accelerator.state.deepspeed_plugin.zero_stage if ds else None}
+    run = run_record(cfg, accelerator, cache.fingerprint)
     state = st.read_state(out_dir) if main else None
     entry = (state or {}).get("stages", {}).get(str(stage)) if main else None
-    sdir = stage_dir(out_dir, stage)
-    # by name inside this output dir: a run folder that was moved or copied still resumes from its own files
-    recorded = str(sdir / Path(entry["last_checkpoint"]).name) if entry and entry.get("last_checkpoint") else None
-    resume_from = ckpt.latest(sdir, recorded)
-    refusal = None
-    if main and entry and resume_from is not None:
-        try:
-            st.check_resumable(entry, run, stage, resume_from)
-        except UserError as e:
-            refusal = str(e)
+    resume_from, refusal = resume_point(out_dir, stage, entry, run) if main else (None, None)
     # all ranks resume from the same dir, or all refuse: rank 0 decides (other nodes' file systems may lag)
     resume_from, refusal = broadcast_from_main(accelerator, resume_from, refusal)
     if refusal:
         raise UserError(refusal)
+    sdir = stage_dir(out_dir, stage)
     epoch, batch, step, best_val, bad_evals, early = 0, 0, 0, math.inf, 0, False
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
@@ -337,6 +335,35 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return status
+
+
+def run_record(cfg: StageConfig, accelerator, data_fingerprint: str | None = None) -> dict:
+    """What a stage records in its state entry and a resume must find unchanged (state.check_resumable):
+    the launch's layout, the data and the stage's settings. Without data_fingerprint (the data not opened
+    yet) that key is left out, and so not compared."""
+    ds = is_deepspeed(accelerator)
+    d, o, t = cfg.data, cfg.optim, cfg.train
+    run = {"world_size": accelerator.num_processes, "micro_batch": d.batch_size, "grad_accum": o.grad_accum,
+           "seed": t.seed, "config_hash": cfg.hash(),
+           "zero_stage": accelerator.state.deepspeed_plugin.zero_stage if ds else None,
+           "mixed_precision": accelerator.mixed_precision, "settings": st.resume_settings(cfg)}
+    if data_fingerprint is not None:
+        run["data_fingerprint"] = data_fingerprint
+    return run
+
+
+def resume_point(out_dir: Path, stage: int, entry: dict | None, run: dict) -> tuple[Path | None, str | None]:
+    """Rank 0: (the committed checkpoint the stage resumes from, or None; the refusal, or None)."""
+    sdir = stage_dir(out_dir, stage)
+    # by name inside this output dir: a run folder that was moved or copied still resumes from its own files
+    recorded = str(sdir / Path(entry["last_checkpoint"]).name) if entry and entry.get("last_checkpoint") else None
+    resume_from = ckpt.latest(sdir, recorded)
+    if entry and resume_from is not None:
+        try:
+            st.check_resumable(entry, run, stage, resume_from)
+        except UserError as e:
+            return resume_from, str(e)
+    return resume_from, None
 
 
 def broadcast_from_main(accelerator, path: Path | None, refusal: str | None) -> tuple[Path | None, str | None]:

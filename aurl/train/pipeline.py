@@ -46,35 +46,67 @@ def load_pipeline(config: str | Path | None, overrides: list[str]) -> dict[int, 
     return {s: load_config(stage_config_path(config, s), stage_overrides(overrides, s)) for s in STAGES}
 
 
-def make_accelerator():
-    """The run's one Accelerator. Under DeepSpeed (an accelerate_configs/deepspeed_*.yaml launch sets
-    ACCELERATE_USE_DEEPSPEED) there are no DDP kwargs and no cpu=True (that would drop DeepSpeed); without
-    CUDA every multi-process run uses gloo (DeepSpeed included: it then runs on CPU)."""
+def run_precision(cfgs: dict[int, StageConfig], stages: tuple[int, ...]) -> str:
+    """The one mixed precision of this process: every stage it trains must ask for the same
+    train.mixed_precision (one process has one Accelerator, and an Accelerator one precision)."""
+    values = {s: cfgs[s].train.mixed_precision for s in stages}
+    if len(set(values.values())) > 1:
+        listed = ", ".join(f"stage {s}: {v}" for s, v in values.items())
+        raise UserError(f"train.mixed_precision differs between the stages of this run ({listed}); one process "
+                        "trains in one precision: give the stages the same value, or run each stage as its own "
+                        "launch (--stage N)")
+    return next(iter(values.values()))
+
+
+def make_accelerator(mixed_precision: str = "no"):
+    """The run's one Accelerator, in the stages' train.mixed_precision. That key wins over the launcher's
+    (`accelerate launch --mixed_precision`, the accelerate config's mixed_precision: both reach us as
+    ACCELERATE_MIXED_PRECISION), and a launcher that asked for another one is told so in one line.
+    Under DeepSpeed (an accelerate_configs/deepspeed_*.yaml launch sets ACCELERATE_USE_DEEPSPEED) there are
+    no DDP kwargs and no cpu=True (that would drop DeepSpeed), and the precision goes into the DeepSpeed
+    config (bf16.enabled); without CUDA every multi-process run uses gloo (DeepSpeed included)."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, parse_flag_from_env
 
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher is not None and launcher.lower() != mixed_precision:
+        warn(f"train.mixed_precision = {mixed_precision} (the stage config) is used; the launcher's mixed "
+             f"precision {launcher} (--mixed_precision or the accelerate config) is not")
     deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
     # stage 3's D/G phases leave parameters unused; DeepSpeed has no DDP wrapper to tell
     handlers = [] if deepspeed else [DistributedDataParallelKwargs(find_unused_parameters=True)]
     cuda = torch.cuda.is_available()
     if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a launcher started several CPU processes
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(cpu=not cuda and not deepspeed, kwargs_handlers=handlers)
+    state = AcceleratorState._shared_state
+    if state.get("_mixed_precision") not in (None, mixed_precision):
+        # a second pipeline in the same process (tests, a notebook) in another precision: accelerate keeps its
+        # state per process and would refuse the change
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(cpu=not cuda and not deepspeed, mixed_precision=mixed_precision,
+                              kwargs_handlers=handlers)
+    if accelerator.mixed_precision != mixed_precision:  # a DeepSpeed config file that sets bf16/fp16 itself
+        raise UserError(f"train.mixed_precision = {mixed_precision}, but the DeepSpeed config file sets "
+                        f"{accelerator.mixed_precision}: make them agree (or leave its fp16/bf16 blocks out)")
+    return accelerator
 
 
 def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int, ...], tracker: str | None,
                  data_dir: str | None, from_scratch: bool = False) -> int:
     """Run `stages` in order; exit code 0 (done) or STOPPED_EXIT (preempted with a committed checkpoint)."""
-    accelerator = make_accelerator()
     out_dir = Path(out_dir)
+    state = st.read_state(out_dir)  # every rank: a corrupt state file stops all of them here, with the .bak offered
+    done = {s for s, e in ((state or {}).get("stages") or {}).items() if e["status"] == "completed"}
+    accelerator = make_accelerator(run_precision(cfgs, tuple(s for s in stages if str(s) not in done) or stages))
     lock = None
-    st.read_state(out_dir)  # every rank: a corrupt state file stops all of them here, with the .bak offered
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = st.RunLock(out_dir).acquire()
-    accelerator.wait_for_everyone()
     try:
+        refuse_changed_resumes(cfgs, stages, state, out_dir, accelerator)  # before anything is written
+        if accelerator.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            lock = st.RunLock(out_dir).acquire()
+        accelerator.wait_for_everyone()
         for stage in stages:
             entry = ((st.read_state(out_dir) or {}).get("stages", {}) or {}).get(str(stage))
             if entry and entry["status"] == "completed":
@@ -109,6 +141,24 @@ def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int,
         if lock is not None:
             lock.release()
         accelerator.end_training()  # trackers closed and the process group torn down before exit
+
+
+def refuse_changed_resumes(cfgs: dict[int, StageConfig], stages: tuple[int, ...], state: dict | None,
+                           out_dir: Path, accelerator) -> None:
+    """A stage that would resume from a committed checkpoint under changed settings (state.check_resumable)
+    stops the run before it writes anything; rank 0 decides for all. The data fingerprint is compared later,
+    in the stage, once the data is open."""
+    refusal = None
+    if accelerator.is_main_process:
+        for stage in stages:
+            entry = ((state or {}).get("stages") or {}).get(str(stage))
+            if entry and entry["status"] != "completed":
+                _, refusal = loop.resume_point(out_dir, stage, entry, loop.run_record(cfgs[stage], accelerator))
+                if refusal:
+                    break
+    _, refusal = loop.broadcast_from_main(accelerator, None, refusal)
+    if refusal:
+        raise UserError(refusal)
 
 
 def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path, tracker=None, step: int = 0) -> None:

@@ -4,6 +4,15 @@ Written atomically (temp file, fsync, rename) with the previous version kept as 
 A corrupt file is reported with the .bak offered; a state recorded under another config, dataset or world
 size is refused naming what differs. A lock file (flock, released by the kernel when the process dies)
 marks a live run for --clear and --status.
+
+The resume rule, stated once: a stage resumes from its last committed checkpoint only if every setting that
+decides what the uninterrupted run would have computed is unchanged -- its weights, its validation values,
+its best model and where it stops. Each stage records its config as flat `section.key` values ("settings")
+and a resume with another value is refused, naming the key and both values (train.epochs and
+train.max_steps set the cosine schedule's length; lr, warmup, batch, accumulation, seq_len, seed, model,
+augmentation, patience and validation likewise change the run). What may change (RESUME_FREE_KEYS): where the
+data and cache live (the data fingerprint still guards their content), DataLoader workers, the SLURM stop
+margin, and the logging, checkpoint and eval sections (output, when commits happen, the stage-end report).
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ STAGE_STATUSES = ("pending", "running", "stopped", "completed", "failed")
 RESUME_KEYS = ("world_size", "micro_batch", "grad_accum", "seed", "data_fingerprint", "config_hash")
 # also compared when recorded: None without DeepSpeed (a ZeRO checkpoint has another layout than a DDP one)
 LAYOUT_KEYS = ("zero_stage",)
+# config keys (a whole section by its name) a resume may change: they do not change what the run computes
+RESUME_FREE_KEYS = ("data.data_dir", "data.cache_dir", "data.num_workers", "train.stop_margin_s",
+                    "logging", "checkpoint", "eval")
+# replaced by a stage's recorded settings, which name the key that differs
+NAMED_BY_SETTINGS = ("config_hash",)
 
 
 def now() -> str:
@@ -96,18 +110,37 @@ def write_state(out_dir: str | Path, state: dict) -> None:
     atomic_write_json(path, state)
 
 
+def resume_settings(cfg) -> dict[str, Any]:
+    """{"section.key": value} of every config key a resume must not change (see the module docstring)."""
+    out = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            if section not in RESUME_FREE_KEYS and f"{section}.{key}" not in RESUME_FREE_KEYS:
+                out[f"{section}.{key}"] = value
+    return out
+
+
 def check_resumable(entry: dict, run: dict, stage: int, checkpoint: str | Path | None = None) -> None:
     """Refuse to resume a stage recorded under other settings, naming each difference and the way out.
+    Only keys present in both are compared (a state file written before `settings` were recorded falls back
+    on config_hash; a check before the data is opened has no data_fingerprint yet).
 
     Another number of processes is refused for DDP too: each rank's data shard (every world_size-th sample)
     and the global batch (micro_batch x grad_accum x processes) depend on it, so the data cursor of the
     checkpoint means other samples and the run would not be the one it resumes. ZeRO checkpoints are, in
     addition, sharded per rank."""
-    diffs = [f"{k}: recorded {entry.get(k)!r}, now {run.get(k)!r}" for k in RESUME_KEYS + LAYOUT_KEYS
-             if k in entry and entry.get(k) != run.get(k)]
+    keys = RESUME_KEYS + LAYOUT_KEYS
+    diffs = []
+    if "settings" in entry and "settings" in run:
+        keys = tuple(k for k in keys if k not in NAMED_BY_SETTINGS)
+        old, new = entry["settings"], run["settings"]
+        diffs = [f"{k}: recorded {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                 if old.get(k) != new.get(k)]
+    diffs = [f"{k}: recorded {entry.get(k)!r}, now {run.get(k)!r}" for k in keys
+             if k in entry and k in run and entry.get(k) != run.get(k)] + diffs
     if not diffs:
         return
-    fix = "Use the original settings, or start over with --clear."
+    fix = "Use the recorded values to resume, or start over with --clear."
     if "world_size" in entry and entry["world_size"] != run.get("world_size"):
         n = entry["world_size"]
         if entry.get("zero_stage"):
