@@ -498,6 +498,17 @@ def _(lab, key):
     rejects(key, -1.0)
 
 
+@probe("model.word_dropout")
+def _(lab, key):
+    """Zeroes decoder inputs in vae training only: twins differ in train mode, agree in eval mode."""
+    ma, mb = twins(key, 0.0, 0.5, mode="vae")
+    train = [float(forward(m.train()).metrics["recon"]) for m in (ma, mb)]
+    evals = [float(forward(m.eval()).metrics["recon"]) for m in (ma, mb)]
+    assert train[0] != train[1] and evals[0] == evals[1]
+    rejects(key, 1.0)
+    rejects(key, -0.1)
+
+
 @probe("model.disc_d_model")
 def _(lab, key):
     sizes_differ(key, 16, 32, mode="vae_gan")

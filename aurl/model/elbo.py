@@ -29,10 +29,11 @@ from aurl.vocab import PAD_ID
 
 
 def window_generators(input_ids: torch.Tensor, real: torch.Tensor, seed: int) -> list[torch.Generator]:
-    """One CPU generator per window, seeded by (seed, the CRC-32 of its real tokens)."""
+    """One CPU generator per window, seeded by the CRC-32 of (seed, its real tokens). 32 bits, because the
+    CPU generator (mt19937) keeps only the low 32 bits of a seed: seed and tokens go through one hash."""
     ids, real = input_ids.detach().cpu(), real.detach().cpu()
-    return [torch.Generator().manual_seed(((int(seed) & 0x7FFFFFFF) << 32) | zlib.crc32(ids[i][real[i]].numpy()))
-            for i in range(ids.shape[0])]
+    salt = zlib.crc32(int(seed).to_bytes(8, "little", signed=True))
+    return [torch.Generator().manual_seed(zlib.crc32(ids[i][real[i]].numpy(), salt)) for i in range(ids.shape[0])]
 
 
 def _draw(gens: list[torch.Generator], shape: tuple[int, ...], device, uniform: bool = False) -> torch.Tensor:
