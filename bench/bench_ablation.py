@@ -1,7 +1,7 @@
 """Ablation (not a test): stage 3 with and without its adversarial term, same length, side by side.
 
     python bench/bench_ablation.py [--run outputs] [--config configs/training_configs/quickstart]
-                                   [--steps 0] [--work DIR]
+                                   [--steps 0] [--work DIR] [--parallel]
 
 What the discriminator buys: two stage-3 runs of the trainer (`python -m aurl.train --stage 3`), both from
 the same stage-2 best weights (RUN/checkpoints/stage2/best.pt; with no such file, stages 1 and 2 are run first
@@ -29,14 +29,23 @@ QUICKSTART = REPO / "configs" / "training_configs" / "quickstart"
 VARIANTS = {"with adversarial": [], "without (adv_weight_max=0)": ["model.adv_weight_max=0"]}
 
 
-def train(config: Path, out: Path, stage_args: list[str], extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "aurl.train", "--config", str(config), "--output-dir", str(out), "--tracker",
-           "none", "logging.progress_bar=false", *stage_args, *extra]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+def _cmd(config: Path, out: Path, stage_args: list[str], extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "aurl.train", "--config", str(config), "--output-dir", str(out), "--tracker",
+            "none", "logging.progress_bar=false", *stage_args, *extra]
+
+
+def _wait(proc: subprocess.Popen, t0: float) -> float:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(proc.args)} failed ({proc.returncode}):\n{err[-3000:]}")
     return time.perf_counter() - t0
+
+
+def train(config: Path, out: Path, stage_args: list[str], extra: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(_cmd(config, out, stage_args, extra), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    return _wait(proc, t0)
 
 
 def ensure_stage2(run: Path, config: Path) -> Path:
@@ -48,15 +57,22 @@ def ensure_stage2(run: Path, config: Path) -> Path:
     return best
 
 
-def stage3(config: Path, run: Path, work: Path, name: str, extra: list[str]) -> dict:
-    """A fresh stage 3 in work/<name> from run's stage-2 weights and cache; -> its stage-end eval.json."""
+def start_stage3(config: Path, run: Path, work: Path, name: str, extra: list[str]) -> tuple:
+    """Start a fresh stage 3 in work/<name> from run's stage-2 weights and cache; -> (process, out, start)."""
     out = work / name.split()[0]
     (out / "checkpoints" / "stage2").mkdir(parents=True, exist_ok=True)
     for suffix in (".pt", ".json"):
         src = run / "checkpoints" / "stage2" / f"best{suffix}"
         if src.is_file():
             shutil.copy2(src, out / "checkpoints" / "stage2" / src.name)
-    seconds = train(config, out, ["--stage", "3"], [f"data.cache_dir={run / 'cache'}", "eval.enabled=true", *extra])
+    cmd = _cmd(config, out, ["--stage", "3"], [f"data.cache_dir={run / 'cache'}", "eval.enabled=true", *extra])
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, out, time.perf_counter()
+
+
+def finish_stage3(proc: subprocess.Popen, out: Path, t0: float) -> dict:
+    """Wait for a stage-3 run; -> its stage-end eval.json (+ its wall seconds)."""
+    seconds = _wait(proc, t0)
     result = json.loads((out / "eval" / "stage3" / "eval.json").read_text())
     result["train_seconds"] = seconds
     return result
@@ -105,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="stage-3 optimizer steps of each variant (0 = the config's)")
     p.add_argument("--work", type=Path, default=None, help="folder for the two stage-3 runs (default: a temp dir, "
                                                             "removed at the end)")
+    p.add_argument("--parallel", action="store_true",
+                   help="run the two variants at the same time (same results; less wall time on a machine "
+                        "with spare cores, or shared with other jobs); timings then are not comparable")
     a = p.parse_args(argv)
     if a.steps < 0:
         print(f"--steps must be >= 0 (0 = the config's), got {a.steps}", file=sys.stderr)
@@ -116,10 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="aurl_ablation_")
         a.work = Path(tmp.name)
     try:
-        results = {}
+        results, running = {}, {}
         for name, args in VARIANTS.items():
             print(f"stage 3, {name} ...", flush=True)
-            results[name] = stage3(a.config, a.run, a.work, name, [*extra, *args])
+            running[name] = start_stage3(a.config, a.run, a.work, name, [*extra, *args])
+            if not a.parallel:
+                results[name] = finish_stage3(*running.pop(name))
+        for name, started in running.items():  # --parallel: both were started, now both are waited for
+            results[name] = finish_stage3(*started)
         cfg = results[next(iter(results))]["eval_config"]
         print(f"\nstage 3 of {a.config.name} from {a.run / 'checkpoints' / 'stage2' / 'best.pt'}"
               f"{f', {a.steps} steps' if a.steps else ''}; evaluation: {cfg['num_samples']} samples x "
