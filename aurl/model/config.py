@@ -49,6 +49,9 @@ class ModelConfig:
     """Nats per latent dimension that cost nothing: KL below this per dim is not penalized (0 = off)."""
     active_unit_threshold: float = 0.01
     """A latent dim counts as active when the variance of its posterior mean over windows exceeds this."""
+    mu_bn_gamma: float = 0.0
+    """BN-VAE (Zhu et al. 2020): batch-normalize mu and scale it by this, so every dim's posterior mean varies
+    over windows with variance gamma^2 and the expected KL is >= gamma^2 / 2 nats per dim (0 = off)."""
     word_dropout: float = 0.0
     """Share of the decoder's input tokens zeroed in vae training, so it must lean on z (0 = off; Bowman 2016)."""
 
@@ -103,7 +106,7 @@ class ModelConfig:
         for name in ("dropout", "word_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 bad(name, "must be in [0, 1)")
-        for name in ("kl_beta_max", "free_bits", "adv_weight_max", "active_unit_threshold"):
+        for name in ("kl_beta_max", "free_bits", "adv_weight_max", "active_unit_threshold", "mu_bn_gamma"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         for name in ("kl_warmup_steps", "adv_warmup_steps", "adv_start_step"):

@@ -86,6 +86,8 @@ class MusicTransformerVAEGAN(nn.Module):
                 nn.init.normal_(lin.weight, std=0.02)
                 nn.init.zeros_(lin.bias)
             nn.init.zeros_(self.latent_proj.weight)  # z starts as a no-op: transfer keeps the decoder's function
+            # BN-VAE (see ModelConfig.mu_bn_gamma): mu standardized over the batch, then scaled by gamma
+            self.mu_bn = nn.BatchNorm1d(cfg.latent_dim, affine=False) if cfg.mu_bn_gamma > 0 else None
         if cfg.is_gan:
             self.disc = Discriminator(cfg)
             init_weights(self.disc, cfg.disc_layers)
@@ -111,7 +113,14 @@ class MusicTransformerVAEGAN(nn.Module):
         """q(z|x): (mu, logvar) [B, latent_dim], in float32. The encoder sees the whole window."""
         assert self.cfg.is_vae, "encode() needs a vae mode"
         h = _masked_mean(self.encoder(self.tok_emb(input_ids), pad_mask=loss_mask), loss_mask)
-        return self.to_mu(h).float(), self.to_logvar(h).float().clamp(-12.0, 8.0)
+        mu = self.to_mu(h).float()
+        if self.mu_bn is not None:
+            # batch statistics in training (running ones for a batch of one), running statistics in eval: a
+            # window's mu then depends on nothing else in its batch
+            batch_stats = self.training and mu.shape[0] > 1
+            mu = F.batch_norm(mu, self.mu_bn.running_mean, self.mu_bn.running_var, training=batch_stats,
+                              momentum=self.mu_bn.momentum, eps=self.mu_bn.eps) * self.cfg.mu_bn_gamma
+        return mu, self.to_logvar(h).float().clamp(-12.0, 8.0)
 
     @torch.no_grad()
     def latent_stats(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
