@@ -67,6 +67,23 @@ def test_mu_and_discriminator_do_not_depend_on_trailing_pad():
         assert (model.disc(other, other != PAD) - outs[0][2]).abs().max() > 100 * PAD_TOLERANCE
 
 
+def test_bn_vae_mu_is_pad_invariant_and_batch_independent_in_eval():
+    """mu_bn_gamma: in training the batch's means have variance gamma^2 per dim (no dim can collapse); in eval
+    running statistics, so a window's mu depends neither on its PAD nor on the other windows of its batch."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae", mu_bn_gamma=0.5)).train()
+    x = real_windows(6, 40)
+    for _ in range(3):  # a few training batches fill the running statistics
+        mu, _ = model.encode(x, x != PAD)
+    var = mu.detach().var(0, unbiased=False)
+    assert var.shape == (8,) and ((var - 0.25).abs() < 1e-3).all(), var
+    model.eval()
+    with torch.no_grad():
+        alone = torch.cat([model.encode(x[i : i + 1], x[i : i + 1] != PAD)[0] for i in range(6)])
+        together, _ = model.encode(padded(x, 40), padded(x, 40) != PAD)
+    assert alone.shape == (6, 8) and (alone - together).abs().max() <= PAD_TOLERANCE
+
+
 def test_validation_sums_do_not_depend_on_batching_or_padding():
     """The noise is a function of (seed, window): one batch of 4 or two padded batches of 2 give the same
     negative ELBO, KL and active units."""

@@ -87,7 +87,8 @@ class MusicTransformerVAEGAN(nn.Module):
                 nn.init.zeros_(lin.bias)
             nn.init.zeros_(self.latent_proj.weight)  # z starts as a no-op: transfer keeps the decoder's function
             # BN-VAE (see ModelConfig.mu_bn_gamma): mu standardized over the batch, then scaled by gamma
-            self.mu_bn = nn.BatchNorm1d(cfg.latent_dim, affine=False) if cfg.mu_bn_gamma > 0 else None
+            # eps far below BN's default 1e-5: a fresh encoder's mu varies over windows by ~1e-4 or less
+            self.mu_bn = nn.BatchNorm1d(cfg.latent_dim, eps=1e-8, affine=False) if cfg.mu_bn_gamma > 0 else None
         if cfg.is_gan:
             self.disc = Discriminator(cfg)
             init_weights(self.disc, cfg.disc_layers)
