@@ -119,6 +119,13 @@ class MusicTransformerVAEGAN(nn.Module):
             # batch statistics in training (running ones for a batch of one), running statistics in eval: a
             # window's mu then depends on nothing else in its batch
             batch_stats = self.training and mu.shape[0] > 1
+            bn = self.mu_bn
+            if batch_stats:
+                if int(bn.num_batches_tracked) == 0:  # start the running statistics at the first batch's, not
+                    with torch.no_grad():  # at (0, 1): a fresh encoder's spread is ~1e-4, eval mu would be ~0
+                        bn.running_mean.copy_(mu.mean(0))
+                        bn.running_var.copy_(mu.var(0))
+                bn.num_batches_tracked.add_(1)
             mu = F.batch_norm(mu, self.mu_bn.running_mean, self.mu_bn.running_var, training=batch_stats,
                               momentum=self.mu_bn.momentum, eps=self.mu_bn.eps) * self.cfg.mu_bn_gamma
         return mu, self.to_logvar(h).float().clamp(-12.0, 8.0)
