@@ -17,6 +17,7 @@ from aurl import vocab
 from aurl.config import load_config, stage_config_path
 from aurl.data.cache import TokenCache
 from aurl.data.dataset import WindowDataset
+from aurl.evaluate import EvalConfig, evaluate_model, format_report
 from aurl.evaluate.core import likelihood_figures
 from aurl.model import ModelConfig, MusicTransformerVAEGAN, load_model_file
 from aurl.model.elbo import figures, sum_shapes, window_generators
@@ -214,3 +215,15 @@ def test_validation_and_discriminator_figures_are_logged(vae_stage):
     assert all({"d/acc_real", "d/acc_fake"} <= x.keys() for x in train)
     assert "val nelbo" in r.stderr + r.stdout and "active units" in r.stderr + r.stdout
     assert np.isfinite([x["zswap_gap"] for x in val]).all()
+
+
+def test_stage_end_evaluation_reports_the_latent_and_the_discriminator(vae_stage):
+    out, _ = vae_stage
+    model, _, _ = load_model_file(out / "checkpoints" / "stage3" / "best.pt")
+    result = evaluate_model(model, TokenCache.open(out / "cache"), EvalConfig(num_samples=0, pictures=False))
+    v = result["validation"]
+    assert v["kind"] == "elbo_bound" and v["latent"]["latent_dim"] == 8 and 0 <= v["latent"]["active_units"] <= 8
+    assert v["nll_per_token"] == pytest.approx(v["recon_per_token"] + v["kl_per_token"]) and v["kl_per_token"] > 0
+    assert 0 <= v["discriminator"]["acc_real"] <= 1 and 0 <= v["discriminator"]["acc_fake"] <= 1
+    text = format_report(result)
+    assert "active units" in text and "z-swap gap" in text and "accuracy on real windows" in text
