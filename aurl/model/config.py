@@ -50,8 +50,7 @@ class ModelConfig:
     active_unit_threshold: float = 0.01
     """A latent dim counts as active when the variance of its posterior mean over windows exceeds this."""
     mu_bn_gamma: float = 0.0
-    """BN-VAE (Zhu et al. 2020): batch-normalize mu and scale it by this, so every dim's posterior mean varies
-    over windows with variance gamma^2 and the expected KL is >= gamma^2 / 2 nats per dim (0 = off)."""
+    """BN-VAE (Zhu et al. 2020): mu batch-normalized then scaled by this; KL >= gamma^2/2 nats per dim (0 = off)."""
     word_dropout: float = 0.0
     """Share of the decoder's input tokens zeroed in vae training, so it must lean on z (0 = off; Bowman 2016)."""
 
