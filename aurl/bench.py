@@ -9,7 +9,8 @@ Each script measures one part next to its baseline and prints its own table: ben
 MidiTok, loader tokens/s), bench_model.py (generation with vs without the KV cache, forward+backward
 tokens/s per stage), bench_train.py (the aurl train step vs a bare PyTorch loop; on a GPU tokens/s and MFU),
 bench_peer.py (aurl's stage 1 vs a same-size Llama on MidiTok REMI tokens, trained the same way: validation
-nats per note).
+nats per note), bench_ablation.py (stage 3 with vs without its adversarial term: latent, discriminator and
+music metrics).
 This command runs them one after another in fresh processes (same Python, repository root as working
 directory), shows their output live and writes it to bench/RESULTS.md: one section per device, in it one
 subsection per script with the date and commit. A run replaces only the subsections of the scripts it ran,
@@ -42,6 +43,7 @@ QUICK_ARGS = {
     "model": ["--gen-tokens", "256", "--steps", "1", "--batch", "2"],
     "train": ["--steps", "3"],
     "peer": ["--steps", "20"],
+    "ablation": ["--steps", "10"],
 }
 
 

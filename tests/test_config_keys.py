@@ -498,6 +498,29 @@ def _(lab, key):
     rejects(key, -1.0)
 
 
+@probe("model.word_dropout")
+def _(lab, key):
+    """Zeroes decoder inputs in vae training only: twins differ in train mode, agree in eval mode."""
+    ma, mb = twins(key, 0.0, 0.5, mode="vae")
+    train = [float(forward(m.train()).metrics["recon"]) for m in (ma, mb)]
+    evals = [float(forward(m.eval()).metrics["recon"]) for m in (ma, mb)]
+    assert train[0] != train[1] and evals[0] == evals[1]
+    rejects(key, 1.0)
+    rejects(key, -0.1)
+
+
+@probe("model.mu_bn_gamma")
+def _(lab, key):
+    """BN-VAE: the batch's posterior means get variance gamma^2 per dim (0 = off: whatever the encoder gives)."""
+    ma, mb = build(mode="vae", latent_dim=8), build(mode="vae", latent_dim=8, mu_bn_gamma=0.5)
+    assert mb.load_state_dict(ma.state_dict(), strict=False).missing_keys == ["mu_bn.running_mean",
+                                                                              "mu_bn.running_var"]
+    ids, mask = batch()
+    var = [m.train().encode(ids, mask)[0].detach().var(0, unbiased=False) for m in (ma, mb)]
+    assert ((var[1] - 0.25).abs() < 1e-3).all() and float(var[0].max()) < 0.01
+    rejects(key, -0.1)
+
+
 @probe("model.disc_d_model")
 def _(lab, key):
     sizes_differ(key, 16, 32, mode="vae_gan")

@@ -10,8 +10,11 @@ What is measured, and why:
   targets' time shifts): per-token numbers only compare models with the same vocabulary, the other two
   compare across vocabularies (Anticipatory Music Transformer's convention).
   transformer: the exact NLL. vae / vae_gan: the negative ELBO, an upper bound on the NLL: CE of the
-  decoder given one posterior sample z ~ q(z|window) (seeded) plus the window's KL(q || N(0, I)); both
-  parts are reported. The CE given z alone would be lower than any true NLL because z has seen the window.
+  decoder given one posterior sample z ~ q(z|window) (seeded by the window's tokens) plus the window's
+  KL(q || N(0, I)); both parts are reported. The CE given z alone would be lower than any true NLL because z
+  has seen the window. The trainer's validation computes the same figures with the same code
+  (aurl.model.elbo), so best.pt is chosen on this number. Also reported: the latent's active units and z-swap
+  gap, and (vae_gan) the discriminator's accuracy on real and generated windows.
 - Samples: `num_samples` sequences of `length` new tokens after START, sampled with the KV cache (vae: z
   from the prior), grammar-constrained unless `grammar` is False (then the figures measure the model's own
   grammar: --no-grammar). The grammar check runs on the sampled tokens as they are; notes still open when the length cut-off
@@ -122,61 +125,66 @@ def _windows(cache, seq_len: int, max_tokens: int) -> list[np.ndarray]:
     return kept
 
 
+def _padded_batches(windows: list[np.ndarray], batch_size: int):
+    for b in range(0, len(windows), batch_size):
+        batch = windows[b : b + batch_size]
+        ids = np.full((len(batch), max(len(w) for w in batch)), vocab.PAD_ID, dtype=np.int64)
+        for i, w in enumerate(batch):
+            ids[i, : len(w)] = w
+        yield ids, ids != vocab.PAD_ID
+
+
+def likelihood_figures(model, batches, seed: int, device) -> dict:
+    """aurl.model.elbo figures (+ notes and seconds of music) of (input_ids, loss_mask) numpy batches: the
+    model's phase="validate", which the trainer's validation runs too, so the two report the same number."""
+    import torch
+
+    from aurl.model.elbo import figures, sum_shapes
+
+    sums = {k: torch.zeros(shape, dtype=torch.float64) for k, shape in sum_shapes(model.cfg).items()}
+    notes = steps = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for ids, mask in batches:
+            out = model(torch.as_tensor(ids).to(device), torch.as_tensor(mask).to(device), phase="validate",
+                        seed=seed)
+            for k, v in out.metrics.items():
+                sums[k] += v.cpu()
+            tgt, tmask = ids[:, 1:], mask[:, 1:] & (ids[:, 1:] != vocab.PAD_ID)
+            notes += int(((vocab.KIND_OF_ID[tgt] == vocab.KIND_NAMES.index("note_on")) & tmask).sum())
+            steps += int(vocab.shift_steps(tgt)[tmask].sum())
+    model.train(was_training)
+    return figures(sums, model.cfg.active_unit_threshold) | {"notes": notes, "seconds": steps * vocab.STEP_SECONDS}
+
+
 def validation_nll(model, cache, cfg: EvalConfig, device) -> dict:
     """Likelihood figures of the validation split (see the module docstring)."""
-    import torch
-    import torch.nn.functional as F
-
     mcfg = model.cfg
     windows = _windows(cache, mcfg.max_seq_len, cfg.max_val_tokens)
     if not windows:
         raise UserError(f"the cache in {cache.cache_dir} has no validation pieces to evaluate on "
                         "(rebuild it with --val-fraction > 0)")
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    ce_nats = kl_nats = 0.0
-    tokens = notes = steps = 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for b in range(0, len(windows), cfg.batch_size):
-            batch = windows[b : b + cfg.batch_size]
-            width = max(len(w) for w in batch)
-            ids = np.full((len(batch), width), vocab.PAD_ID, dtype=np.int64)
-            for i, w in enumerate(batch):
-                ids[i, : len(w)] = w
-            ids_t = torch.from_numpy(ids).to(device)
-            mask = ids_t != vocab.PAD_ID
-            z = None
-            if mcfg.is_vae:
-                mu, logvar = model.encode(ids_t, mask)
-                eps = torch.randn(mu.shape, generator=gen).to(device)
-                z = mu + eps * (0.5 * logvar).exp()
-                kl_nats += float((0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum())
-            logits = model.decode(ids_t[:, :-1], z)
-            tgt, tmask = ids_t[:, 1:], mask[:, 1:]
-            ce = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")
-            ce_nats += float((ce * tmask).sum())
-            tgt_np, tmask_np = ids[:, 1:], ids[:, 1:] != vocab.PAD_ID
-            tokens += int(tmask_np.sum())
-            kinds = vocab.KIND_OF_ID[tgt_np]
-            notes += int(((kinds == vocab.KIND_NAMES.index("note_on")) & tmask_np).sum())
-            steps += int(vocab.shift_steps(tgt_np)[tmask_np].sum())
-    model.train(was_training)
-    total = ce_nats + kl_nats
-    seconds = steps * vocab.STEP_SECONDS
-    return {
+    f = likelihood_figures(model, _padded_batches(windows, cfg.batch_size), cfg.seed, device)
+    total, tokens, notes, seconds = f["loss"] * f["tokens"], int(f["tokens"]), f["notes"], f["seconds"]
+    out = {
         "kind": "elbo_bound" if mcfg.is_vae else "exact",
         "pieces": len(cache.val_pieces),
         "windows": len(windows),
         "tokens": tokens,
         "notes": notes,
         "seconds": seconds,
-        "nll_per_token": total / tokens,
+        "nll_per_token": f["loss"],
         "nll_per_note": total / notes if notes else math.nan,
         "bits_per_second": total / math.log(2) / seconds if seconds > 0 else math.nan,
-        "recon_per_token": ce_nats / tokens,
-        "kl_per_token": kl_nats / tokens,
+        "recon_per_token": f["recon"],
+        "kl_per_token": f.get("kl", 0.0),
     }
+    if mcfg.is_vae:  # the latent: is it used? (aurl.model.elbo)
+        out["latent"] = {k: f[k] for k in ("active_units", "latent_dim", "zswap_gap")}
+    if mcfg.is_gan:
+        out["discriminator"] = {"acc_real": f["d/acc_real"], "acc_fake": f["d/acc_fake"]}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -483,6 +491,11 @@ def format_report(result: dict) -> str:
         f"{v['seconds']:.1f} s of music{bound}",
         f"  NLL per token    {_fmt(v['nll_per_token'], 4)} nats"
         + (f"   (recon {_fmt(v['recon_per_token'], 4)} + KL {_fmt(v['kl_per_token'], 4)})" if bound else ""),
+        *([f"  latent           {v['latent']['active_units']}/{v['latent']['latent_dim']} active units, "
+           f"z-swap gap {_fmt(v['latent']['zswap_gap'], 4)} nats/token (> 0: z carries its window)"]
+          if v.get("latent") else []),
+        *([f"  discriminator    accuracy on real windows {_fmt(v['discriminator']['acc_real'], 2)}, "
+           f"on generated {_fmt(v['discriminator']['acc_fake'], 2)}"] if v.get("discriminator") else []),
         f"  NLL per note     {_fmt(v['nll_per_note'], 3)} nats",
         f"  bits per second  {_fmt(v['bits_per_second'], 1)}",
     ]

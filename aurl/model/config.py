@@ -48,7 +48,11 @@ class ModelConfig:
     free_bits: float = 0.1
     """Nats per latent dimension that cost nothing: KL below this per dim is not penalized (0 = off)."""
     active_unit_threshold: float = 0.01
-    """A latent dim counts as active when the batch variance of its posterior mean exceeds this."""
+    """A latent dim counts as active when the variance of its posterior mean over windows exceeds this."""
+    mu_bn_gamma: float = 0.0
+    """BN-VAE (Zhu et al. 2020): mu batch-normalized then scaled by this; KL >= gamma^2/2 nats per dim (0 = off)."""
+    word_dropout: float = 0.0
+    """Share of the decoder's input tokens zeroed in vae training, so it must lean on z (0 = off; Bowman 2016)."""
 
     # ---- gan
     disc_d_model: int = 128
@@ -98,9 +102,10 @@ class ModelConfig:
             bad("n_heads", f"d_model {self.d_model} must split into n_heads heads of even size (RoPE)")
         if self.disc_d_model % self.disc_heads or (self.disc_d_model // self.disc_heads) % 2:
             bad("disc_heads", f"disc_d_model {self.disc_d_model} must split into disc_heads heads of even size")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "must be in [0, 1)")
-        for name in ("kl_beta_max", "free_bits", "adv_weight_max", "active_unit_threshold"):
+        for name in ("dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(name, "must be in [0, 1)")
+        for name in ("kl_beta_max", "free_bits", "adv_weight_max", "active_unit_threshold", "mu_bn_gamma"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         for name in ("kl_warmup_steps", "adv_warmup_steps", "adv_start_step"):

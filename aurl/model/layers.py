@@ -76,14 +76,17 @@ class Attention(nn.Module):
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.o = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0,
+                key_mask: torch.Tensor | None = None):
+        """key_mask (bidirectional stacks only): [B, 1, 1, T] bool, True at keys that may be attended to."""
         B, T, _ = x.shape
         H, Dh = self.n_heads, self.head_dim
         q = self.q(x).view(B, T, H, Dh).transpose(1, 2)
         k = self.k(x).view(B, T, H, Dh).transpose(1, 2)
         v = self.v(x).view(B, T, H, Dh).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask, is_causal = None, causal
+        mask, is_causal = key_mask, causal
+        assert key_mask is None or not causal, "the causal decoder needs no key mask: PAD only ever follows"
         if cache is not None:
             assert causal, "only the causal decoder keeps a cache"
             pos = cache.length
@@ -100,6 +103,21 @@ class Attention(nn.Module):
         # per head: 10x slower at L = 2,048); the block drops out its residual branches instead
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.o(y.transpose(1, 2).reshape(B, T, H * Dh))
+
+
+def key_padding_mask(pad_mask: torch.Tensor) -> torch.Tensor | None:
+    """[B, T] bool (True = real token) -> SDPA's boolean attn_mask [B, 1, 1, T], or None without padding.
+
+    Why this form: a boolean mask broadcast over heads and queries is O(B * T), not a materialized
+    [B, H, T, T] float bias, and SDPA's memory-efficient kernel accepts it (fused on GPU; the CPU fused kernel
+    too). A batch without PAD passes None, which keeps the flash kernel (it takes no mask at all). Every row
+    keeps at least its first key (a window has >= 1 real token), so no query row is all -inf (NaN).
+    """
+    if bool(pad_mask.all()):
+        return None
+    keep = pad_mask.bool().clone()
+    keep[:, 0] = True  # an all-PAD row (never produced by the loaders) would otherwise give NaN, not zeros
+    return keep[:, None, None, :]
 
 
 class MLP(nn.Module):
@@ -123,8 +141,9 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, d_ff)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, causal, cache, layer))
+    def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0,
+                key_mask: torch.Tensor | None = None):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, causal, cache, layer, key_mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -138,11 +157,15 @@ class Stack(nn.Module):
         self.norm = RMSNorm(d_model)
         self.rotary = Rotary(d_model // n_heads, rope_base, max_len)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """pad_mask [B, T] bool (bidirectional stacks): True at real tokens; PAD keys are then never attended
+        to, so what a real position computes does not depend on how much PAD follows the window."""
         start = cache.length if cache is not None else 0
         cos, sin = self.rotary(start, x.shape[1], x.device)
+        key_mask = key_padding_mask(pad_mask) if pad_mask is not None and not self.causal else None
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, self.causal, cache, i)
+            x = block(x, cos, sin, self.causal, cache, i, key_mask)
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from aurl.model.config import ModelConfig
+from aurl.model.elbo import validation_sums
 from aurl.model.layers import KVCache, Stack, init_weights
 from aurl.vocab import PAD_ID
 
@@ -61,7 +62,7 @@ class Discriminator(nn.Module):
         # soft one-hots: the same rows as a lookup; kept in the weights' dtype (autocast would give bf16) so
         # the residual stream has the decoder's precision
         x = self.emb(seq) if seq.dtype == torch.long else (seq.to(w.dtype) @ w).to(w.dtype)
-        return self.head(_masked_mean(self.stack(x), mask)).squeeze(-1)
+        return self.head(_masked_mean(self.stack(x, pad_mask=mask), mask)).squeeze(-1)
 
 
 class MusicTransformerVAEGAN(nn.Module):
@@ -85,6 +86,9 @@ class MusicTransformerVAEGAN(nn.Module):
                 nn.init.normal_(lin.weight, std=0.02)
                 nn.init.zeros_(lin.bias)
             nn.init.zeros_(self.latent_proj.weight)  # z starts as a no-op: transfer keeps the decoder's function
+            # BN-VAE (see ModelConfig.mu_bn_gamma): mu standardized over the batch, then scaled by gamma
+            # eps far below BN's default 1e-5: a fresh encoder's mu varies over windows by ~1e-4 or less
+            self.mu_bn = nn.BatchNorm1d(cfg.latent_dim, eps=1e-8, affine=False) if cfg.mu_bn_gamma > 0 else None
         if cfg.is_gan:
             self.disc = Discriminator(cfg)
             init_weights(self.disc, cfg.disc_layers)
@@ -109,8 +113,22 @@ class MusicTransformerVAEGAN(nn.Module):
     def encode(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x): (mu, logvar) [B, latent_dim], in float32. The encoder sees the whole window."""
         assert self.cfg.is_vae, "encode() needs a vae mode"
-        h = _masked_mean(self.encoder(self.tok_emb(input_ids)), loss_mask)
-        return self.to_mu(h).float(), self.to_logvar(h).float().clamp(-12.0, 8.0)
+        h = _masked_mean(self.encoder(self.tok_emb(input_ids), pad_mask=loss_mask), loss_mask)
+        mu = self.to_mu(h).float()
+        if self.mu_bn is not None:
+            # batch statistics in training (running ones for a batch of one), running statistics in eval: a
+            # window's mu then depends on nothing else in its batch
+            batch_stats = self.training and mu.shape[0] > 1
+            bn = self.mu_bn
+            if batch_stats:
+                if int(bn.num_batches_tracked) == 0:  # start the running statistics at the first batch's, not
+                    with torch.no_grad():  # at (0, 1): a fresh encoder's spread is ~1e-4, eval mu would be ~0
+                        bn.running_mean.copy_(mu.mean(0))
+                        bn.running_var.copy_(mu.var(0))
+                bn.num_batches_tracked.add_(1)
+            mu = F.batch_norm(mu, self.mu_bn.running_mean, self.mu_bn.running_var, training=batch_stats,
+                              momentum=self.mu_bn.momentum, eps=self.mu_bn.eps) * self.cfg.mu_bn_gamma
+        return mu, self.to_logvar(h).float().clamp(-12.0, 8.0)
 
     @torch.no_grad()
     def latent_stats(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -121,9 +139,12 @@ class MusicTransformerVAEGAN(nn.Module):
                 "mu_var_per_dim": mu.var(0, unbiased=False)}
 
     def decode(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
-               cache: KVCache | None = None) -> torch.Tensor:
-        """Causal decoder logits [B, T, V] for input_ids (continuing `cache` if given), conditioned on z."""
+               cache: KVCache | None = None, word_dropout: float = 0.0) -> torch.Tensor:
+        """Causal decoder logits [B, T, V] for input_ids (continuing `cache` if given), conditioned on z.
+        word_dropout: share of input tokens whose embedding is zeroed (training only, see model.word_dropout)."""
         x = self.tok_emb(input_ids)
+        if word_dropout > 0:
+            x = x * (torch.rand(x.shape[:2], device=x.device) >= word_dropout).unsqueeze(-1).to(x.dtype)
         if z is not None:
             x = x + self.latent_proj(z.to(x.dtype)).unsqueeze(1)
         h = self.decoder(x, cache)
@@ -156,15 +177,20 @@ class MusicTransformerVAEGAN(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, step: int = 0,
-                phase: str = "generator", return_logits: bool = False) -> ModelOutput:
-        """input_ids [B, T] long, loss_mask [B, T] bool (True at real tokens). See the module docstring."""
+                phase: str = "generator", return_logits: bool = False, seed: int = 0) -> ModelOutput:
+        """input_ids [B, T] long, loss_mask [B, T] bool (True at real tokens). See the module docstring.
+        phase="validate": metrics = aurl.model.elbo.validation_sums (summable; `seed` seeds its noise)."""
         cfg = self.cfg
-        if phase not in ("generator", "discriminator"):
-            raise ValueError(f"phase must be 'generator' or 'discriminator', got {phase!r}")
+        if phase not in ("generator", "discriminator", "validate"):
+            raise ValueError(f"phase must be 'generator', 'discriminator' or 'validate', got {phase!r}")
         if phase == "discriminator" and not cfg.is_gan:
             raise ValueError(f"phase='discriminator' needs mode vae_gan (mode is {cfg.mode})")
+        if phase == "validate":  # through forward, so DDP / DeepSpeed wrappers see an ordinary call
+            sums = validation_sums(self, input_ids, loss_mask, seed)
+            return ModelOutput(sums["ce"] + sums.get("kl", 0.0), sums)
         step = int(step)
         loss_mask = loss_mask.bool()
+        real = input_ids != PAD_ID  # what the encoder and D read: every token of the window, never PAD
         inp, tgt = input_ids[:, :-1], input_ids[:, 1:]
         tgt_mask = loss_mask[:, 1:] & (tgt != PAD_ID)
         n_tok = tgt_mask.sum().clamp_min(1)
@@ -174,25 +200,26 @@ class MusicTransformerVAEGAN(nn.Module):
         if cfg.is_vae:
             if phase == "discriminator":
                 with torch.no_grad():
-                    mu, logvar = self.encode(input_ids, loss_mask)
+                    mu, logvar = self.encode(input_ids, real)
             else:
-                mu, logvar = self.encode(input_ids, loss_mask)
+                mu, logvar = self.encode(input_ids, real)
             # training samples z (reparameterized); evaluation uses the posterior mean (deterministic)
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
 
         if phase == "discriminator":
             with torch.no_grad():
                 fake = self._fakes(self.decode(inp, z), input_ids, tgt_mask)
-            d_real = self.disc(input_ids, loss_mask)
-            d_fake = self.disc(fake, loss_mask)
+            d_real = self.disc(input_ids, real)
+            d_fake = self.disc(fake, real)
             loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
             metrics["d/loss"] = loss.detach()
             metrics["d/real"] = torch.sigmoid(d_real).mean().detach()  # D's P(real) on real windows
             metrics["d/fake"] = torch.sigmoid(d_fake).mean().detach()  # D's P(real) on fakes
-            metrics["d/acc"] = 0.5 * ((d_real > 0).float().mean() + (d_fake < 0).float().mean()).detach()
+            acc_real, acc_fake = (d_real > 0).float().mean().detach(), (d_fake < 0).float().mean().detach()
+            metrics.update({"d/acc": 0.5 * (acc_real + acc_fake), "d/acc_real": acc_real, "d/acc_fake": acc_fake})
             return ModelOutput(loss, metrics)
 
-        logits = self.decode(inp, z)
+        logits = self.decode(inp, z, word_dropout=cfg.word_dropout if cfg.is_vae and self.training else 0.0)
         ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
         ce_sum = (ce * tgt_mask.reshape(-1)).sum()
         recon = ce_sum / n_tok
@@ -224,7 +251,7 @@ class MusicTransformerVAEGAN(nn.Module):
             w = self.adv_weight(step)
             fake = self._fakes(logits, input_ids, tgt_mask)
             frozen = {n: p.detach() for n, p in self.disc.named_parameters()}
-            d_fake = functional_call(self.disc, frozen, (fake, loss_mask))
+            d_fake = functional_call(self.disc, frozen, (fake, real))
             g_adv = F.softplus(-d_fake).mean()  # non-saturating generator loss
             loss = loss + w * g_adv
             metrics["g/adv"] = g_adv.detach()

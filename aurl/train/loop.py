@@ -23,7 +23,7 @@ from aurl.config import StageConfig
 from aurl.console import UserError, print0
 from aurl.data.cache import ensure_cache
 from aurl.data.dataset import EpochBatchSampler, WindowDataset
-from aurl.model import MusicTransformerVAEGAN
+from aurl.model import MusicTransformerVAEGAN, elbo
 from aurl.model.checkpoint import init_from_model_file, save_model_file
 from aurl.train import checkpoint as ckpt
 from aurl.train import state as st
@@ -63,22 +63,27 @@ def _adamw(params, lr: float, o) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, cfg: StageConfig, step: int) -> float:
-    """Validation NLL (nats/token): summed loss and token counts reduced across ranks."""
+def evaluate(model, loader, accelerator, cfg: StageConfig, step: int) -> dict[str, float]:
+    """Validation figures (aurl.model.elbo.figures), sums reduced across ranks. figures["loss"] selects the
+    best model: the exact NLL per token (transformer) or the negative ELBO per token (vae modes), the same
+    number the stage-end evaluation reports; never the reconstruction given z = mu."""
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    dev = accelerator.device
+    sums = {k: torch.zeros(shape, dtype=torch.float64, device=dev) for k, shape in elbo.sum_shapes(cfg.model).items()}
     for i, batch in enumerate(loader):
         if cfg.train.max_val_batches and i >= cfg.train.max_val_batches:
             break
-        ids, mask = batch["input_ids"].to(accelerator.device), batch["loss_mask"].to(accelerator.device)
+        ids, mask = batch["input_ids"].to(dev), batch["loss_mask"].to(dev)
         with _autocast(cfg, accelerator):
-            out = model(ids, mask, step=step)
-        nll = out.metrics.get("recon", out.loss).double()
-        n = out.metrics["tokens"].double()
-        total += torch.stack([nll * n, n])
-    total = accelerator.reduce(total, reduction="sum")
+            out = model(ids, mask, step=step, phase="validate", seed=cfg.train.seed)
+        for k, v in out.metrics.items():
+            sums[k] += v.to(dev)
+    keys = sorted(sums)  # one flat all-reduce, the same order on every rank
+    flat = accelerator.reduce(torch.cat([sums[k].reshape(-1) for k in keys]), reduction="sum")
+    sizes = [sums[k].numel() for k in keys]
+    reduced = {k: v.reshape(sums[k].shape) for k, v in zip(keys, flat.split(sizes), strict=True)}
     model.train()
-    return float(total[0] / total[1].clamp_min(1))
+    return elbo.figures(reduced, cfg.model.active_unit_threshold)
 
 
 def make_val_loader(val_ds: WindowDataset, cfg: StageConfig, rank: int, world: int) -> DataLoader:
@@ -199,12 +204,13 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
 
     def validate_and_track() -> None:
         nonlocal best_val, bad_evals, early, last_val
-        val = last_val = evaluate(model, val_loader, accelerator, cfg, step)
+        figs = evaluate(model, val_loader, accelerator, cfg, step)
+        val = last_val = figs["loss"]  # nll (transformer) or nelbo (vae modes): see evaluate()
         if val < best_val:
             best_val, bad_evals = val, 0
             weights = export_weights(accelerator, model, disc)  # under ZeRO-3 a gather: every rank takes part
             if main:
-                info = {"val_nll": val}
+                info = {val_name: val}
                 extra = {"stage": stage, "step": step, "epoch": epoch}
                 save_model_file(best_path(out_dir, stage), weights, cfg.model, info, extra)
                 # the production model = the best of the most advanced stage reached
@@ -212,7 +218,14 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
         else:
             bad_evals += 1
             early = bool(t.patience and bad_evals >= t.patience)
-        tracker.log({"val/loss": val, "val/best": best_val}, step, split="val")
+        shown = {k: v for k, v in figs.items() if k not in ("loss", "tokens", "windows", "latent_dim")}
+        if cfg.model.is_vae:
+            print0(f"[stage {stage}] step {step} validation: {elbo.format_latent(figs)}")
+        tracker.log({"val/loss": val, "val/best": best_val} | {f"val/{k}": v for k, v in shown.items()}, step,
+                    split="val")
+
+    # what selects the best model, by name in logs and model files: vae modes' bound is not an exact NLL
+    val_name = "nelbo" if cfg.model.is_vae else "nll"
 
     # ------------------------------------------------------------------------------------------ the loop
     tok_rate, eta, last_val, logs = None, None, math.nan, {}
@@ -303,7 +316,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
             # -------- epoch end: validate, log one line, commit
             validate_and_track()
             print0(f"[stage {stage}] epoch {epoch + 1}/{t.epochs} step {step}/{total_steps} "
-                   f"train loss {logs.get('loss', float('nan')):.4f} val nll {last_val:.4f} (best {best_val:.4f}) "
+                   f"train loss {logs.get('loss', float('nan')):.4f} val {val_name} {last_val:.4f} (best {best_val:.4f}) "
                    f"{tok_rate or 0:,.0f} tok/s")
             if batch >= steps_per_epoch * accum:
                 epoch, batch = epoch + 1, 0
