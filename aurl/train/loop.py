@@ -208,9 +208,9 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
             if main:
                 info = {"val_nll": val}
                 extra = {"stage": stage, "step": step, "epoch": epoch}
-                save_model_file(best_path(out_dir, stage), weights, cfg.model, info, extra)
+                save_model_file(best_path(out_dir, stage), weights, cfg.model, info, extra, seq_len=d.seq_len)
                 # the production model = the best of the most advanced stage reached
-                save_model_file(out_dir / "checkpoints" / "best_model.pt", weights, cfg.model, info, extra)
+                save_model_file(out_dir / "checkpoints" / "best_model.pt", weights, cfg.model, info, extra, seq_len=d.seq_len)
         else:
             bad_evals += 1
             early = bool(t.patience and bad_evals >= t.patience)
