@@ -131,21 +131,29 @@ def test_finalize_is_grammatical_and_keeps_the_notes(seed):
 
 def test_generation_within_the_window_is_what_it_always_was():
     """While prompt + new tokens fit the context, every token is drawn from a full pass over everything so far:
-    the same tokens, at a fixed seed, as a plain loop written here without any window."""
+    the model is fed the whole sequence each time, and the tokens at a fixed seed are those of a plain loop
+    written here without any window."""
     from aurl.model.sampling import sample_next
     from aurl.vocab import END_ID, PAD_ID, UNK_ID
 
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer")).eval()
+    with torch.no_grad():
+        model.tok_emb.weight.mul_(8)  # peaked distributions: a token then depends on what the model was fed
     prompt = torch.full((2, 1), START_ID)
+    decode, fed = model.decode, []
+    model.decode = lambda ids, z=None, cache=None: fed.append(ids.shape[1] + (cache.length if cache else 0)) or \
+        decode(ids, z, cache)
     compared = 0
     for use_cache in (True, False):
+        fed.clear()
         out = generate(model, prompt, 47, generator=make_generator(7), grammar=False, context=48,
                        use_cache=use_cache)
+        assert fed == list(range(1, 49))  # the whole sequence so far, every time (48 tokens fit the context)
         gen, seq = make_generator(7), prompt
         with torch.no_grad():
             for _ in range(47):
-                logits = model.decode(seq)[:, -1]
+                logits = decode(seq)[:, -1]
                 logits[:, [PAD_ID, START_ID, UNK_ID, END_ID]] = float("-inf")
                 seq = torch.cat([seq, sample_next(logits, 1.0, 0, 1.0, gen)[:, None]], dim=1)
         assert torch.equal(out, seq)
