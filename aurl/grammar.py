@@ -169,3 +169,67 @@ def state_prefix(state: State, with_notes: bool = True) -> np.ndarray:
     if state.vbin is not None and state.vbin != vb:
         out.append(vocab.VELOCITY_OFFSET + state.vbin)
     return np.array(out, dtype=np.int16)
+
+
+class PieceStates:
+    """The state before any position of one grammatical piece, precomputed once (vectorized, O(length)).
+
+    ``state(pos)`` then costs O(notes of the piece) numpy plus the notes sounding, instead of a walk over
+    the whole prefix: the loader asks for one state per window, and a long piece would otherwise make each
+    window pay for the tokens before it. Equal to ``state_at(tokens, pos)`` (tests check it).
+    """
+
+    _KINDS = ("tempo", "sustain", "instrument", "velocity")
+
+    def __init__(self, tokens):
+        t = np.asarray(tokens).astype(np.int64)
+        kinds = vocab.KIND_OF_ID[t]
+        idx = np.arange(len(t))
+        self.tokens = t
+        self.clock = np.concatenate([[0], np.cumsum(vocab.shift_steps(t))])  # clock before token i
+        # index of the latest token of each kind at or before i (-1: none yet)
+        self.latest = {k: np.maximum.accumulate(np.where(kinds == _KIND[k], idx, -1)) if len(t) else idx
+                       for k in self._KINDS}
+        on = np.flatnonzero(kinds == _KIND["note_on"])
+        off = np.flatnonzero(kinds == _KIND["note_off"])
+        p_on, p_off = t[on] - _ON, t[off] - _OFF
+        # the k-th NOTE_ON of a pitch ends at the k-th NOTE_OFF of that pitch (a grammatical stream)
+        on, p_on = on[np.lexsort((on, p_on))], np.sort(p_on, kind="stable")
+        off, p_off = off[np.lexsort((off, p_off))], np.sort(p_off, kind="stable")
+        key_on = p_on * len(t) + _rank_in_group(p_on)
+        key_off = p_off * len(t) + _rank_in_group(p_off)
+        j = np.searchsorted(key_off, key_on)
+        matched = (j < len(key_off)) & (key_off[np.minimum(j, max(len(key_off) - 1, 0))] == key_on) \
+            if len(key_off) else np.zeros(len(key_on), dtype=bool)
+        self.note_on = on
+        self.note_off = np.where(matched, off[np.minimum(j, max(len(off) - 1, 0))] if len(off) else 0, len(t))
+        self.note_pitch = p_on + vocab.MIN_PITCH
+        self.note_vbin = self._value_at("velocity", on, vocab.VELOCITY_OFFSET, vocab.DEFAULT_VELOCITY_BIN)
+        self.note_family = self._value_at("instrument", on, vocab.INSTRUMENT_OFFSET, vocab.DEFAULT_FAMILY)
+
+    def _value_at(self, kind: str, where: np.ndarray, offset: int, default: int) -> np.ndarray:
+        last = self.latest[kind][where] if len(where) else where
+        return np.where(last >= 0, self.tokens[np.maximum(last, 0)] - offset, default) if len(where) else where
+
+    def _last(self, kind: str, pos: int, offset: int) -> int | None:
+        i = int(self.latest[kind][pos - 1]) if pos > 0 else -1
+        return int(self.tokens[i]) - offset if i >= 0 else None
+
+    def state(self, pos: int) -> State:
+        st = State(step=int(self.clock[pos]))
+        st.tempo = self._last("tempo", pos, vocab.TEMPO_OFFSET)
+        st.sustain = self._last("sustain", pos, vocab.SUSTAIN_OFFSET) == 0
+        st.family = self._last("instrument", pos, vocab.INSTRUMENT_OFFSET)
+        st.vbin = self._last("velocity", pos, vocab.VELOCITY_OFFSET)
+        for k in np.flatnonzero((self.note_on < pos) & (self.note_off >= pos)).tolist():
+            st.sounding[int(self.note_pitch[k])] = (int(self.clock[self.note_on[k]]), int(self.note_vbin[k]),
+                                                    int(self.note_family[k]))
+        return st
+
+
+def _rank_in_group(sorted_keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of a sorted array."""
+    if not len(sorted_keys):
+        return sorted_keys
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    return np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)]))

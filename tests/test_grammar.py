@@ -68,6 +68,20 @@ def test_state_at_equals_the_token_walker(seed):
     assert compared > 50
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_per_piece_index_gives_the_same_state_everywhere(seed):
+    """PieceStates (what the loader uses) equals state_at at every position, also on a stream cut short with
+    notes still open."""
+    toks = _piece(seed)
+    compared = 0
+    for stream in (toks, toks[:150]):
+        index = grammar.PieceStates(stream)
+        for pos in range(len(stream) + 1):
+            assert index.state(pos) == grammar.state_at(stream, pos), pos
+            compared += 1
+    assert compared > 300
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_a_window_cut_anywhere_decodes_to_the_piece_over_its_span(seed):
     toks = _piece(seed)

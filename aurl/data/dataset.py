@@ -22,7 +22,7 @@ function of (seed, epoch, index), so a resumed run sees the very same batches.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import replace
 
 import numpy as np
@@ -34,6 +34,7 @@ from aurl.data.augment import TRANSFORMS, AugmentConfig, augment_tokens, sample_
 from aurl.data.cache import TokenCache
 
 MAX_SEQ_LEN = 2048
+STATE_CACHE_PIECES = 256  # per-piece state indexes kept per process (~40 bytes per token each)
 WARP_MARGIN = 64  # extra raw tokens read when a time warp may shorten the window (merged long shifts)
 
 
@@ -85,6 +86,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self._offset = np.array([p["offset"] for p in pieces], dtype=np.int64)
         self._length = np.array([p["length"] for p in pieces], dtype=np.int64)
         self._end_starts: dict[int, int] = {}  # piece -> start of its window that ends with END (lazy)
+        self._states: OrderedDict[int, grammar.PieceStates] = OrderedDict()  # the latest pieces' states (LRU)
         if split == "train":
             self._val_starts = None
             self._windows = np.maximum(1, -(-self._length // seq_len))
@@ -107,7 +109,7 @@ class WindowDataset(torch.utils.data.Dataset):
         """(state prefix, clock in steps) before token `start` of the piece (empty prefix at the opening)."""
         if start == 0:
             return np.zeros(0, dtype=np.int16), 0
-        st = grammar.state_at(self._tokens(piece), start)
+        st = self._piece_states(piece).state(start)
         prefix = grammar.state_prefix(st)
         room = self.seq_len - max(1, self.seq_len // 2)  # at least half of a window is the piece's own tokens
         if len(prefix) > room:  # only far shorter windows than a chord: keep tempo/instrument/velocity
@@ -115,6 +117,17 @@ class WindowDataset(torch.utils.data.Dataset):
             if len(prefix) > room:
                 prefix = prefix[:0]
         return prefix, st.step
+
+    def _piece_states(self, piece: int) -> grammar.PieceStates:
+        """Per-piece state index, built on first use: one O(length) pass instead of a walk per window."""
+        states = self._states.get(piece)
+        if states is None:
+            states = self._states[piece] = grammar.PieceStates(self._tokens(piece))
+            if len(self._states) > STATE_CACHE_PIECES:
+                self._states.popitem(last=False)
+        else:
+            self._states.move_to_end(piece)
+        return states
 
     def _own_len(self, piece: int, start: int) -> int:
         return self.seq_len - len(self._state(piece, start)[0])
