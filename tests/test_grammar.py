@@ -120,3 +120,41 @@ def test_the_prefix_restates_tempo_pedal_instrument_and_velocity():
         assert set(w.state.sounding) == set(st.sounding)
         kinds_seen |= set(kinds)
     assert {"tempo", "sustain", "note_on", "instrument", "velocity"} <= kinds_seen
+
+
+def _grammar_errors_reference(body: list[int]) -> dict[str, int]:
+    """vocab.grammar_errors' rules on an unframed body, written out with a plain set (before the walker)."""
+    errors = dict.fromkeys(("note_off_without_on", "duplicate_note_on", "unclosed_notes", "special_inside",
+                            "out_of_vocab"), 0)
+    sounding: set[int] = set()
+    for t in body:
+        if t < 0 or t >= vocab.VOCAB_SIZE:
+            errors["out_of_vocab"] += 1
+        elif t < vocab.NOTE_ON_OFFSET:
+            errors["special_inside"] += 1
+        elif t < vocab.NOTE_OFF_OFFSET:
+            errors["duplicate_note_on"] += t in sounding
+            sounding.add(t)
+        elif t < vocab.TIME_SHIFT_OFFSET:
+            if t - vocab.NUM_PITCHES in sounding:
+                sounding.remove(t - vocab.NUM_PITCHES)
+            else:
+                errors["note_off_without_on"] += 1
+    errors["unclosed_notes"] = len(sounding)
+    return errors
+
+
+def test_grammar_errors_on_the_walker_counts_as_before():
+    """vocab.grammar_errors now walks with aurl.grammar.Walker: the same counts on random (mostly broken)
+    streams, out-of-vocabulary ids and special tokens included."""
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(200):
+        notes = rng.integers(vocab.NOTE_ON_OFFSET, vocab.NOTE_ON_OFFSET + 12, 40)  # few pitches: many clashes
+        body = np.where(rng.random(40) < 0.5, notes, notes + vocab.NUM_PITCHES)
+        body[rng.random(40) < 0.1] = rng.integers(-3, vocab.VOCAB_SIZE + 3, 40)[:1]
+        body = [int(t) for t in body if t not in (vocab.START_ID, vocab.END_ID, vocab.PAD_ID)]
+        got = vocab.grammar_errors([vocab.START_ID, 700, *body, vocab.END_ID])
+        assert got == _grammar_errors_reference([700, *body])
+        compared += sum(got.values())
+    assert compared > 1000
