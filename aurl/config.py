@@ -39,7 +39,9 @@ class DataConfig:
     split_seed: int = 0
     """Seed of the train/validation split."""
     seq_len: int = 512
-    """Window length in tokens (<= model.max_seq_len)."""
+    """Window length in tokens (<= model.max_seq_len), the state prefix of a window included."""
+    start_share: float = 0.1
+    """Share of training windows that begin at the piece's opening (START), where generation starts; [0, 1]."""
     batch_size: int = 8
     """Micro-batch size per process (windows)."""
     num_workers: int = 0
@@ -283,6 +285,8 @@ def validate(cfg: StageConfig) -> None:
     d, o, t, c, lg = cfg.data, cfg.optim, cfg.train, cfg.checkpoint, cfg.logging
     if not 0.0 < d.val_fraction < 1.0:
         bad("data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    if not 0.0 <= d.start_share <= 1.0:
+        bad("data.start_share", d.start_share, "must be in [0, 1]")
     if d.seq_len < 2 or d.seq_len > cfg.model.max_seq_len:
         bad("data.seq_len", d.seq_len, f"must be in [2, model.max_seq_len={cfg.model.max_seq_len}]")
     for key, v in (("data.batch_size", d.batch_size), ("optim.grad_accum", o.grad_accum),

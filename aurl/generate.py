@@ -108,9 +108,28 @@ def tokens_to_midi(tokens, path: Path) -> int:
     return score.num_notes
 
 
+def model_prompt(prompt: np.ndarray, context: int) -> np.ndarray:
+    """What the model is fed of a prompt: all of it when it fills at most half the context, else its last
+    tokens behind a prefix restating the state in force where they start (aurl.grammar), as a training window
+    that starts inside a piece does, so the model never sees NOTE_OFFs of notes it was not shown."""
+    from aurl import grammar
+
+    budget = max(2, context // 2)
+    if len(prompt) <= budget:
+        return prompt
+    cut = len(prompt) - budget
+    for _ in range(8):  # the prefix length depends on the cut: a few rounds settle it
+        prefix = grammar.state_prefix(grammar.state_at(prompt, cut))
+        if len(prefix) + len(prompt) - cut <= budget or cut >= len(prompt) - 1:
+            break
+        cut = min(len(prompt) - 1, len(prompt) - budget + len(prefix))
+    return np.concatenate([prefix, prompt[cut:]]).astype(np.int64)
+
+
 def run(args) -> list[Path]:
-    from aurl.model.checkpoint import load_model_file
+    from aurl.model.checkpoint import context_length, load_model_file
     from aurl.model.sampling import (
+        context_note,
         encode_posterior,
         generate,
         interpolate,
@@ -122,19 +141,22 @@ def run(args) -> list[Path]:
     device = _device(args.device)
     model, cfg, meta = load_model_file(args.checkpoint, map_location=device)
     _validate(args, cfg)
+    context = context_length(cfg, meta)
+    print0(context_note(context, cfg.max_seq_len))
     prompt = np.array([START_ID], dtype=np.int64)
     if args.prompt is not None:
         prompt = _read_tokens(args.prompt)
         prompt = prompt[prompt != END_ID]  # continue the piece
         if args.prompt_tokens:
             prompt = prompt[: args.prompt_tokens]
+    fed = model_prompt(prompt, context)
     gen = make_generator(args.seed, device)
     z = None
     if cfg.is_vae:
         if args.mode == "prior":
             z = sample_prior(model, args.num, gen, args.latent_scale)
         else:
-            src = [_read_tokens(p)[: cfg.max_seq_len] for p in args.source]
+            src = [_read_tokens(p)[:context] for p in args.source]
             width = max(len(s) for s in src)
             batch = torch.full((len(src), width), PAD_ID, dtype=torch.long)
             for i, s in enumerate(src):
@@ -144,10 +166,11 @@ def run(args) -> list[Path]:
                 z = sample_posterior(mu.expand(args.num, -1), logvar.expand(args.num, -1), gen, args.latent_scale)
             else:
                 z = interpolate(mu[0], mu[1], args.num)
-    prompts = torch.from_numpy(prompt).unsqueeze(0).expand(args.num, -1)
-    tokens = generate(model, prompts, args.length, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, generator=gen, z=z, stop_at_end=args.stop_at_end,
-                      grammar=not args.no_grammar).cpu()
+    prompts = torch.from_numpy(fed).unsqueeze(0).expand(args.num, -1)
+    new = generate(model, prompts, args.length, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, generator=gen, z=z, stop_at_end=args.stop_at_end,
+                   grammar=not args.no_grammar, context=context).cpu()[:, len(fed):]
+    tokens = torch.cat([torch.from_numpy(prompt).unsqueeze(0).expand(args.num, -1), new], dim=1)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.checkpoint).stem
     paths = []

@@ -430,21 +430,14 @@ def grammar_errors(tokens) -> dict[str, int]:
         hi -= 1
     if hi > lo and toks[lo] == START_ID:
         lo += 1
-    sounding: set[int] = set()
+    from aurl.grammar import Walker  # local: aurl.grammar imports this module
+
+    walker = Walker()  # the one grammar walker (aurl.grammar) decides what each token does
+    counted = {"out_of_vocab": "out_of_vocab", "special": "special_inside", "on_again": "duplicate_note_on",
+               "off_silent": "note_off_without_on"}
     for t in toks[lo:hi]:
-        if t < 0 or t >= VOCAB_SIZE:
-            errors["out_of_vocab"] += 1
-        elif t < NOTE_ON_OFFSET:
-            errors["special_inside"] += 1
-        elif t < NOTE_OFF_OFFSET:
-            if t in sounding:
-                errors["duplicate_note_on"] += 1
-            sounding.add(t)
-        elif t < TIME_SHIFT_OFFSET:
-            on = t - NUM_PITCHES
-            if on in sounding:
-                sounding.remove(on)
-            else:
-                errors["note_off_without_on"] += 1
-    errors["unclosed_notes"] = len(sounding)
+        what = counted.get(walker.feed(t))
+        if what is not None:
+            errors[what] += 1
+    errors["unclosed_notes"] = len(walker.state.sounding)
     return errors

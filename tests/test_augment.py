@@ -81,7 +81,7 @@ def test_transpose_near_the_edge_shifts_less_never_clamps():
         seen.add(s)
         assert -2 <= s <= 3  # 23 - 2 = 21 and 105 + 3 = 108: the window fits; no note is ever clamped
         np.testing.assert_array_equal(_pitches(out), _pitches(w) + s)
-    assert seen == set(range(-2, 4))
+    assert seen == {-2, -1, 1, 2, 3}  # a drawn transposition is never 0
 
 
 @pytest.mark.parametrize("factor", [0.5, 0.85, 1.15, 2.0], ids=lambda f: f"x{f}")
@@ -134,6 +134,30 @@ def test_instrument_substitution_within_group_or_any():
         fams = out[is_inst] - vocab.INSTRUMENT_OFFSET
         across |= any(b not in group_of[int(a)] for a, b in zip(w[is_inst] - vocab.INSTRUMENT_OFFSET, fams, strict=True))
     assert across
+
+
+def test_a_drawn_transform_always_changes_the_window():
+    """Drawn with probability 1 and a range around the identity, each transform still changes every window
+    (so its configured probability is the share of windows it changes): transposition never draws 0, a
+    velocity factor near 1 moves each bin one step, substitution never keeps a family."""
+    cases = {"transpose": only(transpose_prob=1.0, transpose_max=1),
+             "velocity": only(velocity_prob=1.0, velocity_min=0.98, velocity_max=1.02),
+             "instrument": only(instrument_prob=1.0),
+             "instrument any": only(instrument_prob=1.0, instrument_mode="any")}
+    compared = 0
+    for name, cfg in cases.items():
+        for i in range(40):
+            rng = np.random.default_rng(i)  # pitches well inside the keyboard: transposition is never cut to 0
+            w = vocab.encode(Score.from_notes([Note(int(p), t / 4, t / 4 + 0.5, int(v), int(g)) for t, (p, v, g) in
+                                               enumerate(zip(rng.integers(40, 90, 30), rng.integers(1, 128, 30),
+                                                             rng.integers(0, 128, 30), strict=True))]))
+            out, _ = augment_tokens(w, cfg, sample_rng(0, 0, i))
+            assert not np.array_equal(out, w), (name, i)
+            if name.startswith("instrument"):
+                is_inst = w >= vocab.INSTRUMENT_OFFSET
+                assert (out[is_inst] != w[is_inst]).all()
+            compared += 1
+    assert compared == 160
 
 
 def test_swing_delays_off_beats_only():

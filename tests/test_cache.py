@@ -16,6 +16,7 @@ from midi_factory import crashing_reader, write_simple_midi
 
 from aurl import vocab
 from aurl.console import UserError
+from aurl.data.augment import AugmentConfig
 from aurl.data.cache import TokenCache, assign_split, build, ensure_cache
 from aurl.data.midi_io import read_midi
 
@@ -139,6 +140,13 @@ def test_cli_exit_codes_and_summary(tmp_path):
     info = json.loads(r.stdout)
     assert info["pieces"] == 2 and len(info["skipped"]) == 6
     assert info["variety"]["epochs"] == 3 and info["variety"]["augmented_fraction"] > 0
+    coverage = info["variety"]["coverage"]  # per transform: configured probability and share of windows changed
+    assert set(coverage) == {"transpose", "stretch", "velocity", "instrument", "swing", "humanize"}
+    assert all(0 <= c["changed"] <= 1 and c["configured"] == getattr(AugmentConfig(), f"{name}_prob")
+               for name, c in coverage.items())
+    r = subprocess.run([sys.executable, "-m", "aurl.data", "info", "--cache", str(tmp_path / "c"), "--variety",
+                        "--seq-len", "32", "--epochs", "1"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "velocity   configured 0.50  changed" in r.stdout, r.stdout + r.stderr
 
 
 def test_reader_crash_and_hang_cost_only_that_file(tmp_path):

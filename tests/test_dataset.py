@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from midi_factory import write_simple_midi
+from midi_factory import make_pretty_midi, write_simple_midi
 
-from aurl import vocab
+from aurl import grammar, vocab
 from aurl.console import UserError
 from aurl.data.augment import AugmentConfig
 from aurl.data.cache import TokenCache, build
@@ -32,20 +32,30 @@ def test_length_counts_windows_per_piece(cache):
     assert min(lengths) < SEQ < max(lengths)  # the fixture covers padded and multi-window pieces
 
 
+def _mask_of(ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The loss mask a window must have: its own tokens, not the state prefix, not PAD."""
+    return (ids != vocab.PAD_ID) & (torch.arange(len(ids)) >= prefix)
+
+
 def test_items_are_padded_with_a_loss_mask_and_match_the_cache(cache):
     ds = WindowDataset(cache, "train", seq_len=SEQ)
-    saw_pad = False
+    saw_pad = saw_prefix = False
     for i in range(len(ds)):
         item = ds[(0, i)]
         ids, mask = item["input_ids"], item["loss_mask"]
         assert ids.dtype == torch.long and mask.dtype == torch.bool and ids.shape == mask.shape == (SEQ,)
-        assert torch.equal(mask, ids != vocab.PAD_ID)
-        assert mask[0] and (mask.int().diff() <= 0).all()  # real tokens first, then PAD
-        saw_pad |= not mask.all()
         piece, start = ds.locate(0, i)
-        ref = cache.tokens(cache.train_pieces[piece])[start : start + SEQ]
-        np.testing.assert_array_equal(ids[mask].numpy(), ref)
-    assert saw_pad
+        _, params = ds.window(0, i)
+        k = params["prefix"]
+        assert params["start"] == start and torch.equal(mask, _mask_of(ids, k))
+        assert mask[k] and (mask[k:].int().diff() <= 0).all()  # the window's own tokens first, then PAD
+        saw_pad |= not mask[k:].all()
+        saw_prefix |= k > 0
+        toks = cache.tokens(cache.train_pieces[piece])
+        assert (start == 0) == (k == 0)  # the opening needs no prefix; any other start has one
+        np.testing.assert_array_equal(ids[:k].numpy(), grammar.state_prefix(grammar.state_at(toks, start)))
+        np.testing.assert_array_equal(ids[mask].numpy(), toks[start : start + SEQ - k])
+    assert saw_pad and saw_prefix
 
 
 def test_train_windows_start_anywhere_and_are_a_pure_function_of_seed_epoch_index(cache):
@@ -63,18 +73,65 @@ def test_train_windows_start_anywhere_and_are_a_pure_function_of_seed_epoch_inde
     assert any(a.locate(0, i) != c.locate(0, i) for i in idx)
 
 
-def test_val_windows_are_fixed_strided_and_the_same_every_epoch(cache):
+def test_val_windows_tile_each_piece_once_and_are_the_same_every_epoch(cache):
+    """Back to back: the windows' own tokens put together are the piece, each token exactly once."""
     ds = WindowDataset(cache, "val", seq_len=SEQ)
+    own: dict[int, list] = {}
     for i in range(len(ds)):
         assert ds.locate(0, i) == ds.locate(7, i)
-        assert torch.equal(ds[(0, i)]["input_ids"], ds[(7, i)]["input_ids"])
-    covered = {}
-    for i in range(len(ds)):
+        a, b = ds[(0, i)], ds[(7, i)]
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["loss_mask"], b["loss_mask"])
         piece, start = ds.locate(0, i)
-        covered.setdefault(piece, []).append(start)
-    for piece, starts in covered.items():
-        n = cache.val_pieces[piece]["length"]
-        assert starts[0] == 0 and (n <= SEQ or max(starts) == n - SEQ)
+        k = ds.window(0, i)[1]["prefix"]
+        own.setdefault(piece, []).append(a["input_ids"][k:][a["loss_mask"][k:]].numpy())
+    assert sorted(own) == list(range(len(cache.val_pieces)))
+    for piece, parts in own.items():
+        np.testing.assert_array_equal(np.concatenate(parts), cache.tokens(cache.val_pieces[piece]))
+    assert any(len(parts) > 1 for parts in own.values())  # some piece spans several windows
+
+
+def test_no_orphan_note_off_at_any_window_start_over_the_whole_cache(cache):
+    """Every window of every split, and a window at every start position of every piece, is grammatical."""
+    checked = 0
+    for split in ("train", "val"):
+        ds = WindowDataset(cache, split, seq_len=SEQ, seed=2)
+        for e in range(4 if split == "train" else 1):
+            for i in range(len(ds)):
+                errors = vocab.grammar_errors(ds.window(e, i)[0])
+                assert errors["note_off_without_on"] == errors["duplicate_note_on"] == 0, (split, e, i)
+                assert errors["special_inside"] == 0
+                checked += 1
+    for piece in cache.pieces:
+        toks = np.asarray(cache.tokens(piece))
+        for s in range(2, len(toks)):
+            window = np.concatenate([grammar.state_prefix(grammar.state_at(toks, s)), toks[s : s + SEQ]])
+            assert vocab.grammar_errors(window)["note_off_without_on"] == 0, (piece["path"], s)
+            checked += 1
+    assert checked > 1000
+
+
+def test_start_share_is_honoured_and_the_ends_of_pieces_are_reached(cache):
+    """start_share of the windows begin at START on top of the share uniform coverage gives; END is reached."""
+    def shares(start_share):
+        ds = WindowDataset(cache, "train", seq_len=SEQ, seed=0, start_share=start_share)
+        long_idx = [i for i in range(len(ds)) if ds._length[ds.locate(0, i)[0]] > 2 * SEQ]
+        keys = [(e, i) for e in range(60) for i in long_idx]
+        at_start = np.mean([ds.locate(*k)[1] == 0 for k in keys])
+        with_end = np.mean([ds.window(*k)[0][-1] == vocab.END_ID for k in keys])
+        return at_start, with_end, len(keys)
+
+    s0, e0, n = shares(0.0)
+    s5, e5, _ = shares(0.5)
+    s1, e1, _ = shares(1.0)
+    assert n > 500
+    # binomial standard error at n samples; 4 sigma
+    tol = 4 * np.sqrt(0.25 / n)
+    assert s1 == 1.0 and e1 == 0.0
+    assert 0.02 < s0 < 0.5 and 0.02 < e0 < 0.5  # coverage alone reaches both ends of long pieces
+    assert abs(s5 - (0.5 + 0.5 * s0)) < tol, (s5, s0, tol)
+    assert abs(e5 - 0.5 * e0) < tol, (e5, e0, tol)
+    with pytest.raises(UserError, match="start_share"):
+        WindowDataset(cache, "train", seq_len=SEQ, start_share=1.5)
 
 
 def test_augmented_items_stay_in_vocab_and_are_deterministic(cache):
@@ -86,7 +143,8 @@ def test_augmented_items_stay_in_vocab_and_are_deterministic(cache):
     for i in range(len(ds)):
         x, y = ds[(2, i)], ds[(2, i)]
         assert torch.equal(x["input_ids"], y["input_ids"])
-        assert x["input_ids"].max() < vocab.VOCAB_SIZE and torch.equal(x["loss_mask"], x["input_ids"] != 0)
+        assert x["input_ids"].max() < vocab.VOCAB_SIZE
+        assert torch.equal(x["loss_mask"], _mask_of(x["input_ids"], ds.window(2, i)[1]["prefix"]))
         differ += not torch.equal(x["input_ids"], plain[(2, i)]["input_ids"])
     assert differ > len(ds) // 2
     report = ds.variant_report(epochs=2)
@@ -158,3 +216,39 @@ def test_dataloader_with_workers_reproduces_the_same_batches(cache):
     assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
     resumed = run(0, start=2)
     assert all(torch.equal(a, b) for a, b in zip(ref[2:], resumed, strict=True))
+
+
+@pytest.fixture(scope="module")
+def chorale_cache(tmp_path_factory) -> TokenCache:
+    """Like the Bach chorales: one instrument and one velocity per piece, so INSTRUMENT and VELOCITY are written
+    once, at the first note: only a window's state prefix brings them to windows inside the piece."""
+    root = tmp_path_factory.mktemp("chorales")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        t, notes = 0.0, []
+        for _ in range(150):
+            t += float(rng.choice([0.0, 0.25, 0.5]))
+            notes.append((int(rng.integers(45, 80)), t, t + float(rng.choice([0.25, 0.5, 1.0])), 80))
+        path = root / "midi" / f"c{i}.mid"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_pretty_midi(notes, program=19).write(str(path))
+    build(root / "midi", root / "cache", val_fraction=0.2, split_seed=0, workers=0, progress=False)
+    return TokenCache.open(root / "cache")
+
+
+def test_each_transform_changes_the_share_of_windows_it_is_configured_for(chorale_cache):
+    """variant_report's per-transform coverage matches each configured probability (python -m aurl.data info
+    --variety prints it). Tolerance: 4 binomial standard errors at the number of windows compared."""
+    aug = AugmentConfig(enabled=True, transpose_prob=0.5, stretch_prob=0.5, velocity_prob=0.5, instrument_prob=0.3,
+                        swing_prob=0.2, swing_max=0.5, humanize_prob=0.2)
+    ds = WindowDataset(chorale_cache, "train", seq_len=32, augment=aug, seed=0, start_share=0.1)
+    epochs = -(-1500 // len(ds))
+    report = ds.variant_report(epochs=epochs)
+    n = epochs * len(ds)
+    assert n >= 1500 and set(report["coverage"]) == {"transpose", "stretch", "velocity", "instrument", "swing",
+                                                     "humanize"}
+    for name, c in report["coverage"].items():
+        p = c["configured"]
+        tol = 4 * np.sqrt(p * (1 - p) / n)
+        assert abs(c["changed"] - p) <= tol, (name, c, round(tol, 3))
+    assert 0.1 < report["start_share"] < 0.5 and 0.02 < report["end_share"] < 0.5

@@ -127,3 +127,67 @@ def test_finalize_is_grammatical_and_keeps_the_notes(seed):
     a, b = decode(toks), decode(fixed)
     assert a.num_notes == b.num_notes
     assert np.array_equal(a.pitch, b.pitch) and np.allclose(a.start, b.start) and np.allclose(a.end, b.end)
+
+
+def test_generation_within_the_window_is_what_it_always_was():
+    """While prompt + new tokens fit the context, every token is drawn from a full pass over everything so far:
+    the model is fed the whole sequence each time, and the tokens at a fixed seed are those of a plain loop
+    written here without any window."""
+    from aurl.model.sampling import sample_next
+    from aurl.vocab import END_ID, PAD_ID, UNK_ID
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer")).eval()
+    with torch.no_grad():
+        model.tok_emb.weight.mul_(8)  # peaked distributions: a token then depends on what the model was fed
+    prompt = torch.full((2, 1), START_ID)
+    decode, fed = model.decode, []
+    model.decode = lambda ids, z=None, cache=None: fed.append(ids.shape[1] + (cache.length if cache else 0)) or \
+        decode(ids, z, cache)
+    compared = 0
+    for use_cache in (True, False):
+        fed.clear()
+        out = generate(model, prompt, 47, generator=make_generator(7), grammar=False, context=48,
+                       use_cache=use_cache)
+        assert fed == list(range(1, 49))  # the whole sequence so far, every time (48 tokens fit the context)
+        gen, seq = make_generator(7), prompt
+        with torch.no_grad():
+            for _ in range(47):
+                logits = decode(seq)[:, -1]
+                logits[:, [PAD_ID, START_ID, UNK_ID, END_ID]] = float("-inf")
+                seq = torch.cat([seq, sample_next(logits, 1.0, 0, 1.0, gen)[:, None]], dim=1)
+        assert torch.equal(out, seq)
+        compared += seq.numel()
+    assert compared == 2 * 2 * 48
+
+
+def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(ckpts, tmp_path, capsys):
+    """A model file trained on 24-token windows (max_seq_len 64): generation of 100 tokens feeds at most 24
+    at once, says so, stays grammatical, and the cached and uncached paths agree."""
+    from aurl.model.checkpoint import context_length, load_model_file
+    from aurl.vocab import grammar_errors
+
+    torch.manual_seed(0)
+    path = save_model_file(tmp_path / "w24.pt", MusicTransformerVAEGAN(tiny("transformer")), tiny("transformer"),
+                           {}, {}, seq_len=24)
+    model, cfg, meta = load_model_file(path)
+    assert context_length(cfg, meta) == 24 and cfg.max_seq_len == 64
+    seen = []
+    decode = model.decode
+
+    def spy(ids, z=None, cache=None):
+        seen.append(ids.shape[1] + (cache.length if cache is not None else 0))
+        return decode(ids, z, cache)
+
+    model.decode = spy
+    rows = {}
+    for use_cache in (True, False):
+        rows[use_cache] = generate(model, torch.full((3, 1), START_ID), 100, generator=make_generator(2),
+                                   context=context_length(cfg, meta), use_cache=use_cache)
+    assert torch.equal(rows[True], rows[False])
+    assert len(seen) > 200 and max(seen) == 24  # the window is used in full, never exceeded
+    for row in rows[True].tolist():
+        errors = grammar_errors(row)
+        assert errors.pop("unclosed_notes") >= 0 and sum(errors.values()) == 0, errors
+    assert main(["--checkpoint", str(path), "--length", "60", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    assert "context: at most 24 tokens" in capsys.readouterr().out

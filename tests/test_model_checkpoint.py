@@ -113,3 +113,19 @@ def test_next_stage_starts_from_the_previous_file(saved):
     assert torch.allclose(bigger(x, x > 0).loss, model(x, x > 0).loss, atol=1e-5)
     stats = bigger.latent_stats(x, x > 0)
     assert stats["kl_per_dim"].shape == (8,) and stats["mu_var_per_dim"].shape == (8,)
+
+
+def test_the_model_file_records_the_window_it_was_trained_on(tmp_path):
+    """seq_len (data.seq_len) is in the file and its sidecar; context_length reads it (files without it:
+    max_seq_len); a window longer than the model's context is refused."""
+    from aurl.model.checkpoint import context_length
+
+    mcfg = cfg("transformer")
+    model = MusicTransformerVAEGAN(mcfg)
+    path = save_model_file(tmp_path / "m.pt", model, mcfg, {}, {}, seq_len=40)
+    _, cfg2, meta = load_model_file(path)
+    assert meta["seq_len"] == 40 == context_length(cfg2, meta)
+    assert json.loads(path.with_suffix(".json").read_text())["seq_len"] == 40
+    assert context_length(cfg2, {k: v for k, v in meta.items() if k != "seq_len"}) == mcfg.max_seq_len
+    with pytest.raises(ValueError, match="seq_len"):
+        save_model_file(tmp_path / "n.pt", model, mcfg, {}, {}, seq_len=mcfg.max_seq_len + 1)

@@ -81,16 +81,23 @@ def _info(args) -> None:
         "skipped": {s["path"]: s["reason"] for s in m["skipped"]},
     }
     if args.variety:
+        from aurl.config import DataConfig
         from aurl.data.augment import AugmentConfig
         from aurl.data.dataset import WindowDataset
 
-        ds = WindowDataset(tc, "train", seq_len=args.seq_len, augment=AugmentConfig(enabled=True))
+        ds = WindowDataset(tc, "train", seq_len=args.seq_len, augment=AugmentConfig(enabled=True),
+                           start_share=DataConfig.start_share)
         info["variety"] = ds.variant_report(epochs=args.epochs)
     if args.json:
         print(json.dumps(info, indent=2))
         return
     for k, v in info.items():
-        if k != "skipped":
+        if k == "variety":
+            coverage = v.pop("coverage")
+            print0(f"{k}: {v}")
+            for name, c in coverage.items():  # what each transform really did, next to what it was set to
+                print0(f"  {name:<10} configured {c['configured']:.2f}  changed {c['changed']:.3f} of windows")
+        elif k != "skipped":
             print0(f"{k}: {v}")
     print0(f"skipped files: {len(info['skipped'])}")
     for path, reason in info["skipped"].items():

@@ -11,7 +11,7 @@ Every transform is vectorized numpy on the window and is drawn from a generator 
   Swing delays the off-beat half of each beat of ``swing_beat_steps``, in phase with the piece's start
   when the caller passes ``start_clock`` (the loader does), else with the window's start. Humanize moves each grid position by up to ±``humanize_steps``.
 - velocity scaling: each VELOCITY bin's representative value is scaled and re-binned (clipped to 1..127).
-- instrument substitution: INSTRUMENT tokens (GM families) are remapped, either within groups of related
+- instrument substitution: INSTRUMENT tokens (GM families) are remapped to another family, either within groups of related
   families (``instrument_mode="group"``: keyboards, guitar+bass, strings+ensemble, brass/reed/pipe,
   synths, other) or to any family (``"any"``). The vocabulary stores families, not programs, so "within a
   family" at the token level means within a group of related families.
@@ -36,6 +36,7 @@ INSTRUMENT_GROUPS: tuple[tuple[int, ...], ...] = (
     (13, 14, 15),  # ethnic, percussive, sound effects
 )
 _GROUP_OF = {f: g for g in INSTRUMENT_GROUPS for f in g}
+TRANSFORMS = ("transpose", "stretch", "velocity", "instrument", "swing", "humanize")  # each has <name>_prob
 
 
 @dataclass
@@ -103,16 +104,28 @@ def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.
 
 
 _VEL_REP = vocab.velocity_of_bin(np.arange(vocab.NUM_VELOCITY_BINS)).astype(np.float64)
+_BINS = np.arange(vocab.NUM_VELOCITY_BINS)
+# substitution targets of each family: the other members of its group, or any other family
+_OTHER_IN_GROUP = [[g for g in _GROUP_OF[f] if g != f] for f in range(vocab.NUM_INSTRUMENTS)]
+_OTHER_ANY = [[g for g in range(vocab.NUM_INSTRUMENTS) if g != f] for f in range(vocab.NUM_INSTRUMENTS)]
 _ON, _OFF, _TS = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET, vocab.TIME_SHIFT_OFFSET
 
 
 def augment_tokens(
-    tokens: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, start_clock: Callable[[], int] | None = None
+    tokens: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, start_clock: Callable[[], int] | None = None,
+    lead: int = 0,
 ) -> tuple[np.ndarray, dict]:
     """Apply cfg to one window; returns (new int16 tokens, the parameters applied).
 
     start_clock: returns the grid position (steps from the piece start) of the window's first token; only
     called when swing is drawn, to put the swing in phase with the beats.
+    lead: leading tokens that restate the state in force (the loader's state prefix): transposed, scaled and
+    substituted like the rest, but left out of the time warps, so they stay the first `lead` tokens.
+
+    A transform that is drawn always changes the window when it has something to change: transposition
+    never draws 0, a velocity scaling moves every bin at least one step toward its factor, an instrument
+    substitution never maps a family to itself. Otherwise the configured probability would overstate the
+    variety (a factor close to 1 leaves every bin where it was).
 
     Every random draw happens in a fixed order whatever the window holds, so the parameters depend only on
     the generator. The output may differ in length from the input by a few TIME_SHIFT tokens.
@@ -122,7 +135,9 @@ def augment_tokens(
         return tokens, params
     # ---- draws (fixed order and count)
     u = rng.random(6)
-    transpose = int(rng.integers(-cfg.transpose_max, cfg.transpose_max + 1))
+    transpose = int(rng.integers(-cfg.transpose_max, max(cfg.transpose_max, 1)))
+    if transpose >= 0 and cfg.transpose_max > 0:
+        transpose += 1  # -max..-1, 1..max: never 0
     stretch = float(rng.uniform(cfg.stretch_min, cfg.stretch_max))
     vel_factor = float(rng.uniform(cfg.velocity_min, cfg.velocity_max))
     swing = float(rng.uniform(0.0, cfg.swing_max))
@@ -142,15 +157,15 @@ def augment_tokens(
         is_vel = (t >= vocab.VELOCITY_OFFSET) & (t < vocab.SUSTAIN_OFFSET)
         if is_vel.any():
             lut = vocab.velocity_bin(np.clip(np.rint(_VEL_REP * vel_factor), 1, 127).astype(np.int64))
+            step = 1 if vel_factor >= 1.0 else -1
+            lut = np.where(lut == _BINS, np.clip(_BINS + step, 0, vocab.NUM_VELOCITY_BINS - 1), lut)
             t = np.where(is_vel, vocab.VELOCITY_OFFSET + lut[np.where(is_vel, t - vocab.VELOCITY_OFFSET, 0)], t)
             params["velocity"] = round(vel_factor, 4)
     if u[2] < cfg.instrument_prob:
         is_inst = t >= vocab.INSTRUMENT_OFFSET
         if is_inst.any():
-            if cfg.instrument_mode == "any":
-                lut = (inst_pick * vocab.NUM_INSTRUMENTS).astype(np.int64)
-            else:
-                lut = np.array([_GROUP_OF[f][int(inst_pick[f] * len(_GROUP_OF[f]))] for f in range(16)])
+            lut = _OTHER_ANY if cfg.instrument_mode == "any" else _OTHER_IN_GROUP
+            lut = np.array([lut[f][int(inst_pick[f] * len(lut[f]))] for f in range(vocab.NUM_INSTRUMENTS)])
             t = np.where(is_inst, vocab.INSTRUMENT_OFFSET + lut[np.where(is_inst, t - vocab.INSTRUMENT_OFFSET, 0)], t)
             params["instrument"] = lut.tolist()
     do_stretch = u[3] < cfg.stretch_prob
@@ -159,8 +174,9 @@ def augment_tokens(
     if do_stretch or do_swing or do_humanize:
         hum_rng = np.random.default_rng(hum_seed) if do_humanize else None
         phase0 = int(start_clock()) if do_swing and start_clock is not None else 0
-        t = _warp_time(t, stretch if do_stretch else 1.0, swing if do_swing else 0.0, cfg.swing_beat_steps,
-                       phase0, cfg.humanize_steps if do_humanize else 0, hum_rng)
+        body = _warp_time(t[lead:], stretch if do_stretch else 1.0, swing if do_swing else 0.0,
+                          cfg.swing_beat_steps, phase0, cfg.humanize_steps if do_humanize else 0, hum_rng)
+        t = np.concatenate([t[:lead], body])
         if do_stretch:
             params["stretch"] = round(stretch, 4)
         if do_swing:

@@ -5,26 +5,36 @@
     sampler.set_epoch(e); sampler.set_start_batch(k)        # k > 0 only when resuming inside epoch e
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=2)
 
-Each piece gives ceil(length / seq_len) windows per epoch (at least one). A training window starts at a
-position drawn uniformly from the whole piece (not only its start); a validation window starts at a fixed
-stride, the same every epoch. Everything about sample (epoch, index) -- which piece, where, which
-augmentation -- is a pure function of (seed, epoch, index), so a resumed run sees the very same batches.
+Windows carry their state: one that starts inside a piece begins with a short prefix restating what is in
+force at its first token (tempo, sustain, the notes sounding with their instrument and velocity, then the
+instrument and velocity in force: aurl.grammar.state_prefix), so every window is a self-contained,
+grammatical stream (no NOTE_OFF without its NOTE_ON) and augmentation finds the state tokens it transforms in
+every window. The prefix counts within seq_len and is not scored (loss_mask False, see WindowDataset).
+
+Training: each piece gives ceil(length / seq_len) windows per epoch (at least one). A `start_share` of them
+begins at the piece's opening (START); the others start where a uniform draw puts them, clipped to the piece
+so that every token is covered equally often and the windows at either end (START, END) are reached.
+Validation: windows are laid back to back, the same every epoch, each starting where the previous one's own
+tokens end. Everything about sample (epoch, index) -- which piece, where, which augmentation -- is a pure
+function of (seed, epoch, index), so a resumed run sees the very same batches.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from aurl import vocab
+from aurl import grammar, vocab
 from aurl.console import UserError
-from aurl.data.augment import AugmentConfig, augment_tokens, sample_rng
+from aurl.data.augment import TRANSFORMS, AugmentConfig, augment_tokens, sample_rng
 from aurl.data.cache import TokenCache
 
 MAX_SEQ_LEN = 2048
+STATE_CACHE_PIECES = 256  # per-piece state indexes kept per process (~40 bytes per token each)
 WARP_MARGIN = 64  # extra raw tokens read when a time warp may shorten the window (merged long shifts)
 
 
@@ -42,7 +52,13 @@ def _mix64(*values: int) -> int:
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """ds[(epoch, index)] -> {"input_ids": LongTensor[seq_len], "loss_mask": BoolTensor[seq_len]}."""
+    """ds[(epoch, index)] -> {"input_ids": LongTensor[seq_len], "loss_mask": BoolTensor[seq_len]}.
+
+    loss_mask is True on the window's own tokens: False on PAD and on the state prefix. The prefix is not
+    scored because it is not part of the piece: it restates what the tokens before the window already said,
+    so scoring it would count those notes twice and make per-note NLL depend on where windows are cut. Every
+    token of the piece after START is scored once per pass over the validation windows.
+    """
 
     def __init__(
         self,
@@ -51,13 +67,17 @@ class WindowDataset(torch.utils.data.Dataset):
         seq_len: int = 1024,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        start_share: float = 0.0,
     ):
         if not 2 <= seq_len <= MAX_SEQ_LEN:
             raise UserError(f"seq_len must be in [2, {MAX_SEQ_LEN}], got {seq_len}")
+        if not 0.0 <= start_share <= 1.0:
+            raise UserError(f"data.start_share must be in [0, 1], got {start_share}")
         pieces = cache.split(split)
         if not pieces:
             raise UserError(f"the {split!r} split of the cache in {cache.cache_dir} has no pieces")
         self.cache, self.split, self.seq_len, self.seed = cache, split, seq_len, seed
+        self.start_share = float(start_share)
         self.augment = augment if augment is not None and augment.enabled else None
         self.paths = [p["path"] for p in pieces]
         shard_names = sorted({p["shard"] for p in pieces})
@@ -65,77 +85,159 @@ class WindowDataset(torch.utils.data.Dataset):
         self._shard_of = np.array([shard_names.index(p["shard"]) for p in pieces], dtype=np.int64)
         self._offset = np.array([p["offset"] for p in pieces], dtype=np.int64)
         self._length = np.array([p["length"] for p in pieces], dtype=np.int64)
-        self._windows = np.maximum(1, -(-self._length // seq_len))
+        self._end_starts: dict[int, int] = {}  # piece -> start of its window that ends with END (lazy)
+        self._states: OrderedDict[int, grammar.PieceStates] = OrderedDict()  # the latest pieces' states (LRU)
+        if split == "train":
+            self._val_starts = None
+            self._windows = np.maximum(1, -(-self._length // seq_len))
+        else:  # back to back: each window starts where the previous one's own tokens end
+            self._val_starts = [self._tiled_starts(p) for p in range(len(pieces))]
+            self._windows = np.array([len(s) for s in self._val_starts], dtype=np.int64)
         self._first = np.concatenate([[0], np.cumsum(self._windows)])
         self._raw_len = seq_len + (WARP_MARGIN if self.augment is not None and self.augment.warps_time else 0)
 
     def __len__(self) -> int:
         return int(self._first[-1])
 
+    # ------------------------------------------------------------------------------------------ positions
+    def _tokens(self, piece: int) -> np.ndarray:
+        shard = self.cache.shard(self._shard_names[self._shard_of[piece]])
+        off = int(self._offset[piece])
+        return shard[off : off + int(self._length[piece])]
+
+    def _state(self, piece: int, start: int) -> tuple[np.ndarray, int]:
+        """(state prefix, clock in steps) before token `start` of the piece (empty prefix at the opening)."""
+        if start == 0:
+            return np.zeros(0, dtype=np.int16), 0
+        st = self._piece_states(piece).state(start)
+        prefix = grammar.state_prefix(st)
+        room = self.seq_len - max(1, self.seq_len // 2)  # at least half of a window is the piece's own tokens
+        if len(prefix) > room:  # only far shorter windows than a chord: keep tempo/instrument/velocity
+            prefix = grammar.state_prefix(st, with_notes=False)
+            if len(prefix) > room:
+                prefix = prefix[:0]
+        return prefix, st.step
+
+    def _piece_states(self, piece: int) -> grammar.PieceStates:
+        """Per-piece state index, built on first use: one O(length) pass instead of a walk per window."""
+        states = self._states.get(piece)
+        if states is None:
+            states = self._states[piece] = grammar.PieceStates(self._tokens(piece))
+            if len(self._states) > STATE_CACHE_PIECES:
+                self._states.popitem(last=False)
+        else:
+            self._states.move_to_end(piece)
+        return states
+
+    def _own_len(self, piece: int, start: int) -> int:
+        return self.seq_len - len(self._state(piece, start)[0])
+
+    def _tiled_starts(self, piece: int) -> list[int]:
+        n, pos, starts = int(self._length[piece]), 0, []
+        while True:
+            starts.append(pos)
+            pos += self._own_len(piece, pos)
+            if pos >= n:
+                return starts
+
+    def _end_start(self, piece: int) -> int:
+        """The latest start whose window (prefix included) still holds the piece's END."""
+        if piece not in self._end_starts:
+            n = int(self._length[piece])
+            s = max(0, n - self.seq_len)
+            for _ in range(8):  # the prefix length depends on s: a few rounds settle it
+                if s == 0 or s + self._own_len(piece, s) >= n:
+                    break
+                s = min(n - 1, n - self._own_len(piece, s))
+            self._end_starts[piece] = 0 if s <= 1 else s
+        return self._end_starts[piece]
+
     def locate(self, epoch: int, index: int) -> tuple[int, int]:
-        """(piece number, start token) of sample (epoch, index), before augmentation."""
+        """(piece number, start token) of sample (epoch, index), before augmentation.
+
+        Training: a start_share of windows begins at the opening (START); the others draw x uniformly from
+        [-(seq_len - 1), length - 1] and clip it to the piece, so every token is covered equally often and
+        the windows at either end (START, END) come with the share that coverage implies.
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} outside [0, {len(self)})")
         piece = int(np.searchsorted(self._first, index, side="right") - 1)
-        last_start = max(0, int(self._length[piece]) - self.seq_len)
-        if self.split == "train":
-            start = _mix64(self.seed, epoch, index) % (last_start + 1) if last_start else 0
-        else:
-            start = min((index - int(self._first[piece])) * self.seq_len, last_start)
-        return piece, start
+        if self._val_starts is not None:
+            return piece, self._val_starts[piece][index - int(self._first[piece])]
+        n, L = int(self._length[piece]), self.seq_len
+        if n <= L or (_mix64(self.seed, epoch, index) >> 11) * 2.0**-53 < self.start_share:
+            return piece, 0
+        x = _mix64(self.seed, epoch, index, 1) % (n + L - 1) - (L - 1)
+        if x <= 1:  # at 1 (just after START) the prefix would be empty: start at START itself
+            return piece, 0
+        if x >= n - L:
+            return piece, self._end_start(piece)
+        return piece, int(x)
 
+    # -------------------------------------------------------------------------------------------- samples
     def window(self, epoch: int, index: int) -> tuple[np.ndarray, dict]:
-        """The (augmented) int16 tokens of one sample, at most seq_len long, and the augmentation applied."""
+        """The (augmented) int16 tokens of one sample, at most seq_len long, and what was done to it:
+        {"start": token of the piece it starts at, "prefix": state tokens in front, augmentation params}."""
         piece, start = self.locate(epoch, index)
-        shard = self.cache.shard(self._shard_names[self._shard_of[piece]])
-        off, length = int(self._offset[piece]), int(self._length[piece])
-        toks = np.asarray(shard[off + start : off + min(length, start + self._raw_len)])
-        params: dict = {}
+        prefix, clock = self._state(piece, start)
+        own = self._tokens(piece)[start : start + self._raw_len - len(prefix)]
+        toks = np.concatenate([prefix, np.asarray(own, dtype=np.int16)])
+        params: dict = {"start": start, "prefix": len(prefix)}
         if self.augment is not None:
-            piece_start = shard[off : off + start]
-            toks, params = augment_tokens(toks, self.augment, sample_rng(self.seed, epoch, index, stream=1),
-                                          start_clock=lambda: int(vocab.shift_steps(piece_start).sum()))
+            toks, aug = augment_tokens(toks, self.augment, sample_rng(self.seed, epoch, index, stream=1),
+                                       start_clock=lambda: clock, lead=len(prefix))
+            params.update(aug)
         return toks[: self.seq_len], params
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        toks, _ = self.window(int(epoch), int(index))
+        toks, params = self.window(int(epoch), int(index))
         n = len(toks)
         ids = np.full(self.seq_len, vocab.PAD_ID, dtype=np.int64)
         ids[:n] = toks
         mask = np.zeros(self.seq_len, dtype=bool)
-        mask[:n] = True
+        mask[params["prefix"] : n] = True
         return {"input_ids": torch.from_numpy(ids), "loss_mask": torch.from_numpy(mask)}
 
     def variant_report(self, epochs: int = 1) -> dict:
-        """How much variety augmentation gives: per piece, distinct windows over `epochs` epochs.
+        """How much variety the loader gives, over `epochs` epochs of training windows.
 
-        Returns windows per piece per epoch, distinct variants per piece (mean/min over pieces, all epochs
-        together), the same without augmentation (start positions only), and the share of samples that
-        augmentation actually changed.
+        Per piece: distinct windows with and without augmentation. Per transform: the share of windows it
+        actually changed when applied alone with the same draws (``coverage``), next to its configured
+        probability; the share of windows that start at the piece's opening (START) or hold its END; and the
+        share that augmentation as a whole changed.
         """
+        aug = self.augment
+        singles = {}
+        if aug is not None:
+            probs = {name: getattr(aug, f"{name}_prob") for name in TRANSFORMS}
+            singles = {name: replace(aug, **{f"{o}_prob": 0.0 for o in TRANSFORMS if o != name}) for name in TRANSFORMS}
         seen: dict[int, set] = defaultdict(set)
         plain: dict[int, set] = defaultdict(set)
-        changed = total = 0
-        aug, self.augment = self.augment, None
+        changed_by = dict.fromkeys(singles, 0)
+        changed = total = at_start = with_end = 0
         try:
-            originals = {}
             for e in range(epochs):
                 for i in range(len(self)):
+                    self.augment = None
                     piece, start = self.locate(e, i)
-                    originals[(e, i)] = hashlib.blake2b(self.window(e, i)[0].tobytes(), digest_size=8).digest()
-                    plain[piece].add(start)
+                    base = self.window(e, i)[0]
+                    plain[piece].add(_digest(base))
+                    at_start += start == 0
+                    with_end += bool(len(base)) and int(base[-1]) == vocab.END_ID
+                    for name, single in singles.items():
+                        self.augment = single
+                        changed_by[name] += not np.array_equal(self.window(e, i)[0], base)
+                    self.augment = aug
+                    full = self.window(e, i)[0]
+                    seen[piece].add(_digest(full))
+                    changed += not np.array_equal(full, base)
+                    total += 1
         finally:
             self.augment = aug
-        for e in range(epochs):
-            for i in range(len(self)):
-                piece, _ = self.locate(e, i)
-                h = hashlib.blake2b(self.window(e, i)[0].tobytes(), digest_size=8).digest()
-                seen[piece].add(h)
-                changed += h != originals[(e, i)]
-                total += 1
         variants = np.array([len(seen[p]) for p in range(len(self._length))])
         starts = np.array([len(plain[p]) for p in range(len(self._length))])
+        total = max(total, 1)
         return {
             "pieces": len(self._length),
             "epochs": epochs,
@@ -143,8 +245,16 @@ class WindowDataset(torch.utils.data.Dataset):
             "distinct_variants_per_piece": float(variants.mean()),
             "min_distinct_variants_per_piece": int(variants.min()),
             "distinct_without_augmentation": float(starts.mean()),
-            "augmented_fraction": changed / max(total, 1),
+            "augmented_fraction": changed / total,
+            "start_share": at_start / total,
+            "end_share": with_end / total,
+            "coverage": {name: {"configured": probs[name], "changed": changed_by[name] / total}
+                         for name in singles},
         }
+
+
+def _digest(tokens: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(tokens).tobytes(), digest_size=8).digest()
 
 
 class EpochBatchSampler:

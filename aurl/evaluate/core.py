@@ -5,7 +5,7 @@
 
 What is measured, and why:
 - Validation likelihood over the cache's validation pieces, cut into non-overlapping windows of the
-  model's max_seq_len (the first token of each window is context only). Reported per token (nats), per
+  model's context (the window it was trained on, recorded in the model file; the first token of each window is context only). Reported per token (nats), per
   note (nats per NOTE_ON target) and in bits per second of music (total bits / seconds covered by the
   targets' time shifts): per-token numbers only compare models with the same vocabulary, the other two
   compare across vocabularies (Anticipatory Music Transformer's convention).
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from aurl import vocab
-from aurl.console import UserError
+from aurl.console import UserError, print0
 from aurl.evaluate.metrics import METRIC_NAMES, compare_metrics, compute_metrics
 
 # half the ratio between neighbouring tempo bins: how far a decoded BPM can be from the original
@@ -158,10 +158,11 @@ def likelihood_figures(model, batches, seed: int, device) -> dict:
     return figures(sums, model.cfg.active_unit_threshold) | {"notes": notes, "seconds": steps * vocab.STEP_SECONDS}
 
 
-def validation_nll(model, cache, cfg: EvalConfig, device) -> dict:
-    """Likelihood figures of the validation split (see the module docstring)."""
+def validation_nll(model, cache, cfg: EvalConfig, device, context: int | None = None) -> dict:
+    """Likelihood figures of the validation split (see the module docstring); windows of `context` tokens
+    (None = max_seq_len)."""
     mcfg = model.cfg
-    windows = _windows(cache, mcfg.max_seq_len, cfg.max_val_tokens)
+    windows = _windows(cache, min(context or mcfg.max_seq_len, mcfg.max_seq_len), cfg.max_val_tokens)
     if not windows:
         raise UserError(f"the cache in {cache.cache_dir} has no validation pieces to evaluate on "
                         "(rebuild it with --val-fraction > 0)")
@@ -247,7 +248,7 @@ def _sample_report(rows: list[list[int]]) -> tuple[dict, list]:
     }, finalized
 
 
-def generate_samples(model, cfg: EvalConfig, device) -> list[list[int]]:
+def generate_samples(model, cfg: EvalConfig, device, context: int | None = None) -> list[list[int]]:
     """Raw token rows (START + up to `length` tokens) sampled with the KV cache."""
     import torch
 
@@ -258,7 +259,8 @@ def generate_samples(model, cfg: EvalConfig, device) -> list[list[int]]:
     rows = []
     for b in range(0, cfg.num_samples, 16):  # bounded memory for large sample counts
         out = generate(model, prompt[b : b + 16], cfg.length, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, generator=gen, stop_at_end=False, grammar=cfg.grammar).cpu()
+                       top_p=cfg.top_p, generator=gen, stop_at_end=False, grammar=cfg.grammar,
+                       context=context).cpu()
         for row in out.tolist():
             while row and row[-1] == vocab.PAD_ID:
                 row.pop()
@@ -290,12 +292,15 @@ def _device(name: str):
 
 
 def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | Path | None = None,
-                   losses: str | Path | list | None = None, info: dict | None = None) -> dict:
+                   losses: str | Path | list | None = None, info: dict | None = None,
+                   context: int | None = None) -> dict:
     """Evaluate a MusicTransformerVAEGAN (DDP / compile wrappers are looked through) on a TokenCache; write
     files into out_dir if given.
 
     Runs in this process only (no collectives): call it on rank 0. `losses`: loss records or their source
     (JSONL file / TensorBoard folder) for the loss-curve picture. `info` is copied into the result.
+    `context`: the most tokens fed at once (the trained window, aurl.model.checkpoint.context_length;
+    None = max_seq_len).
     """
     cfg = (cfg or EvalConfig()).validate()
     if cfg.pictures and out_dir is not None:
@@ -317,13 +322,15 @@ def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | P
     timings = {}
 
     t0 = time.perf_counter()
-    result["validation"] = validation_nll(model, cache, cfg, device)
+    context = min(context or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    result["context"] = context
+    result["validation"] = validation_nll(model, cache, cfg, device, context)
     timings["validation_s"] = time.perf_counter() - t0
 
     pictures: list[str] = []
     if cfg.num_samples > 0:
         t0 = time.perf_counter()
-        rows = generate_samples(model, cfg, device)
+        rows = generate_samples(model, cfg, device, context)
         timings["generation_s"] = time.perf_counter() - t0
         gen_tokens = sum(len(r) - 1 for r in rows)
         timings["generation_tokens_per_s"] = gen_tokens / max(timings["generation_s"], 1e-9)
@@ -429,7 +436,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
     """
     from aurl.atomic import atomic_write_json
     from aurl.data.cache import TokenCache
-    from aurl.model.checkpoint import load_model_file
+    from aurl.model.checkpoint import context_length, load_model_file
+    from aurl.model.sampling import context_note
 
     overrides = {k: v for k, v in (("num_samples", num_samples), ("length", length), ("seed", seed),
                                    ("max_val_tokens", max_val_tokens)) if v is not None}
@@ -445,8 +453,10 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
         out_dir = (run or checkpoint.resolve().parent) / "eval" / checkpoint.stem
     info = {"checkpoint": str(checkpoint), "cache": str(cache_path), "step": (meta.get("extra") or {}).get("step"),
             "stage": (meta.get("extra") or {}).get("stage"), "num_parameters": meta.get("num_parameters")}
+    context = context_length(mcfg, meta)
+    print0(context_note(context, mcfg.max_seq_len))
     result = evaluate_model(model, cache, cfg, out_dir, losses if losses is not None else _find_losses(checkpoint),
-                            info)
+                            info, context=context)
     result["json"] = str(Path(json_path) if json_path is not None else Path(out_dir) / "eval.json")
     atomic_write_json(result["json"], _jsonable(result))
     return result

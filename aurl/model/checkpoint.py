@@ -50,11 +50,16 @@ def _as_number(v):
 
 
 def save_model_file(path: str | Path, model, cfg: ModelConfig, metrics: dict | None = None,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, seq_len: int | None = None) -> Path:
     """Write the model file atomically (and its JSON sidecar). `model` may be wrapped, or a state dict.
 
     `metrics` values: numbers or scalar tensors; `extra` (step, stage, ...) must be JSON-able.
+    `seq_len`: the window length the model was trained on (data.seq_len); generation and evaluation never
+    feed it more context than that (``context_length``). None = cfg.max_seq_len.
     """
+    seq_len = int(seq_len if seq_len is not None else cfg.max_seq_len)
+    if not 1 <= seq_len <= cfg.max_seq_len:
+        raise ValueError(f"seq_len {seq_len} outside [1, max_seq_len={cfg.max_seq_len}]")
     path = Path(path)
     metrics = {k: _as_number(v) for k, v in (metrics or {}).items()}
     extra = dict(extra or {})
@@ -70,6 +75,7 @@ def save_model_file(path: str | Path, model, cfg: ModelConfig, metrics: dict | N
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": asdict(cfg),
+        "seq_len": seq_len,
         "vocab_hash": vocab_hash(),
         "vocab_spec": vocab_spec(),
         "metrics": metrics,
@@ -122,6 +128,12 @@ def load_model_state(path: str | Path, map_location="cpu") -> tuple[dict[str, to
         raise UserError(f"checkpoint {path}: {e}") from e
     meta = {k: v for k, v in blob.items() if k != "model_state"}
     return blob["model_state"], cfg, meta
+
+
+def context_length(cfg: ModelConfig, meta: dict) -> int:
+    """The most tokens to feed the model at once: the window it was trained on (files written before the
+    window was recorded: max_seq_len)."""
+    return min(int(meta.get("seq_len") or cfg.max_seq_len), cfg.max_seq_len)
 
 
 def load_model_file(path: str | Path, map_location="cpu", expected: ModelConfig | None = None):

@@ -1,8 +1,13 @@
 """Sampling from the decoder, with or without a KV cache (same tokens either way at a fixed seed).
 
-Context window: the model was trained on windows of at most ``max_seq_len`` tokens. When a sequence grows
-past that, the context restarts from its last ``max_seq_len // 2`` tokens (both paths do exactly this, so
-cached and uncached generation stay identical; the cache path re-fills its cache once per restart).
+Context window: a model sees at most ``context`` tokens (the window it was trained on, data.seq_len, which
+the model file records; by default the model's max_seq_len). When a sequence fills it, the oldest quarter
+drops out: the context restarts from the newest ``context - context // 4`` tokens and the KV cache is
+refilled from them in one pass, so the model always sees between 3/4 and all of its window. Why not slide
+the cache one token at a time: RoPE keeps the offsets right, but from the second layer on each cached entry
+was computed attending to tokens that have since left the window, so the model would in effect see more
+than its window, and the cached and uncached paths would differ. Both paths restart at the same tokens, so
+they give the same tokens at a fixed seed; while a sequence fits, nothing restarts.
 
 PAD, START and UNK are never sampled; END only when ``stop_at_end`` (a row that ends is padded with PAD).
 Every sequence decodes to a valid Score: aurl.vocab.decode closes hanging notes and skips special tokens.
@@ -58,11 +63,13 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 @torch.no_grad()
 def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: torch.Generator | None = None, z: torch.Tensor | None = None,
-             use_cache: bool = True, stop_at_end: bool = False, grammar: bool = True) -> torch.Tensor:
+             use_cache: bool = True, stop_at_end: bool = False, grammar: bool = True,
+             context: int | None = None) -> torch.Tensor:
     """prompt [B, T0] (T0 >= 1, e.g. START) -> [B, T0 + max_new_tokens] tokens.
 
     In vae modes z [B, latent_dim] conditions the decoder (None = a prior sample drawn from `generator`).
     grammar: constrain each draw to the tokens that keep the row grammatical (see the module docstring).
+    context: the most tokens the model sees at once (None = max_seq_len); see the module docstring.
     """
     cfg = model.cfg
     was_training = model.training
@@ -74,8 +81,9 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
     if cfg.is_vae and z is None:
         z = sample_prior(model, B, generator)
     banned = [PAD_ID, START_ID, UNK_ID] + ([] if stop_at_end else [END_ID])
-    L, keep = cfg.max_seq_len, max(1, cfg.max_seq_len // 2)
-    win = 0 if seq.shape[1] <= L else seq.shape[1] - keep
+    L = min(int(context or cfg.max_seq_len), cfg.max_seq_len)
+    keep = L - max(1, L // 4)
+    win = 0 if seq.shape[1] <= L else seq.shape[1] - keep  # the context is seq[:, win:]
     cache = model.new_cache(B, L) if use_cache else None
     logits = model.decode(seq[:, win:], z, cache)[:, -1]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -92,7 +100,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
         seq = torch.cat([seq, tok[:, None]], dim=1)
         if finished.all():
             break
-        if seq.shape[1] - win > L:  # context full: restart it from the last `keep` tokens
+        if seq.shape[1] - win > L:  # the window is full: the oldest quarter drops out
             win = seq.shape[1] - keep
             if use_cache:
                 cache = model.new_cache(B, L)
@@ -106,6 +114,12 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
         seq = F.pad(seq, (0, pad), value=PAD_ID)
     model.train(was_training)
     return seq
+
+
+def context_note(context: int, max_seq_len: int) -> str:
+    """The one log line generation and evaluation print about the context they feed the model."""
+    return (f"context: at most {context} tokens at once (the window the model was trained on; max_seq_len "
+            f"{max_seq_len}); beyond it the context slides: the oldest quarter drops out, the KV cache is refilled")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     with accelerator.main_process_first():  # rank 0 builds the cache, the others then open it
         cache = ensure_cache(data_dir if data_dir is not None else d.data_dir, cache_dir, val_fraction=d.val_fraction,
                              split_seed=d.split_seed, progress=False, corpus_limit=d.corpus_limit)
-    train_ds = WindowDataset(cache, "train", seq_len=d.seq_len, augment=cfg.augment, seed=t.seed)
+    train_ds = WindowDataset(cache, "train", seq_len=d.seq_len, augment=cfg.augment, seed=t.seed,
+                             start_share=d.start_share)
     val_ds = WindowDataset(cache, "val", seq_len=d.seq_len, augment=None, seed=t.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world)
@@ -212,9 +213,9 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
             if main:
                 info = {val_name: val}
                 extra = {"stage": stage, "step": step, "epoch": epoch}
-                save_model_file(best_path(out_dir, stage), weights, cfg.model, info, extra)
+                save_model_file(best_path(out_dir, stage), weights, cfg.model, info, extra, seq_len=d.seq_len)
                 # the production model = the best of the most advanced stage reached
-                save_model_file(out_dir / "checkpoints" / "best_model.pt", weights, cfg.model, info, extra)
+                save_model_file(out_dir / "checkpoints" / "best_model.pt", weights, cfg.model, info, extra, seq_len=d.seq_len)
         else:
             bad_evals += 1
             early = bool(t.patience and bad_evals >= t.patience)

@@ -1,0 +1,160 @@
+"""aurl.grammar: the walker, the vectorized state, and windows that carry their state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from midi_factory import random_score
+
+from aurl import grammar, vocab
+
+
+def _piece(seed: int) -> np.ndarray:
+    """A grammatical stream with overlapping voices, several instruments, velocities, tempos and pedal."""
+    return vocab.encode(random_score(seed, n_notes=160, n_programs=3)).astype(np.int64)
+
+
+def _notes_by_index(toks: np.ndarray) -> list[tuple]:
+    """Every note of a grammatical stream as (pitch, on index, off index, on step, off step, vbin, family),
+    walked here independently of aurl.grammar."""
+    step, vb, fam, open_, out = 0, vocab.DEFAULT_VELOCITY_BIN, vocab.DEFAULT_FAMILY, {}, []
+    for i, t in enumerate(toks.tolist()):
+        kind = vocab.token_kind(t)
+        if kind == "note_on":
+            open_[t - vocab.NOTE_ON_OFFSET] = (i, step, vb, fam)
+        elif kind == "note_off":
+            j, s, v, f = open_.pop(t - vocab.NOTE_OFF_OFFSET)
+            out.append((t - vocab.NOTE_OFF_OFFSET + vocab.MIN_PITCH, j, i, s, step, v, f))
+        elif kind == "time_shift":
+            step += int(vocab.shift_steps([t])[0])
+        elif kind == "velocity":
+            vb = t - vocab.VELOCITY_OFFSET
+        elif kind == "instrument":
+            fam = t - vocab.INSTRUMENT_OFFSET
+    assert not open_
+    return out
+
+
+def _expected_window_notes(notes, s: int, e: int, t0: int, t1: int) -> list[tuple]:
+    """The piece's notes over tokens [s, e), clipped to the span's steps [t0, t1] as decode reports them
+    (a note still sounding at the window's end is closed there; every note lasts at least one step)."""
+    out = []
+    for p, on, off, s_step, e_step, v, f in notes:
+        if on < e and off >= s:
+            start = max(s_step, t0) - t0
+            end = (e_step if off < e else t1) - t0
+            out.append((p, start, max(end, start + 1), v, f))
+    return sorted(out)
+
+
+def _decoded(tokens) -> list[tuple]:
+    sc = vocab.decode(tokens)
+    steps = lambda x: np.rint(np.asarray(x) * vocab.STEPS_PER_SECOND).astype(int).tolist()  # noqa: E731
+    return sorted(zip(sc.pitch.tolist(), steps(sc.start), steps(sc.end),
+                      vocab.velocity_bin(sc.velocity).tolist(), vocab.instrument_family(sc.program).tolist(),
+                      strict=True))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_state_at_equals_the_token_walker(seed):
+    toks = _piece(seed)
+    compared = 0
+    for pos in range(0, len(toks) + 1, 5):
+        w = grammar.Walker()
+        for t in toks[:pos].tolist():
+            w.feed(t)
+        assert grammar.state_at(toks, pos) == w.state, pos
+        compared += 1
+    assert compared > 50
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_per_piece_index_gives_the_same_state_everywhere(seed):
+    """PieceStates (what the loader uses) equals state_at at every position, also on a stream cut short with
+    notes still open."""
+    toks = _piece(seed)
+    compared = 0
+    for stream in (toks, toks[:150]):
+        index = grammar.PieceStates(stream)
+        for pos in range(len(stream) + 1):
+            assert index.state(pos) == grammar.state_at(stream, pos), pos
+            compared += 1
+    assert compared > 300
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_window_cut_anywhere_decodes_to_the_piece_over_its_span(seed):
+    toks = _piece(seed)
+    notes = _notes_by_index(toks)
+    clock = np.concatenate([[0], np.cumsum(vocab.shift_steps(toks))])  # clock before token i
+    compared = windows = 0
+    for s in range(2, len(toks) - 1, 3):
+        e = min(len(toks), s + 60)
+        prefix = grammar.state_prefix(grammar.state_at(toks, s))
+        window = np.concatenate([prefix, toks[s:e]])
+        errors = vocab.grammar_errors(window)
+        assert errors["note_off_without_on"] == errors["duplicate_note_on"] == errors["special_inside"] == 0, s
+        want = _expected_window_notes(notes, s, e, int(clock[s]), int(clock[e]))
+        assert _decoded(window) == want, s
+        compared += len(want)
+        windows += 1
+    assert windows > 100 and compared > 1000
+
+
+def test_the_prefix_restates_tempo_pedal_instrument_and_velocity():
+    toks = _piece(4)
+    kinds_seen = set()
+    for s in range(2, len(toks), 11):
+        st = grammar.state_at(toks, s)
+        prefix = grammar.state_prefix(st).astype(np.int64)
+        kinds = [vocab.token_kind(t) for t in prefix.tolist()]
+        assert kinds[0] == "tempo" and prefix[0] == vocab.TEMPO_OFFSET + st.tempo
+        assert (vocab.SUSTAIN_ON_ID in prefix.tolist()) == st.sustain
+        assert kinds.count("note_on") == len(st.sounding)
+        # decoding the prefix alone leaves the stream in the same state (instrument, velocity in force)
+        w = grammar.Walker()
+        for t in prefix.tolist():
+            w.feed(t)
+        assert (w.state.tempo, w.state.sustain, w.state.family, w.state.vbin) == (st.tempo, st.sustain, st.family,
+                                                                                  st.vbin)
+        assert set(w.state.sounding) == set(st.sounding)
+        kinds_seen |= set(kinds)
+    assert {"tempo", "sustain", "note_on", "instrument", "velocity"} <= kinds_seen
+
+
+def _grammar_errors_reference(body: list[int]) -> dict[str, int]:
+    """vocab.grammar_errors' rules on an unframed body, written out with a plain set (before the walker)."""
+    errors = dict.fromkeys(("note_off_without_on", "duplicate_note_on", "unclosed_notes", "special_inside",
+                            "out_of_vocab"), 0)
+    sounding: set[int] = set()
+    for t in body:
+        if t < 0 or t >= vocab.VOCAB_SIZE:
+            errors["out_of_vocab"] += 1
+        elif t < vocab.NOTE_ON_OFFSET:
+            errors["special_inside"] += 1
+        elif t < vocab.NOTE_OFF_OFFSET:
+            errors["duplicate_note_on"] += t in sounding
+            sounding.add(t)
+        elif t < vocab.TIME_SHIFT_OFFSET:
+            if t - vocab.NUM_PITCHES in sounding:
+                sounding.remove(t - vocab.NUM_PITCHES)
+            else:
+                errors["note_off_without_on"] += 1
+    errors["unclosed_notes"] = len(sounding)
+    return errors
+
+
+def test_grammar_errors_on_the_walker_counts_as_before():
+    """vocab.grammar_errors now walks with aurl.grammar.Walker: the same counts on random (mostly broken)
+    streams, out-of-vocabulary ids and special tokens included."""
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(200):
+        notes = rng.integers(vocab.NOTE_ON_OFFSET, vocab.NOTE_ON_OFFSET + 12, 40)  # few pitches: many clashes
+        body = np.where(rng.random(40) < 0.5, notes, notes + vocab.NUM_PITCHES)
+        body[rng.random(40) < 0.1] = rng.integers(-3, vocab.VOCAB_SIZE + 3, 40)[:1]
+        body = [int(t) for t in body if t not in (vocab.START_ID, vocab.END_ID, vocab.PAD_ID)]
+        got = vocab.grammar_errors([vocab.START_ID, 700, *body, vocab.END_ID])
+        assert got == _grammar_errors_reference([700, *body])
+        compared += sum(got.values())
+    assert compared > 1000
