@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,7 +210,6 @@ def test_bad_config_refused_before_work(tmp_path, override, key):
 
 
 def test_corrupt_state_offers_bak(reference, tmp_path):
-    import shutil
 
     out = tmp_path / "run"
     out.mkdir()
@@ -249,7 +249,6 @@ def test_clear_refuses_while_live(tmp_path):
 
 
 def test_mismatched_state_refused(reference, tmp_path):
-    import shutil
 
     out = tmp_path / "run"
     shutil.copytree(reference, out, ignore=shutil.ignore_patterns("training.lock"))
@@ -343,3 +342,21 @@ def test_sigusr1_and_sigterm_stop_with_a_commit_then_resume(reference, tmp_path)
     ref = [r for r in records(reference) if r["stage"] == 1]
     assert assert_replays_reference(ref, runs.segments, runs.resumes) >= len(ref)
     assert assert_same_models(reference, out, stages=(1,), best_model=False) > 0
+
+
+def test_a_tracker_failing_mid_run_does_not_stop_training(reference, tmp_path):
+    """A real TensorBoard writer made to fail mid-run (its folder deleted: its next flush raises in the
+    training process): the tracker is dropped with a warning, training goes on, and stage 1 logs exactly
+    the records of the run without a tracker."""
+    out = tmp_path / "run"
+    tb = out / "logs" / "tensorboard"
+    proc = subprocess.Popen(train_cmd(out, "--stage", "1", "logging.tracker=tensorboard"), cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_for(lambda: len(records(out)) >= 2 and any(tb.rglob("events.out.tfevents.*")), proc)
+    shutil.rmtree(tb)
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, log[-3000:]
+    assert "tracker TensorBoardTracker failed" in log and "dropped" in log, log[-3000:]
+    assert stage_entry(out, 1)["status"] == "completed"
+    ref = [r for r in records(reference) if r["stage"] == 1]
+    assert assert_replays_reference(ref, [records(out)], [None]) >= len(ref)
