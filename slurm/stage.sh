@@ -20,6 +20,22 @@ set -euo pipefail
 stage="${1:?usage: sbatch [options] slurm/stage.sh STAGE}"
 : "${SLURM_JOB_ID:?slurm/stage.sh runs as a SLURM batch job (sbatch)}"
 
+log() { echo "[aurl] $(date -u +%H:%M:%S) job $SLURM_JOB_ID stage $stage: $*" >&2; }
+
+# accelerate launch does not forward SIGUSR1, and `--signal=B:` or `scancel --batch` reach only this shell:
+# forward to every node's launcher (scancel --signal without --batch signals the job steps only). Trapped
+# before anything else: SLURM's `--signal=B:USR1@N` can come up to a minute early, before the trainer runs.
+preempted=0
+stopping=0
+forward() {
+    [ "$1" = USR1 ] && preempted=1
+    stopping=1
+    log "got SIG$1: asking the training processes to save and stop"
+    scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+
 # sbatch runs a copy of this script from its spool folder: find the checkout from the job's Command.
 if [ -n "${AURL_REPO:-}" ]; then
     repo_root="$AURL_REPO"
@@ -35,21 +51,6 @@ if [ "${AURL_SKIP_ENV:-0}" != 1 ]; then  # 1 = an environment is already active
 fi
 cd "$repo_root"
 
-log() { echo "[aurl] $(date -u +%H:%M:%S) job $SLURM_JOB_ID stage $stage: $*" >&2; }
-
-# accelerate launch does not forward SIGUSR1, and `--signal=B:` or `scancel --batch` reach only this shell:
-# forward to every node's launcher (scancel --signal without --batch signals the job steps only). Trapped
-# from the start: SLURM's `--signal=B:USR1@N` can come up to a minute early, before the trainer runs.
-preempted=0
-stopping=0
-forward() {
-    [ "$1" = USR1 ] && preempted=1
-    stopping=1
-    log "got SIG$1: asking the training processes to save and stop"
-    scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
 log "start on ${SLURM_JOB_NODELIST} (${SLURM_JOB_NUM_NODES} node(s)), restart ${SLURM_RESTART_COUNT:-0}, output $out"
 
 if python -m aurl.slurm stage-done --output-dir "$out" --stage "$stage"; then

@@ -85,7 +85,7 @@ def _wait_for_status(out: Path, stage: int, status: str, job: str, cluster, time
     deadline = time.monotonic() + timeout
     while slurm.stage_status(out, stage) != status:
         info = cluster.job(job)
-        if time.monotonic() > deadline or (info["JobState"] in FINISHED and info["Restarts"] != "0"):
+        if time.monotonic() > deadline or info["JobState"] in FINISHED:  # ended without that status
             raise AssertionError(f"stage {stage} never {status}: {info}\n{_stage_log(out, stage, job)}")
         time.sleep(0.2)
 

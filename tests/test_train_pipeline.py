@@ -36,7 +36,7 @@ ENV.pop(KILL_AT_ENV, None)
 # The stage-end evaluation changes nothing in training (it is not part of the resume check either), so only
 # the reference runs, which check it, pay for it.
 NO_EVAL = ("eval.enabled=false",)
-# Every run of this module: micro-batches of 2 (with grad_accum 2: 6 optimizer steps per epoch on one process,
+# Every run of this module: micro-batches of 2 (with grad_accum 2: 7 optimizer steps per epoch on one process,
 # 3 on two) and a commit after every step, so that most commits, hence most resumes, land mid-epoch.
 MID_EPOCH = ("data.batch_size=2", "checkpoint.every_steps=1")
 
@@ -141,7 +141,7 @@ def test_kill9_and_resume_is_exact(reference, tmp_path):
     logged record of every run, every tensor of every saved model."""
     out = tmp_path / "run"
     runs = KilledRuns(out, train_cmd(out), ENV)
-    # stage 1 (6 steps per epoch, 12 steps): killed with step 4's staging dir half written (model, optimizer,
+    # stage 1 (7 steps per epoch, 12 steps): killed with step 4's staging dir half written (model, optimizer,
     # RNG states, no meta.json): a leftover that must never be loaded, and is cleaned up by the rerun
     runs.fault("staging_partial", 1, 4)
     assert runs.expected[-1] == (1, 3) and staging_dirs(out, 1) == [".staging-step_00000004"]
