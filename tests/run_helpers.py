@@ -62,11 +62,15 @@ def key(r: dict) -> tuple:
 RESUMED = re.compile(r"\[stage (\d+)\] resuming from (\S+) \(epoch (\d+), batch (\d+), step (\d+)\)")
 
 
-def resumed_from(log: str) -> tuple[int, int] | None:
-    """(stage, step) of the run's "resuming from" line; None for a run that started its stage afresh."""
+def resumed_from(log: str, cursor: bool = False) -> tuple | None:
+    """(stage, step) of the run's "resuming from" line, (stage, step, epoch, batch) with `cursor`; None for a
+    run that started its stage afresh."""
     found = RESUMED.findall(log)
     assert len(found) <= 1, found  # a run resumes at most its first stage; later ones start fresh
-    return (int(found[0][0]), int(found[0][4])) if found else None
+    if not found:
+        return None
+    stage, _, epoch, batch, step = found[0]
+    return (int(stage), int(step), int(epoch), int(batch)) if cursor else (int(stage), int(step))
 
 
 def last_committed(out: Path, stage: int) -> int | None:
@@ -85,7 +89,8 @@ def assert_replays_reference(reference: list[dict], runs: list[list[dict]], resu
     from step k (`resumes[i]`, from its log) starts right after the reference's records of step k (so the
     steps after k are executed exactly once more, and not from 0), one that resumed nothing starts where
     its predecessor stopped (a fresh stage) or at 0; the last run ends where the reference ends.
-    close(a, b): the value comparison (default: equality, bit for bit). Returns the records compared."""
+    close(a, b): the comparison of float values (default: equality, bit for bit). Returns how many records
+    were compared (more than the reference's when steps were replayed)."""
     assert reference and len(runs) == len(resumes) and resumes[0] is None
     close = close or (lambda a, b: a == b)
     keys = [key(r) for r in reference]
@@ -108,7 +113,7 @@ def assert_replays_reference(reference: list[dict], runs: list[list[dict]], resu
             for name in ref:
                 same = close(got[name], ref[name]) if isinstance(ref[name], float) else got[name] == ref[name]
                 assert same, (i, key(got), name, got[name], ref[name])
-                compared += 1
+            compared += 1
         prev_end = start + len(recs)
     assert prev_end == len(keys), f"the last run ended at record {prev_end} of {len(keys)}"
     return compared
@@ -216,6 +221,7 @@ class KilledRuns:
         self.out, self.cmd, self.env = out, cmd, env
         self.segments: list[list[dict]] = []
         self.resumes: list[tuple | None] = []
+        self.cursors: list[tuple | None] = []  # (epoch, batch) each run resumed at
         self.expected: list[tuple | None] = [None]  # what each run must resume from: the newest commit on disk
         self.offset = len(records(out))  # records of earlier stages already there (a copied run folder)
 
@@ -224,6 +230,8 @@ class KilledRuns:
         before = self.offset + sum(len(seg) for seg in self.segments)
         self.segments.append(records(self.out)[before:])
         self.resumes.append(resumed_from(log))
+        found = resumed_from(log, cursor=True)
+        self.cursors.append(found[2:] if found else None)
 
     def fault(self, phase: str, stage: int, step: int) -> None:
         """Rank 0 SIGKILLs itself at `phase` of the commit of `step` (checkpoint.py's test-only fault point)."""

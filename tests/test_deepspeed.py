@@ -137,7 +137,7 @@ def test_zero2_kill9_mid_stage_refuses_other_world_size_then_resumes(zero2_refer
     assert stage_entry(out, 1)["status"] == "completed"
     # the same ZeRO stage and processes: the resume is exact, every record and every weight bit for bit
     ref = [r for r in records(zero2_reference) if r["stage"] == 1]
-    assert assert_replays_reference(ref, runs.segments, runs.resumes) > len(ref)
+    assert assert_replays_reference(ref, runs.segments, runs.resumes) >= len(ref)
     best = zero2_reference / "checkpoints" / "stage1" / "best.pt"
     assert assert_same_tensors(best, out / "checkpoints" / "stage1" / "best.pt", expected=model_size(best)) > 0
 

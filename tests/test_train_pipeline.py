@@ -146,9 +146,9 @@ def test_kill9_and_resume_is_exact(reference, tmp_path):
     runs.fault("staging_partial", 1, 4)
     assert runs.expected[-1] == (1, 3) and staging_dirs(out, 1) == [".staging-step_00000004"]
     # staging complete (meta.json written) but never renamed: still not a checkpoint
-    runs.fault("before_rename", 1, 8)
-    assert runs.expected[-1] == (1, 7) and staging_dirs(out, 1) == [".staging-step_00000008"]
-    assert (out / "checkpoints" / "stage1" / ".staging-step_00000008" / "meta.json").is_file()
+    runs.fault("before_rename", 1, 9)
+    assert runs.expected[-1] == (1, 8) and staging_dirs(out, 1) == [".staging-step_00000009"]
+    assert (out / "checkpoints" / "stage1" / ".staging-step_00000009" / "meta.json").is_file()
     # stage 2: renamed, the state file still names step 2: the newer committed step 3 is the one to load
     runs.fault("before_state_file", 2, 3)
     assert runs.expected[-1] == (2, 3) and Path(stage_entry(out, 2)["last_checkpoint"]).name == "step_00000002"
@@ -159,22 +159,21 @@ def test_kill9_and_resume_is_exact(reference, tmp_path):
     assert "resuming from" in log
     runs.check_resumes()
     assert [s for s, _ in filter(None, runs.resumes)] == [1, 1, 2, 3]
+    assert all(batch > 0 for _, batch in filter(None, runs.cursors)), runs.cursors  # every resume mid-epoch
 
     state = read_state(out)
     assert [state["stages"][s]["status"] for s in "123"] == ["completed"] * 3
     assert not any(staging_dirs(out, s) for s in (1, 2, 3))
     ref = records(reference)
     compared = assert_replays_reference(ref, runs.segments, runs.resumes)
-    replayed = sum(len(seg) for seg in runs.segments) - len(ref)
-    assert compared > len(ref) and replayed >= 2, (compared, replayed)  # the replays were compared too
+    assert compared - len(ref) >= 2, compared  # the replayed steps (4 and 9) were compared too
     assert any("d/loss" in r for r in ref if r["stage"] == 3)  # the discriminator's losses among them
     assert assert_same_models(reference, out) > 0
 
 
-def test_uncommitted_checkpoint_is_never_loaded(tmp_path):
-    out = tmp_path / "run"
-    run(out, "--stage", "1", "train.max_steps=3", "train.epochs=1")
-    stage1 = out / "checkpoints" / "stage1"
+def test_uncommitted_checkpoint_is_never_loaded(reference, tmp_path):
+    stage1 = tmp_path / "stage1"
+    shutil.copytree(reference / "checkpoints" / "stage1", stage1)
     committed = sorted(stage1.glob("step_*"))
     assert committed
     # a later save killed mid-write: a staging dir and a renamed dir without its meta.json
@@ -304,8 +303,9 @@ def test_two_processes_kill9_and_resume(two_process_reference, tmp_path):
     runs.finish()
     runs.check_resumes()
     assert runs.resumes[1] == (1, 2)
+    assert all(batch > 0 for _, batch in filter(None, runs.cursors)), runs.cursors  # every resume mid-epoch
     ref = [r for r in records(two_process_reference) if r["stage"] == 1]
-    assert assert_replays_reference(ref, runs.segments, runs.resumes) > len(ref)
+    assert assert_replays_reference(ref, runs.segments, runs.resumes) >= len(ref)
     assert assert_same_models(two_process_reference, out, stages=(1,), best_model=False) > 0
 
 
