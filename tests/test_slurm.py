@@ -86,7 +86,9 @@ def _wait_for_status(out: Path, stage: int, status: str, job: str, cluster, time
     while slurm.stage_status(out, stage) != status:
         info = cluster.job(job)
         if time.monotonic() > deadline or info["JobState"] in FINISHED:  # ended without that status
-            raise AssertionError(f"stage {stage} never {status}: {info}\n{_stage_log(out, stage, job)}")
+            log = Path(info.get("StdOut", ""))
+            tail = log.read_text(errors="replace")[-3000:] if log.is_file() else f"(no log {log})"
+            raise AssertionError(f"stage {stage} never {status}: {info}\n{tail}")
         time.sleep(0.2)
 
 
