@@ -189,10 +189,11 @@ def _wait_for(pred, timeout: float) -> bool:
 @pytest.mark.slow
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "run"
-    # Stage 2 long enough (20 steps, a checkpoint every 2) that the USR1 below lands in its middle; 1 and 3 tiny.
+    # Stage 2 long enough (20 steps, 3 per epoch, a commit after each) that the USR1 below lands in its middle,
+    # most likely mid-epoch; 1 and 3 tiny.
     env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
-               AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=2 "
-                                   "eval.enabled=false")
+               AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=1 "
+                                   "data.batch_size=2 eval.enabled=false")
     r = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
                           str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
     pipeline = r.stdout.strip()
