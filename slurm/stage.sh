@@ -20,6 +20,22 @@ set -euo pipefail
 stage="${1:?usage: sbatch [options] slurm/stage.sh STAGE}"
 : "${SLURM_JOB_ID:?slurm/stage.sh runs as a SLURM batch job (sbatch)}"
 
+log() { echo "[aurl] $(date -u +%H:%M:%S) job $SLURM_JOB_ID stage $stage: $*" >&2; }
+
+# accelerate launch does not forward SIGUSR1, and `--signal=B:` or `scancel --batch` reach only this shell:
+# forward to every node's launcher (scancel --signal without --batch signals the job steps only). Trapped
+# before anything else: SLURM's `--signal=B:USR1@N` can come up to a minute early, before the trainer runs.
+preempted=0
+stopping=0
+forward() {
+    [ "$1" = USR1 ] && preempted=1
+    stopping=1
+    log "got SIG$1: asking the training processes to save and stop"
+    scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+
 # sbatch runs a copy of this script from its spool folder: find the checkout from the job's Command.
 if [ -n "${AURL_REPO:-}" ]; then
     repo_root="$AURL_REPO"
@@ -35,7 +51,6 @@ if [ "${AURL_SKIP_ENV:-0}" != 1 ]; then  # 1 = an environment is already active
 fi
 cd "$repo_root"
 
-log() { echo "[aurl] $(date -u +%H:%M:%S) job $SLURM_JOB_ID stage $stage: $*" >&2; }
 log "start on ${SLURM_JOB_NODELIST} (${SLURM_JOB_NUM_NODES} node(s)), restart ${SLURM_RESTART_COUNT:-0}, output $out"
 
 if python -m aurl.slurm stage-done --output-dir "$out" --stage "$stage"; then
@@ -64,23 +79,20 @@ if [ -z "${SLURM_JOB_END_TIME:-}" ]; then
     fi
 fi
 
-# accelerate launch does not forward SIGUSR1, and `--signal=B:` or `scancel --batch` reach only this shell:
-# forward to every node's launcher (scancel --signal without --batch signals the job steps only).
-preempted=0
-stopping=0
-forward() {
-    [ "$1" = USR1 ] && preempted=1
-    stopping=1
-    log "got SIG$1: asking the training processes to save and stop"
-    scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-
 srun --kill-on-bad-exit=1 --nodes "$SLURM_JOB_NUM_NODES" --ntasks-per-node 1 \
     bash "$repo_root/launch/slurm_node.sh" "${train_args[@]}" &
 step=$!
-while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done
+# A trapped signal interrupts `wait`; wait again until srun is gone. Once stopping, forward again every 2 s:
+# a signal that came before the job step (or its launchers) started reaches the trainer once it listens.
+while kill -0 "$step" 2>/dev/null; do
+    if [ "$stopping" = 1 ]; then
+        scancel --signal=USR1 "$SLURM_JOB_ID" 2>/dev/null || true
+        sleep 2 &
+        wait $! || true
+    else
+        wait "$step" || true
+    fi
+done
 wait "$step" && rc=0 || rc=$?
 trap - USR1 TERM
 

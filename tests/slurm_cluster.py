@@ -10,7 +10,8 @@ Settings follow ../shared/notes/environment.md: cred_expire=5 (a requeued job re
 min), proctrack/pgid (linuxproc leaves orphans), fast scheduler intervals, MinJobAge=3600 (finished jobs stay
 visible to scontrol/squeue), no accounting database.
 
-Needs root (daemons, apt-get); elsewhere the tests that use it are skipped with that reason.
+Needs root (daemons, apt-get). Without it the tests that use it are skipped with that reason, except under
+CI=true, where they fail with it (conftest.unavailable): CI cannot go green without a cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 NODES = ["node1", "node2"]
@@ -52,7 +54,7 @@ def _install() -> None:
     if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
         return
     if shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install it")
+        unavailable("SLURM is not installed and there is no apt-get to install it")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (["apt-get", "update", "-qq"],
                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
@@ -238,7 +240,7 @@ def _wait_for(predicate, timeout: float, what: str, cluster: SlurmCluster) -> No
 def slurm_cluster():
     """A started two-node cluster (node1, node2), torn down at the end of the session."""
     if os.name != "posix" or os.geteuid() != 0:
-        pytest.skip("the SLURM tests install and start slurmctld/slurmd/munged: they need root")
+        unavailable("the SLURM tests install and start slurmctld/slurmd/munged: they need root")
     _install()
     root = Path(tempfile.mkdtemp(prefix="aurl-slurm-", dir="/tmp"))
     cluster = _start(root)

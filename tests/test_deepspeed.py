@@ -2,22 +2,38 @@
 accelerate_configs/deepspeed_zero{2,3}.yaml` with 2 CPU processes (gloo) on the tiny configs.
 
 The shipped configs are the GPU ones; on CPU the test only adds `--mixed_precision no` (CPU bf16 is not what
-they are for). The first DeepSpeed start JIT-compiles one op (1-2 min on a fresh machine), cached in
-$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), so it is paid once per machine.
+they are for). DeepSpeed on CPU JIT-compiles one op (its shared-memory allreduce, 1-2 min on a fresh machine),
+cached in $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), so it is paid once per machine: the
+`deepspeed_op` fixture builds it first; if it cannot, the tests are skipped with the reason, or fail under
+CI=true (conftest.unavailable).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
+import shutil
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from run_helpers import REPO, TINY, alive, kill9_tree, read_state, stage_entry, step_losses
+from conftest import unavailable
+from run_helpers import (
+    REPO,
+    TINY,
+    KilledRuns,
+    assert_replays_reference,
+    assert_same_tensors,
+    key,
+    model_size,
+    model_tensors,
+    read_state,
+    records,
+    stage_entry,
+)
 
 # 2 micro-batches of 2 per step, 6 steps per stage, a commit after every step: room to kill mid-stage
 SMALL = ["data.batch_size=2", "checkpoint.every_steps=1", "eval.enabled=false"]
@@ -46,41 +62,6 @@ def launch(zero: str, out: Path, *extra: str, processes: int = 2, check: bool = 
     return r
 
 
-def kill9_when(zero: str, out: Path, pred, *extra: str) -> None:
-    """Launch, wait for pred(), then SIGKILL the launcher and every process it started, all at once."""
-    proc = subprocess.Popen(ds_cmd(zero, out, *extra), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    end, hit = time.time() + 300, False
-    while time.time() < end and proc.poll() is None:
-        if pred():
-            hit = True
-            break
-        time.sleep(0.01)
-    tree = kill9_tree(proc.pid)
-    proc.wait()
-    end = time.time() + 20
-    while time.time() < end and any(alive(p) for p in tree):  # nothing of the killed run may go on
-        time.sleep(0.05)
-    assert not any(alive(p) for p in tree), [p for p in tree if alive(p)]
-    assert hit, f"the run ended (rc {proc.returncode}) before the moment to kill it"
-
-
-def assert_close_losses(ref: dict, got: dict, stages=(1, 2, 3)) -> None:
-    ref = {k: v for k, v in ref.items() if k[0] in stages}
-    got = {k: v for k, v in got.items() if k[0] in stages}
-    assert ref.keys() == got.keys()
-    for k in ref:  # ZeRO-2 and ZeRO-3 reduce in other orders: float tolerance, not bit equality
-        assert abs(ref[k] - got[k]) < 2e-3, (k, ref[k], got[k])
-
-
-def resumed_from(log: str, stage: int) -> str:
-    """The committed checkpoint a rerun resumed from (the recorded one, or a newer one committed just before
-    the kill)."""
-    found = re.findall(rf"\[stage {stage}\] resuming from (\S+) \(epoch", log)
-    assert len(found) == 1, log[-3000:]
-    return Path(found[0]).name
-
-
 def generate_from(export: Path, tmp: Path) -> Path:
     out = tmp / "gen"
     r = subprocess.run([sys.executable, "-m", "aurl.generate", "--checkpoint", str(export), "--num", "1",
@@ -92,9 +73,33 @@ def generate_from(export: Path, tmp: Path) -> Path:
     return mids[0]
 
 
+OP_BUILD_TIMEOUT_S = 540  # measured: ~40 s on an idle 2-core machine, 7+ min under a load of 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deepspeed_op():
+    """DeepSpeed imports and builds its CPU op (once per machine, then cached), or the tests cannot run."""
+    code = ("from deepspeed.comm.torch import build_shm_op\n"
+            "build_shm_op()  # None: not needed on this machine; an exception: it cannot be built")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=OP_BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # the compiler too (its own process group), and the lock it held: a later build would wait on it forever
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        lock = Path(ENV["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "lock"
+        lock.unlink(missing_ok=True)
+        unavailable(f"the DeepSpeed op build took more than {OP_BUILD_TIMEOUT_S} s")
+    if proc.returncode != 0:
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        unavailable(f"DeepSpeed cannot start: importing it or building its CPU op failed ({tail})")
+
+
 @pytest.fixture(scope="module")
 def zero2_reference(tmp_path_factory) -> Path:
-    """The uninterrupted three-stage run under ZeRO-2 (also pays the one-time op build)."""
+    """The uninterrupted three-stage run under ZeRO-2."""
     out = tmp_path_factory.mktemp("zero2_ref")
     launch("zero2", out)
     return out
@@ -119,38 +124,92 @@ def test_zero2_three_stages_and_plain_export(zero2_reference, tmp_path):
 
 def test_zero2_kill9_mid_stage_refuses_other_world_size_then_resumes(zero2_reference, tmp_path):
     out = tmp_path / "run"
-    kill9_when("zero2", out, lambda: stage_entry(out, 1).get("last_checkpoint") is not None
-               and stage_entry(out, 1).get("status") == "running", "--stage", "1")
-    recorded = stage_entry(out, 1)["last_checkpoint"]
-    assert stage_entry(out, 1)["step"] < 6
+    runs = KilledRuns(out, ds_cmd("zero2", out, "--stage", "1"), ENV)
+    runs.kill9(lambda: 1 <= stage_entry(out, 1).get("step", 0) < 6 and stage_entry(out, 1).get("status") == "running",
+               1)
     r = launch("zero2", out, "--stage", "1", processes=1, check=False)
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode != 0 and len(err) == 1, r.stderr[-3000:]
     assert "world_size: recorded 2, now 1" in err[0] and "--num_processes 2" in err[0]
     assert "zero_to_fp32.py" in err[0]
-    r = launch("zero2", out, "--stage", "1")
-    assert resumed_from(r.stdout + r.stderr, 1) >= Path(recorded).name
+    runs.finish()
+    runs.check_resumes()  # from the newest commit on disk, which the kill left mid-stage
+    assert runs.resumes[1] is not None and runs.resumes[1][1] < 6
     assert stage_entry(out, 1)["status"] == "completed"
-    ref = {k: v for k, v in step_losses(zero2_reference).items() if k[0] == 1}
-    assert step_losses(out) == ref  # the same ZeRO stage and processes: the resume is exact
+    # the same ZeRO stage and processes: the resume is exact, every record and every weight bit for bit
+    ref = [r for r in records(zero2_reference) if r["stage"] == 1]
+    assert assert_replays_reference(ref, runs.segments, runs.resumes) >= len(ref)
+    best = zero2_reference / "checkpoints" / "stage1" / "best.pt"
+    assert assert_same_tensors(best, out / "checkpoints" / "stage1" / "best.pt", expected=model_size(best)) > 0
 
 
-def test_zero3_kill9_in_the_gan_stage_resumes_and_exports(zero2_reference, tmp_path):
-    """ZeRO-3 over all three stages, killed mid stage 3 (two optimizers: G in the engine, D outside it)."""
+@pytest.fixture(scope="module")
+def zero3_reference(tmp_path_factory) -> Path:
+    """The uninterrupted three-stage run under ZeRO-3: what a killed-and-resumed ZeRO-3 run must match."""
+    out = tmp_path_factory.mktemp("zero3_ref")
+    launch("zero3", out)
+    return out
+
+
+def copy_before_stage(ref: Path, out: Path, stage: int) -> None:
+    """A run folder as `ref` was when `stage` started: earlier stages' files, state entries and records."""
+    keep = [s for s in range(1, stage)]
+    shutil.copytree(ref, out, ignore=shutil.ignore_patterns("training.lock", "eval",
+                                                            *[f"stage{s}" for s in range(stage, 4)]))
+    state = read_state(out)
+    state["stages"] = {str(s): state["stages"][str(s)] for s in keep}
+    (out / "training_state.json").write_text(json.dumps(state))
+    lines = (ref / "logs" / "metrics.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if json.loads(ln)["stage"] < stage]
+    (out / "logs" / "metrics.jsonl").write_text("".join(ln + "\n" for ln in kept))
+    shutil.copy2(ref / "checkpoints" / f"stage{stage - 1}" / "best.pt", out / "checkpoints" / "best_model.pt")
+
+
+# Measured (2026-12-01; ZeRO-3, 2 CPU processes, the tiny stage 3, 6 steps): stage 3 moves the weights by up
+# to 4.15e-4 from stage 2's best (lr 1e-4); the killed-and-resumed run equals the uninterrupted one exactly
+# (largest weight difference 0, largest logged-value difference 0; the test prints all three figures; not
+# restoring the discriminator's extra_state.pt moves g/adv by 2.8e-5 at the first replayed step). WEIGHT_ATOL (1e-6) sits 400x below that drift, so a stage 3 that did not train, or trained
+# other steps, cannot pass; the test re-measures the drift and asserts the margin (>= 100x). LOSS_ATOL is
+# the bound for every logged value, d/loss included.
+WEIGHT_ATOL = 1e-6
+LOSS_ATOL = 1e-5
+
+
+def test_zero3_kill9_in_the_gan_stage_resumes_like_zero3_and_exports(zero3_reference, tmp_path):
+    """ZeRO-3 against ZeRO-3: stage 3 (G in the engine, D and its optimizer outside it, in extra_state.pt)
+    killed twice, mid-write and from outside; the resumed run matches the uninterrupted ZeRO-3 run on every
+    logged record (d/loss included) within LOSS_ATOL and on every weight within WEIGHT_ATOL."""
+    ref_state = read_state(zero3_reference)
+    assert all(ref_state["stages"][s]["zero_stage"] == 3 and ref_state["stages"][s]["status"] == "completed"
+               for s in "123")
     out = tmp_path / "run"
-    kill9_when("zero3", out, lambda: stage_entry(out, 3).get("last_checkpoint") is not None
-               and stage_entry(out, 3).get("status") == "running")
-    killed_at = stage_entry(out, 3)
-    assert killed_at["step"] < 6 and killed_at["zero_stage"] == 3
-    r = launch("zero3", out)
-    log = r.stdout + r.stderr
+    copy_before_stage(zero3_reference, out, 3)
+    runs = KilledRuns(out, ds_cmd("zero3", out), ENV)
+    runs.fault("before_rename", 3, 2)  # staging complete (extra_state.pt too), never renamed
+    assert runs.expected[-1] == (3, 1)
+    runs.kill9(lambda: 3 <= stage_entry(out, 3).get("step", 0) < 6, 3)
+    log = runs.finish()
     assert "[stage 1] already completed" in log and "[stage 2] already completed" in log
-    assert resumed_from(log, 3) >= Path(killed_at["last_checkpoint"]).name
+    runs.check_resumes()
+    assert [r[0] for r in runs.resumes[1:]] == [3, 3]
     assert [read_state(out)["stages"][s]["status"] for s in "123"] == ["completed"] * 3
-    assert_close_losses(step_losses(zero2_reference), step_losses(out))
-    best = torch.load(out / "checkpoints" / "best_model.pt", map_location="cpu", weights_only=True)
-    ref = torch.load(zero2_reference / "checkpoints" / "best_model.pt", map_location="cpu", weights_only=True)
-    assert best["model_state"].keys() == ref["model_state"].keys()  # gathered from the ZeRO-3 shards, + D
-    for k, v in best["model_state"].items():
-        assert v.shape == ref["model_state"][k].shape and torch.allclose(v, ref["model_state"][k], atol=1e-3), k
-    generate_from(out / "checkpoints" / "best_model.pt", tmp_path)
+
+    ref = [r for r in records(zero3_reference) if r["stage"] == 3]
+    assert any("d/loss" in r for r in ref)
+    compared = assert_replays_reference(ref, runs.segments, runs.resumes,
+                                        close=lambda a, b: abs(a - b) <= LOSS_ATOL)
+    assert compared > len(ref)
+    ref_best, best = zero3_reference / "checkpoints" / "best_model.pt", out / "checkpoints" / "best_model.pt"
+    n = assert_same_tensors(ref_best, best, atol=WEIGHT_ATOL, expected=model_size(ref_best))
+    assert n > 0
+    diff = max(float((a - b).abs().max()) for a, b in zip(model_tensors(ref_best).values(),
+                                                           model_tensors(best).values(), strict=True))
+    stage2 = model_tensors(zero3_reference / "checkpoints" / "stage2" / "best.pt")
+    drift = max(float((v - stage2[k]).abs().max()) for k, v in model_tensors(ref_best).items() if k in stage2)
+    by_key = {key(r): r for r in ref}
+    logged = max(abs(v - by_key[key(r)][name]) for seg in runs.segments for r in seg for name, v in r.items()
+                 if isinstance(v, float))
+    print(f"ZeRO-3 stage 3: weight drift from stage 2 {drift:.3g}; resumed vs uninterrupted: weights {diff:.3g}, "
+          f"logged values {logged:.3g}")
+    assert drift >= 100 * WEIGHT_ATOL, drift  # the tolerance could not hide an untrained stage 3
+    generate_from(best, tmp_path)

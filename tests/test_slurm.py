@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from run_helpers import step_losses
-from slurm_cluster import slurm_cluster  # noqa: F401 - the fixture
+from run_helpers import assert_replays_reference, records, resumed_from, stage_entry
+from slurm_cluster import FINISHED, slurm_cluster  # noqa: F401 - the fixture
 
 from aurl import slurm
 
@@ -65,66 +65,135 @@ def test_cluster_runs_a_job_across_both_nodes(slurm_cluster, tmp_path):  # noqa:
     assert [ln for ln in lines if ln] == ["node1 0", "node2 1"]
 
 
-@pytest.fixture
-def stub_trainer(tmp_path) -> dict[str, str]:
-    """Environment knobs that make the stage jobs run slurm_fake_trainer.py through a stub `accelerate` (same
-    process tree: the launcher and its worker child, USR1 ignored in the launcher), in seconds, no torch."""
-    bin_dir = tmp_path / "stub-bin"
-    bin_dir.mkdir()
-    stub = bin_dir / "accelerate"
-    stub.write_text(f"""#!/bin/bash
-# accelerate launch [flags] -m aurl.train ARGS -> the fake trainer with this node's machine rank
-rank=0
-while [ $# -gt 0 ]; do
-    case "$1" in --machine_rank) rank="$2"; shift 2 ;; -m) shift 2; break ;; *) shift ;; esac
-done
-# torchrun reports any failed worker as exit status 1 (a worker's 75 included), so does this stub
-FAKE_RANK="$rank" {sys.executable} {Path(__file__).parent / "slurm_fake_trainer.py"} "$@" || exit 1
-""")
-    stub.chmod(0o755)
-    return {"AURL_SKIP_ENV": "1", "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
-
-
-def _events(out: Path) -> list[str]:
-    return (out / "events.log").read_text().splitlines() if (out / "events.log").exists() else []
-
-
 @pytest.mark.slow
-def test_failing_stage_cancels_its_dependents_with_a_stub_trainer(slurm_cluster, tmp_path, stub_trainer):  # noqa: F811
+def test_failing_stage_cancels_its_dependents(slurm_cluster, tmp_path):  # noqa: F811
+    """The real trainer refuses a missing config (exit 2): the stage job fails, is not requeued, and the
+    stages after it are cancelled (--kill-on-invalid-dep)."""
     out = tmp_path / "run"
-    env = _env(slurm_cluster, out, AURL_CONFIG=str(tmp_path / "missing_stage{stage}.yaml"), **stub_trainer)
+    env = _env(slurm_cluster, out, AURL_CONFIG=str(tmp_path / "missing_stage{stage}.yaml"))
     ids = slurm_cluster.run("bash", str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path).stdout.split()
     assert len(ids) == 3
-    info = slurm_cluster.wait(ids[0], timeout=60)
+    info = slurm_cluster.wait(ids[0], timeout=120)
+    log = _stage_log(out, 1, ids[0])
     assert info["JobState"] == "FAILED" and info["Restarts"] == "0", info
+    assert "missing_stage1.yaml" in log and "requeueing" not in log, log
     for job in ids[1:]:
         assert slurm_cluster.wait(job, timeout=30)["JobState"] == "CANCELLED"
 
 
+def _wait_for_status(out: Path, stage: int, status: str, job: str, cluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while slurm.stage_status(out, stage) != status:
+        info = cluster.job(job)
+        if time.monotonic() > deadline or info["JobState"] in FINISHED:  # ended without that status
+            log = Path(info.get("StdOut", ""))
+            tail = log.read_text(errors="replace")[-3000:] if log.is_file() else f"(no log {log})"
+            raise AssertionError(f"stage {stage} never {status}: {info}\n{tail}")
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_deadline_stop_without_a_signal_requeues_with_a_stub_trainer(slurm_cluster, tmp_path, stub_trainer):  # noqa: F811
-    """The trainer stops by itself before the job's end (here: a margin longer than the time limit, so at its
-    first step; no signal; accelerate exits 1): the state file says
-    "stopped", so the stage job requeues itself and the next run completes the stage."""
+def test_deadline_stop_without_a_signal_requeues_and_resumes(slurm_cluster, tmp_path):  # noqa: F811
+    """The real trainer stops by itself before the job's end (SLURM_JOB_END_TIME - train.stop_margin_s; here a
+    margin longer than the time limit, so at its first step boundary; no signal): it commits, records
+    "stopped" and exits; the stage job requeues itself; the next run (its time limit raised meanwhile, as
+    an operator would, so that its deadline is far) resumes from that commit and completes the stage."""
     out = tmp_path / "run"
-    env = _env(slurm_cluster, out, FAKE_DEADLINE_MARGIN="3600", **stub_trainer)
-    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00", "--requeue",
+    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
+               AURL_TRAIN_ARGS="train.stop_margin_s=3000 data.batch_size=2 checkpoint.every_steps=1 "
+                                   "eval.enabled=false")
+    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00",
                             f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
                             env=env, cwd=tmp_path).stdout.strip()
-    info = slurm_cluster.wait(job, timeout=60)
+    _wait_for_status(out, 1, "stopped", job, slurm_cluster, timeout=180)
+    stopped_at = json.loads((out / "training_state.json").read_text())["stages"]["1"]["step"]
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=02:00:00")  # deadline: in 70 min
+    info = slurm_cluster.wait(job, timeout=180)
     log = (tmp_path / f"aurl-stage-{job}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log
+    assert "[stage 1] stop requested (deadline)" in log and "got SIG" not in log, log
     assert re.search(r"srun exited with [1-9]\d*; stage status: stopped", log) and "requeueing job" in log, log
-    assert [e.split()[0] for e in _events(out) if "rank=0" in e] == ["start", "stopped", "start", "completed"]
+    total = json.loads((out / "training_state.json").read_text())["stages"]["1"]["total_steps"]
+    assert resumed_from(log) == (1, stopped_at) and stopped_at < total, log
+    assert slurm.stage_status(out, 1) == "completed"
+    steps = [r["step"] for r in records(out) if r["split"] == "train"]
+    assert steps == list(range(1, total + 1)), steps  # each step once: resumed, not restarted
+
+
+def _wait_for_log(path: Path, pattern: str, timeout: float) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, path.read_text(errors="replace")) if path.exists() else None
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} in {path} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_slurm_signal_stops_requeues_resumes_and_sigterm_stops(slurm_cluster, tmp_path):  # noqa: F811
+    """SLURM itself sends the warning signal (`--signal=B:USR1@N`, to the batch shell only). slurmctld checks
+    time limits every 30 s, so the signal comes at one of those checks, up to a minute off the nominal
+    time (shared/notes/environment.md; measured here: 1-19 s late, never early). The test is built for that:
+    N = the time limit (10 min), so the signal is due at once and comes at the first check (0-30 s after the
+    start, maybe before the trainer listens: stage.sh traps from its first line and forwards until the
+    trainer stops), and the stage is long enough (100000 steps) that it is still training then.
+    Run 1: stops gracefully (a commit, "stopped"), the job requeues itself. The test then raises the job's
+    time limit (the requeued run gets no new warning for 110 min). Run 2 resumes from that commit and trains
+    on; `scancel --signal=TERM --batch` (what a time limit or a plain scancel sends) stops it gracefully too,
+    not requeued (SLURM decides for SIGTERM)."""
+    out = tmp_path / "run"
+    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
+               AURL_TRAIN_ARGS="train.epochs=100000 train.max_steps=100000 data.batch_size=2 "
+                               "checkpoint.every_steps=100 eval.enabled=false")
+    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00", "--signal=B:USR1@600",
+                            f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
+                            env=env, cwd=tmp_path).stdout.strip()
+    log_path = tmp_path / f"aurl-stage-{job}.out"
+    try:
+        _wait_for_status(out, 1, "stopped", job, slurm_cluster, timeout=180)
+        stopped_at = stage_entry(out, 1)["step"]
+        slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=02:00:00")
+        _wait_for_log(log_path, r"\[stage 1\] resuming from", timeout=180)
+        assert _wait_for(lambda: (e := stage_entry(out, 1)).get("status") == "running"
+                         and e.get("step", 0) > stopped_at, timeout=120), "the resumed run did not train on"
+        slurm_cluster.run("scancel", "--signal=TERM", "--batch", job)
+        info = slurm_cluster.wait(job, timeout=120)
+    finally:
+        slurm_cluster.run("scancel", job, check=False)  # a failed check must not leave it training
+    log = log_path.read_text()
+    assert info["Restarts"] == "1" and info["ExitCode"] == "75:0", (info, log)
+    assert log.count("got SIGUSR1") == 1 and log.count("got SIGTERM") == 1, log  # SLURM's, then the test's
+    assert log.count("[stage 1] stop requested (SIGUSR1)") == 2, log  # both forwarded to the trainer as USR1
+    assert len(re.findall(r"srun exited with \d+; stage status: stopped", log)) == 2, log
+    assert "requeueing job" in log and "stopped by SIGTERM: not requeued here" in log, log
+    assert resumed_from(log) == (1, stopped_at), log
+    entry = json.loads((out / "training_state.json").read_text())["stages"]["1"]
+    assert entry["status"] == "stopped" and entry["step"] > stopped_at
+    steps = [r["step"] for r in records(out) if r["split"] == "train"]
+    assert steps == list(range(1, entry["step"] + 1)), steps  # each step once: resumed, not restarted
+
+
+def _wait_for(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return True
+        except (OSError, ValueError, KeyError):
+            pass  # the state file is being replaced
+        time.sleep(0.2)
+    return False
 
 
 @pytest.mark.slow
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "run"
-    # Stage 2 long enough (20 steps, a checkpoint every 2) that the USR1 below lands in its middle; 1 and 3 tiny.
+    # Stage 2 long enough (20 steps, 3 per epoch, a commit after each) that the USR1 below lands in its middle,
+    # most likely mid-epoch; 1 and 3 tiny.
     env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
-               AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=2 "
-                                   "eval.enabled=false")
+               AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=1 "
+                                   "data.batch_size=2 eval.enabled=false")
     r = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
                           str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
     pipeline = r.stdout.strip()
@@ -139,6 +208,8 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     _finished(slurm_cluster, out, 1, jobs["1"], timeout=120)
     _wait_for_checkpoint(out, 2, jobs["2"], timeout=90)
     slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobs["2"])
+    _wait_for_status(out, 2, "stopped", jobs["2"], slurm_cluster, timeout=120)
+    stopped_at = json.loads((out / "training_state.json").read_text())["stages"]["2"]["step"]
     for stage in "23":
         _finished(slurm_cluster, out, int(stage), jobs[stage], timeout=120)
 
@@ -149,6 +220,8 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     assert infos["1"]["EndTime"] <= infos["2"]["StartTime"] and infos["2"]["EndTime"] <= infos["3"]["StartTime"]
     log2 = _stage_log(out, 2, jobs["2"])
     assert "requeueing job" in log2 and log2.count("restart 1") >= 1, log2
+    assert "[stage 2] stop requested (SIGUSR1)" in log2 and "stage status: stopped" in log2, log2
+    assert resumed_from(log2) == (2, stopped_at) and 0 < stopped_at < 20, log2
     assert all(slurm.stage_status(out, s) == "completed" for s in (1, 2, 3))
     state = json.loads((out / "training_state.json").read_text())
     assert all(state["stages"][s]["world_size"] == 2 for s in "123")  # one rank on each node
@@ -179,13 +252,13 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
 
-    def stage2_losses(run: Path) -> dict:  # a step replayed after the requeue keeps its later record
-        return {k: v for k, v in step_losses(run).items() if k[0] == 2}
-
-    preempted, uninterrupted = stage2_losses(out), stage2_losses(again)
-    assert preempted.keys() == uninterrupted.keys() and len(preempted) >= 20
-    for k in preempted:
-        assert preempted[k] == pytest.approx(uninterrupted[k], rel=1e-5, abs=1e-6), k
+    # every record of both runs of the preempted stage, in order: the uninterrupted run's, one for one (a
+    # restart from scratch would log steps twice); two processes: float tolerance
+    preempted = [r for r in records(out) if r["stage"] == 2]
+    uninterrupted = [r for r in records(again) if r["stage"] == 2]
+    assert len(uninterrupted) >= 20
+    assert assert_replays_reference(uninterrupted, [preempted], [None],
+                                    close=lambda a, b: a == pytest.approx(b, rel=1e-5, abs=1e-6)) > 20
 
 
 def test_record_jobs_keeps_earlier_submissions(tmp_path):

@@ -9,6 +9,13 @@ The commit protocol (Accelerate and DeepSpeed do not give one):
   5. barrier
   6. rank 0 deletes older committed checkpoints beyond `keep` and any stale staging dir.
 A directory without meta.json, or with the staging prefix, is never loaded.
+
+Test-only fault point: AURL_TEST_KILL_AT="<phase>:<stage>:<step>" makes rank 0 SIGKILL itself (as kill -9
+would) at one phase of the save of that stage's step, so that the tests can crash a run inside the commit
+protocol at a chosen moment: "staging_partial" (the staging dir holds accelerator.save_state's files but not
+extra_state.pt nor meta.json), "before_rename" (staging complete with meta.json, not yet renamed),
+"before_state_file" (renamed, the state file not yet pointing at it). Unset (always, outside the tests) it
+does nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -23,6 +31,8 @@ import torch
 from aurl.atomic import _fsync_dir, atomic_write_json
 from aurl.console import UserError
 
+KILL_AT_ENV = "AURL_TEST_KILL_AT"  # test-only, see the module docstring
+KILL_PHASES = ("staging_partial", "before_rename", "before_state_file")
 STAGING_PREFIX = ".staging-"
 META = "meta.json"
 EXTRA = "extra_state.pt"
@@ -65,21 +75,37 @@ def save(accelerator, stage_dir: Path, step: int, meta: dict, on_commit=None, ke
         staging.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
+    stage = meta.get("stage")
+    if accelerator.is_main_process:
+        _fault_point("staging_partial", stage, step)
     if extra and accelerator.is_main_process:
         torch.save({name: obj.state_dict() for name, obj in extra.items()}, staging / EXTRA)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(staging / META, {**meta, "step": step, "world_size": accelerator.num_processes})
+        _fault_point("before_rename", stage, step)
         if final.exists():  # the same step committed before a crash: replace it
             shutil.rmtree(final)
         os.replace(staging, final)
         _fsync_dir(stage_dir)
+        _fault_point("before_state_file", stage, step)
         if on_commit is not None:
             on_commit(final)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         purge(stage_dir, keep)
     return final
+
+
+def _fault_point(phase: str, stage, step: int) -> None:
+    """The test-only crash of the module docstring: SIGKILL to this process at the requested phase."""
+    wanted = os.environ.get(KILL_AT_ENV)
+    if not wanted:
+        return
+    want_phase, want_stage, want_step = wanted.split(":")
+    assert want_phase in KILL_PHASES, f"{KILL_AT_ENV}={wanted}: phase not in {KILL_PHASES}"
+    if (want_phase, want_stage, want_step) == (phase, str(stage), str(step)):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_extra(path: Path, extra: dict | None) -> None:
