@@ -28,6 +28,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 from collections import deque
@@ -39,7 +40,7 @@ import numpy as np
 
 from aurl import vocab
 from aurl.atomic import atomic_write_bytes, atomic_write_json
-from aurl.console import UserError
+from aurl.console import UserError, one_line
 from aurl.data.midi_io import MAX_SECONDS, MidiReadError, read_midi
 
 MANIFEST = "manifest.json"
@@ -257,6 +258,7 @@ def build(
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
     cache = Path(cache_dir).expanduser()
+    created = _first_missing_folder(cache)  # removed again when the folder holds no usable file
     (cache / "shards").mkdir(parents=True, exist_ok=True)
     lock = open(cache / ".lock", "w")  # noqa: SIM115 - held for the whole build
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -265,9 +267,30 @@ def build(
             data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
             progress, reader, t0,
         )
+    except NoUsableFile:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+class NoUsableFile(UserError):
+    """The data folder holds no file that gives tokens; the build leaves no cache behind."""
+
+
+def _first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what a build creates), None if path exists.
+    UserError when the path, or a folder above it, is a file."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"cache folder {path}: {p} is a file, not a folder")
+            return missing
+        missing = p
+    return missing
 
 
 def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
@@ -307,6 +330,8 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
                "max_seconds": max_seconds, "timeout_s": timeout_s}
 
     def write_manifest() -> None:
+        if not pieces:  # nothing worth keeping yet: a folder of unusable files leaves no (empty) cache
+            return
         assign_split(pieces, val_fraction, split_seed)
         atomic_write_json(cache / MANIFEST, {
             "format": FORMAT_VERSION,
@@ -343,7 +368,8 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     else:
         results = _run_isolated(paths, reader, max_seconds, n_workers, timeout_s)
     try:
-        with tqdm(total=len(paths), desc="tokenizing MIDI", unit="file", disable=not progress or not paths) as bar:
+        with tqdm(total=len(paths), desc="tokenizing MIDI", unit="file", leave=False,  # the summary follows
+                  disable=not progress or not paths) as bar:
             for path, res in results:
                 meta = by_rel[Path(path).relative_to(data).as_posix()]
                 if res[0] == "ok":
@@ -361,6 +387,8 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
         if hasattr(results, "close"):
             results.close()
 
+    if not pieces:  # before the shard reclaim below: an existing cache of other data stays as it was
+        raise NoUsableFile(_no_usable_file_message(data, len(files), skipped))
     # reclaim shards no piece refers to any more
     live = {p["shard"] for p in pieces}
     for shard in (cache / "shards").glob("*.bin"):
@@ -378,10 +406,16 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     for key in ("out_of_range", "drum_notes", "merged", "truncated"):
         summary.dropped[key] = sum(p["stats"][key] for p in pieces)
     summary.seconds = time.monotonic() - t0
-    if not pieces:
-        reasons = "; ".join(f"{p}: {r}" for p, r in summary.skipped[:5]) or "no .mid/.midi files"
-        raise UserError(f"no usable MIDI file in {data} ({len(files)} files; {reasons})")
     return summary
+
+
+def _no_usable_file_message(data: Path, n_files: int, skipped: list[dict]) -> str:
+    if n_files == 0:
+        return f"no usable MIDI file in {data}: it holds no .mid/.midi file (searched recursively)"
+    first = sorted(skipped, key=lambda s: s["path"])[:3]
+    reasons = "; ".join(f"{s['path']}: {one_line(s['reason'])}" for s in first)
+    more = f"; {len(skipped) - len(first)} more" if len(skipped) > len(first) else ""
+    return f"no usable MIDI file in {data}: {len(skipped)} of {n_files} files skipped ({reasons}{more})"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -3,13 +3,14 @@ aurl.train.pipeline for the config layout). No --config = the CPU quickstart on 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from aurl.config import TRACKERS
-from aurl.console import ArgParser, UserError
+from aurl.console import ArgParser, UserError, is_main_process, report_error
 from aurl.train import state as st
 
 
@@ -86,10 +87,55 @@ def clear(out_dir: Path, force: bool, yes: bool) -> int:
     return 0
 
 
+def check_paths(out_dir: Path, data: str | None) -> None:
+    """The folders named on the command line, checked before anything is created."""
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"--output-dir {out_dir}: {p} is a file, not a folder")
+            break
+    if data is not None and not Path(data).is_dir():
+        raise UserError(f"--data {data}: no such folder")
+
+
+def listing(out_dir: Path) -> dict[str, tuple[int, int]] | None:
+    """{relative path: (size, mtime_ns)} of everything under out_dir; None when it does not exist."""
+    if not out_dir.is_dir():
+        return None
+    found = {}
+    for root, dirs, files in os.walk(out_dir):
+        for name in dirs + files:
+            p = Path(root) / name
+            try:
+                info = p.lstat()
+            except FileNotFoundError:
+                continue
+            found[str(p.relative_to(out_dir))] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+def remove_what_appeared(out_dir: Path, before: dict[str, tuple[int, int]] | None) -> None:
+    """After a user error: leave the output dir as it was found (the lock, a half-built cache, empty log
+    folders, the folder itself), unless the run got as far as recording progress in its state file:
+    then what it wrote is real work and stays."""
+    after = listing(out_dir)
+    if after is None or after.get(st.STATE_FILE) != (before or {}).get(st.STATE_FILE):
+        return
+    if st.is_live(out_dir):  # another run holds the folder (our lock is released by now): not ours to touch
+        return
+    for rel in sorted(set(after) - set(before or {}), key=lambda r: r.count(os.sep), reverse=True):
+        p = out_dir / rel
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    if before is None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out_dir = Path(args.output_dir)
+    before = listing(out_dir)
     try:
+        check_paths(out_dir, args.data)
         if args.status:
             return status(out_dir)
         if args.clear:
@@ -103,17 +149,12 @@ def main(argv=None) -> int:
         t0 = time.time()
         code = run_pipeline(cfgs, out_dir, stages, args.tracker, args.data, args.from_scratch)
         if code == 0:
-            print(f"pipeline finished in {time.time() - t0:.0f} s") if _rank0() else None
+            print(f"pipeline finished in {time.time() - t0:.0f} s") if is_main_process() else None
         return code
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _rank0() -> bool:
-    from aurl.console import is_main_process
-
-    return is_main_process()
+        if is_main_process():  # one rank tidies up; the others stop with the same error
+            remove_what_appeared(out_dir, before)
+        return report_error(e)
 
 
 if __name__ == "__main__":
