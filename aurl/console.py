@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 PREFIX = "[aurl]"
 
@@ -54,6 +55,16 @@ def report_error(error: Exception | str) -> int:
     """Print a user error as the one line `[aurl] error: ...` on stderr; returns the exit code (2)."""
     print(f"{PREFIX} error: {one_line(str(error))}", file=sys.stderr, flush=True)
     return USER_ERROR_EXIT
+
+
+def check_writable_folder(what: str, path: str | os.PathLike) -> None:
+    """UserError when `path` (a folder to write into, existing or not) or a folder above it is a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{what} {path}: {p} is a file, not a folder")
+            return
 
 
 class ArgParser(argparse.ArgumentParser):

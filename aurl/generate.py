@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aurl.console import PREFIX, ArgParser, UserError, print0
+from aurl.console import ArgParser, UserError, check_writable_folder, print0, report_error
 from aurl.vocab import END_ID, PAD_ID, START_ID, decode, encode
 
 VAE_MODES = ("prior", "posterior", "interpolate")
@@ -63,6 +63,7 @@ def _read_tokens(path: Path) -> np.ndarray:
 
 
 def _validate(args, cfg) -> None:
+    check_writable_folder("--out", args.out)
     if args.num < 1:
         raise UserError(f"--num must be >= 1, got {args.num}")
     if args.length < 1:
@@ -161,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except UserError as e:
-        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(e)
     return 0
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from aurl import vocab
 from aurl.atomic import atomic_write_bytes, atomic_write_json
-from aurl.console import UserError, one_line
+from aurl.console import UserError, check_writable_folder, one_line
 from aurl.data.midi_io import MAX_SECONDS, MidiReadError, read_midi
 
 MANIFEST = "manifest.json"
@@ -283,11 +283,10 @@ class NoUsableFile(UserError):
 def _first_missing_folder(path: Path) -> Path | None:
     """The outermost folder of `path` that does not exist yet (what a build creates), None if path exists.
     UserError when the path, or a folder above it, is a file."""
+    check_writable_folder("cache folder", path)
     missing = None
     for p in (path, *path.parents):
         if p.exists():
-            if not p.is_dir():
-                raise UserError(f"cache folder {path}: {p} is a file, not a folder")
             return missing
         missing = p
     return missing

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from aurl.console import PREFIX, ArgParser, UserError, print0
+from aurl.console import ArgParser, UserError, check_writable_folder, print0, report_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
+        if args.out is not None:
+            check_writable_folder("--out", args.out)
+        if args.json is not None:
+            check_writable_folder("--json", args.json.parent)
         cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          max_val_tokens=args.max_val_tokens, batch_size=args.batch_size,
@@ -58,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_checkpoint(args.checkpoint, args.cache, cfg, out_dir=args.out, json_path=args.json,
                                      losses=args.losses, device=args.device)
     except UserError as e:
-        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(e)
     for line in format_report(result).splitlines():
         print0(line)
     return 0

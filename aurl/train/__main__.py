@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from aurl.config import TRACKERS
-from aurl.console import ArgParser, UserError, is_main_process, report_error
+from aurl.console import ArgParser, UserError, check_writable_folder, is_main_process, report_error
 from aurl.train import state as st
 
 
@@ -89,11 +89,7 @@ def clear(out_dir: Path, force: bool, yes: bool) -> int:
 
 def check_paths(out_dir: Path, data: str | None) -> None:
     """The folders named on the command line, checked before anything is created."""
-    for p in (out_dir, *out_dir.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise UserError(f"--output-dir {out_dir}: {p} is a file, not a folder")
-            break
+    check_writable_folder("--output-dir", out_dir)
     if data is not None and not Path(data).is_dir():
         raise UserError(f"--data {data}: no such folder")
 
