@@ -7,7 +7,9 @@
 
 Each script measures one part next to its baseline and prints its own table: bench_data.py (ingest vs
 MidiTok, loader tokens/s), bench_model.py (generation with vs without the KV cache, forward+backward
-tokens/s per stage), bench_train.py (the aurl train step vs a bare PyTorch loop; on a GPU tokens/s and MFU).
+tokens/s per stage), bench_train.py (the aurl train step vs a bare PyTorch loop; on a GPU tokens/s and MFU),
+bench_soak.py (the quickstart pipeline killed -9 twenty times and resumed, compared bitwise with an
+uninterrupted run; ~2-3x the quickstart's time, so run it alone: `--only soak`).
 This command runs them one after another in fresh processes (same Python, repository root as working
 directory), shows their output live and writes it to bench/RESULTS.md: one section per device, in it one
 subsection per script with the date and commit. A run replaces only the subsections of the scripts it ran,
@@ -39,6 +41,7 @@ QUICK_ARGS = {
     "data": ["--samples", "500"],
     "model": ["--gen-tokens", "256", "--steps", "1", "--batch", "2"],
     "train": ["--steps", "3"],
+    "soak": ["--fast"],
 }
 
 
