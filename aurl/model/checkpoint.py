@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def load_model_state(path: str | Path, map_location="cpu") -> tuple[dict[str, to
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file")
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a junk file's pickle protocol before failing on it
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
         # only the first sentence: torch's advice to retry with weights_only=False would run untrusted code
         first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
