@@ -257,6 +257,10 @@ def build(
         raise UserError(f"data folder not found: {data_dir}")
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers is not None and workers < 0:  # no reader process at all would wait forever
+        raise UserError(f"workers must be >= 0, got {workers}")
+    if timeout_s <= 0:
+        raise UserError(f"timeout_s must be > 0 seconds, got {timeout_s}")
     cache = Path(cache_dir).expanduser()
     created = _first_missing_folder(cache)  # removed again when the folder holds no usable file
     (cache / "shards").mkdir(parents=True, exist_ok=True)
