@@ -73,6 +73,8 @@ def unusable_folder(root: Path, kind: str) -> tuple[Path, int]:
     (data / "sub").mkdir()
     (data / "sub" / "truncated.mid").write_bytes(real[: len(real) // 2])
     (data / "empty.midi").write_bytes(b"")
+    if kind == "one-usable":  # enough for a cache, not for training: nothing left for validation
+        write_simple_midi(data / "good.mid", seed=2, n_notes=60)
     return data, 3
 
 
@@ -128,15 +130,18 @@ def test_data_build_on_unusable_folder_leaves_an_existing_cache_alone(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, where", [("corrupt-files", "existing-output-dir"), ("no-midi", "new-output-dir")])
-def test_train_on_unusable_folder_says_why_and_leaves_nothing(tmp_path, kind, where):
-    data, n = unusable_folder(tmp_path, kind)
+@pytest.mark.parametrize("kind, where, says", [
+    ("corrupt-files", "existing-output-dir", "3 of 3 files skipped"),
+    ("no-midi", "new-output-dir", "no .mid/.midi file"),
+    ("one-usable", "new-output-dir", "only 1 usable MIDI file (3 skipped); training needs at least 2 pieces"),
+], ids=["corrupt-files-existing-output-dir", "no-midi-new-output-dir", "one-usable-new-output-dir"])
+def test_train_on_unusable_folder_says_why_and_leaves_nothing(tmp_path, kind, where, says):
+    data, _ = unusable_folder(tmp_path, kind)
     out = existing_output(tmp_path) if where == "existing-output-dir" else tmp_path / "run"
     before = listing(out)
     r = cli("aurl.train", "--config", TINY, "--output-dir", out, "--data", data)
     assert r.returncode == 2, r.stderr
-    line = assert_one_line(r.stderr, str(data))
-    assert (f"{n} of {n} files skipped" in line) if n else ("no .mid/.midi file" in line)
+    line = assert_one_line(r.stderr, str(data), says)
     assert "split" not in line  # the cause, not a consequence ("the 'val' split has no pieces")
     assert listing(out) == before  # no training.lock, cache/, training_state.json, logs/
 

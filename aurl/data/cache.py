@@ -488,5 +488,9 @@ def ensure_cache(
         if corpus_limit is not None:  # a separate folder: the build takes every file of its folder
             out = out.with_name(f"{out.name}_first{corpus_limit}")
         data_dir = ensure_bach_midi(out, limit=corpus_limit, workers=workers, progress=progress)
-    build(data_dir, cache_dir, val_fraction=val_fraction, split_seed=split_seed, workers=workers, progress=progress)
+    summary = build(data_dir, cache_dir, val_fraction=val_fraction, split_seed=split_seed, workers=workers,
+                    progress=progress)
+    if not summary.train_pieces or not summary.val_pieces:  # said here, where the cause is known
+        raise UserError(f"{summary.data_dir}: only {summary.pieces} usable MIDI file ({len(summary.skipped)} "
+                        "skipped); training needs at least 2 pieces (one is held out for validation)")
     return TokenCache.open(cache_dir)
