@@ -17,6 +17,9 @@ How a build works, and why:
 - Results are flushed every few seconds: the new shard is written atomically first, then the manifest
   (atomically, through aurl.atomic). An interrupted build (Ctrl-C, kill -9) therefore loses at most the
   last few seconds of work, never anything the manifest already lists; the next build goes on from there.
+- A folder without one usable file is refused (NoUsableFile, a UserError naming the folder and the number of
+  skipped files) and leaves no cache: the folders this build created are removed again, and an existing cache
+  (of other data) is left exactly as it was (no manifest is written while there is no piece to list).
 - The train/validation split is by piece: a piece is in validation when a hash of (seed, relative path)
   falls below val_fraction, so adding files never moves the others between splits.
 """
