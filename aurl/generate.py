@@ -50,15 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_tokens(path: Path) -> np.ndarray:
+def _read_tokens(path: Path, flag: str) -> np.ndarray:
     from aurl.data.midi_io import MidiReadError, read_midi
 
     if not path.is_file():
-        raise UserError(f"MIDI file not found: {path}")
+        raise UserError(f"{flag} {path}: MIDI file not found")
     try:
         score = read_midi(path)
     except (MidiReadError, OSError) as e:
-        raise UserError(f"{path}: cannot read MIDI ({e})") from e
+        raise UserError(f"{flag} {path}: cannot read MIDI ({e})") from e
     return encode(score).astype(np.int64)
 
 
@@ -122,7 +122,7 @@ def run(args) -> list[Path]:
     _validate(args, cfg)
     prompt = np.array([START_ID], dtype=np.int64)
     if args.prompt is not None:
-        prompt = _read_tokens(args.prompt)
+        prompt = _read_tokens(args.prompt, "--prompt")
         prompt = prompt[prompt != END_ID]  # continue the piece
         if args.prompt_tokens:
             prompt = prompt[: args.prompt_tokens]
@@ -132,7 +132,7 @@ def run(args) -> list[Path]:
         if args.mode == "prior":
             z = sample_prior(model, args.num, gen, args.latent_scale)
         else:
-            src = [_read_tokens(p)[: cfg.max_seq_len] for p in args.source]
+            src = [_read_tokens(p, "--source")[: cfg.max_seq_len] for p in args.source]
             width = max(len(s) for s in src)
             batch = torch.full((len(src), width), PAD_ID, dtype=torch.long)
             for i, s in enumerate(src):

@@ -244,6 +244,10 @@ FLAG_CASES = [
     ("evaluate", ["--checkpoint", "{ckpt}", "--num-samples", "-1"], ["--num-samples", "-1"]),
     ("evaluate", ["--checkpoint", "{ckpt}", "--top-p", "x"], ["--top-p", "'x'"]),
     ("evaluate", ["--checkpoint", "{ckpt}", "--out", "{tmp}/afile/eval"], ["--out", "afile", "is a file"]),
+    ("evaluate", ["--checkpoint", "{ckpt}", "--losses", "{tmp}/missing.jsonl"], ["--losses", "missing.jsonl"]),
+    ("evaluate", ["--checkpoint", "{ckpt}", "--losses", "{tmp}/binary"], ["--losses", "binary", "not a JSONL"]),
+    ("generate", ["--checkpoint", "{ckpt}", "--prompt", "{tmp}/missing.mid"], ["--prompt", "missing.mid"]),
+    ("generate", ["--checkpoint", "{ckpt}", "--prompt", "{tmp}/binary"], ["--prompt", "binary", "cannot read"]),
     ("slurm", [], ["command"]),
     ("slurm", ["stage-done", "--output-dir", "{tmp}", "--stage", "two"], ["--stage", "'two'"]),
     ("slurm", ["record", "--output-dir", "{tmp}"], ["--job"]),
@@ -265,6 +269,7 @@ def model_file(tmp_path_factory) -> Path:
                               for c, a, _ in FLAG_CASES])
 def test_every_cli_says_a_bad_flag_in_one_line(tmp_path, capsys, model_file, cli_name, argv, names):
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "binary").write_bytes(b"\xc0\xffMThd" * 10)
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{ckpt}", str(model_file)) for a in argv]
     before = listing(tmp_path)
     code, err = run_main(_mains()[cli_name], argv, capsys)

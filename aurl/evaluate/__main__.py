@@ -46,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_losses(path: Path) -> None:
+    """--losses names a JSONL file or a TensorBoard folder that exists (a missing one would silently give no
+    loss curve)."""
+    if not path.exists():
+        raise UserError(f"--losses {path}: no such file or folder")
+    if path.is_file():
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"--losses {path}: not a JSONL text file (byte {e.start}: {e.reason})") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
 
@@ -55,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_folder("--out", args.out)
         if args.json is not None:
             check_writable_folder("--json", args.json.parent)
+        if args.losses is not None:
+            _check_losses(args.losses)
         cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          max_val_tokens=args.max_val_tokens, batch_size=args.batch_size,
