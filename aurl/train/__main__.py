@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 
 from aurl.config import TRACKERS
-from aurl.console import ArgParser, UserError, check_writable_folder, is_main_process, report_error
+from aurl.console import (
+    USER_ERROR_EXIT,
+    ArgParser,
+    UserError,
+    check_writable_folder,
+    is_main_process,
+    one_line,
+)
 from aurl.train import state as st
 
 
@@ -150,7 +157,9 @@ def main(argv=None) -> int:
     except UserError as e:
         if is_main_process():  # one rank tidies up; the others stop with the same error
             remove_what_appeared(out_dir, before)
-        return report_error(e)
+        # "error: ..." without the [aurl] prefix the other commands use: launch scripts and tests match it
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":
