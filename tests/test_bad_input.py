@@ -102,12 +102,13 @@ def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
 # a data folder without one usable file
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["corrupt-files", "no-midi"])
-@pytest.mark.parametrize("where", ["new-output-dir", "existing-output-dir"])
+@pytest.mark.parametrize("where", ["new-output-dir", "existing-output-dir", "existing-folder-as-cache"])
 def test_data_build_on_unusable_folder_exits_2_and_writes_no_cache(tmp_path, kind, where):
     data, n = unusable_folder(tmp_path, kind)
-    out = existing_output(tmp_path) if where == "existing-output-dir" else tmp_path / "run"
+    out = existing_output(tmp_path) if where != "new-output-dir" else tmp_path / "run"
+    target = ["--cache", out / "notes"] if where == "existing-folder-as-cache" else ["--output-dir", out]
     before = listing(out)
-    r = cli("aurl.data", "build", "--data", data, "--output-dir", out, "--workers", "0")  # progress bar on
+    r = cli("aurl.data", "build", "--data", data, *target, "--workers", "0")  # progress bar on
     assert r.returncode == 2, r.stderr
     line = assert_one_line(r.stderr, str(data))
     assert (f"{n} of {n} files skipped" in line) if n else ("no .mid/.midi file" in line)

@@ -265,7 +265,9 @@ def build(
     if timeout_s <= 0:
         raise UserError(f"timeout_s must be > 0 seconds, got {timeout_s}")
     cache = Path(cache_dir).expanduser()
-    created = _first_missing_folder(cache)  # removed again when the folder holds no usable file
+    # what this build creates, removed again when the folder holds no usable file
+    created = _first_missing_folder(cache / "shards")
+    new_lock = not (cache / ".lock").exists()
     (cache / "shards").mkdir(parents=True, exist_ok=True)
     lock = open(cache / ".lock", "w")  # noqa: SIM115 - held for the whole build
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -275,6 +277,8 @@ def build(
             progress, reader, t0,
         )
     except NoUsableFile:
+        if new_lock:
+            (cache / ".lock").unlink(missing_ok=True)
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
@@ -290,7 +294,7 @@ class NoUsableFile(UserError):
 def _first_missing_folder(path: Path) -> Path | None:
     """The outermost folder of `path` that does not exist yet (what a build creates), None if path exists.
     UserError when the path, or a folder above it, is a file."""
-    check_writable_folder("cache folder", path)
+    check_writable_folder("cache folder", path.parent)
     missing = None
     for p in (path, *path.parents):
         if p.exists():
