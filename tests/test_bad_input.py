@@ -148,6 +148,27 @@ def test_train_on_unusable_folder_says_why_and_leaves_nothing(tmp_path, kind, wh
 
 
 @pytest.mark.slow
+def test_a_failed_start_that_updated_the_cache_keeps_it_whole(tmp_path):
+    """The cache of the output dir is brought up to date (a new shard, a new manifest, the old shard
+    reclaimed), then training is refused (one piece only). Taking back only the new shard would leave a
+    manifest pointing at nothing: the cleanup keeps what goes with a changed file."""
+    from aurl.data.cache import TokenCache
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    write_simple_midi(data / "a.mid", seed=1, n_notes=60)
+    assert cli("aurl.data", "build", "--data", data, "--output-dir", out, "--workers", "0",
+               "--no-progress").returncode == 0
+    (data / "a.mid").unlink()
+    write_simple_midi(data / "b.mid", seed=2, n_notes=60)
+    r = cli("aurl.train", "--config", TINY, "--output-dir", out, "--data", data)
+    assert r.returncode == 2
+    assert_one_line(r.stderr, str(data), "only 1 usable MIDI file")
+    cache = TokenCache.open(out / "cache")
+    assert [p["path"] for p in cache.pieces] == ["b.mid"]
+    assert all(len(cache.tokens(p)) == p["length"] > 0 for p in cache.pieces)  # its shard is there
+
+
+@pytest.mark.slow
 def test_train_stage_without_its_inputs_leaves_nothing(tmp_path):
     out = existing_output(tmp_path)
     before = listing(out)

@@ -101,8 +101,8 @@ def check_paths(out_dir: Path, data: str | None) -> None:
         raise UserError(f"--data {data}: no such folder")
 
 
-def listing(out_dir: Path) -> dict[str, tuple[int, int]] | None:
-    """{relative path: (size, mtime_ns)} of everything under out_dir; None when it does not exist."""
+def listing(out_dir: Path) -> dict[str, tuple[bool, int, int]] | None:
+    """{relative path: (is a folder, size, mtime_ns)} of everything under out_dir; None when it does not exist."""
     if not out_dir.is_dir():
         return None
     found = {}
@@ -113,24 +113,27 @@ def listing(out_dir: Path) -> dict[str, tuple[int, int]] | None:
                 info = p.lstat()
             except FileNotFoundError:
                 continue
-            found[str(p.relative_to(out_dir))] = (info.st_size, info.st_mtime_ns)
+            found[str(p.relative_to(out_dir))] = (name in dirs, info.st_size, info.st_mtime_ns)
     return found
 
 
-def remove_what_appeared(out_dir: Path, before: dict[str, tuple[int, int]] | None) -> None:
+def remove_what_appeared(out_dir: Path, before: dict[str, tuple[bool, int, int]] | None) -> None:
     """After a user error: leave the output dir as it was found (the lock, a half-built cache, empty log
-    folders, the folder itself), unless the run got as far as recording progress in its state file:
-    then what it wrote is real work and stays."""
-    after = listing(out_dir)
-    if after is None or after.get(st.STATE_FILE) != (before or {}).get(st.STATE_FILE):
+    folders, the folder itself). Only when the failed start changed no file that was there before (the lock
+    aside) and recorded no progress: new files that go with a changed one (a cache manifest updated with new
+    shards, a state file) are real work, and removing them alone would break what stays."""
+    after, was = listing(out_dir), before or {}
+    if after is None or st.STATE_FILE in set(after) - set(was):
+        return
+    if any(after.get(rel) != entry for rel, entry in was.items() if not entry[0] and rel != st.LOCK_FILE):
         return
     if st.is_live(out_dir):  # another run holds the folder (our lock is released by now): not ours to touch
         return
-    for rel in sorted(set(after) - set(before or {}), key=lambda r: r.count(os.sep), reverse=True):
+    for rel in sorted(set(after) - set(was), key=lambda r: r.count(os.sep), reverse=True):
         p = out_dir / rel
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-    if before is None:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    if before is None and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def main(argv=None) -> int:
