@@ -265,28 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         ref_losses = loss_records(r.new_records)
 
         plan = plan_kills(n_kills, stage_seconds, random.Random(a.seed))
-        attempts: list[Attempt] = []
         t0 = time.monotonic()
-        for i in range(n_kills + 1):
-            kill = plan[i] if i < len(plan) else None
-            at = run_attempt(command(soak), soak, logs / f"attempt_{i:02d}.log", kill, a.attempt_timeout)
-            attempts.append(at)
-            how = (f"killed ({kill.kind}, stage {kill.stage}, delay {kill.delay_s:.3f} s) in {at.landed}"
-                   f"{' during a save' if at.in_save else ''}") if at.fired else f"exit {at.rc}"
-            print(f"attempt {i:2d}: {at.seconds:6.1f} s, {sum(1 for x in at.new_records if x['split'] == 'train'):4d} "
-                  f"train steps, {how}")
-            if at.fired is None:
-                if at.rc != 0:
-                    print(at.log.read_text()[-3000:])
-                    raise SystemExit(f"soak: attempt {i} failed (exit {at.rc})")
-                break
-        if attempts[-1].fired is not None:  # the plan is spent: the last run goes to the end
-            at = run_attempt(command(soak), soak, logs / f"attempt_{len(attempts):02d}.log", None, a.attempt_timeout)
-            attempts.append(at)
-            print(f"attempt {len(attempts) - 1:2d}: {at.seconds:6.1f} s, exit {at.rc}")
-            if at.rc != 0:
-                raise SystemExit(f"soak: the final attempt failed (exit {at.rc})")
-        return report(attempts, plan, ref, soak, ref_losses, n_kills, time.monotonic() - t0)
+        attempts = soak_run(command(soak), soak, logs, plan, a.attempt_timeout)
+        return report(attempts, ref, soak, ref_losses, n_kills, time.monotonic() - t0)
     finally:
         if a.out is None and not a.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -294,7 +275,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"runs and logs kept in {work}")
 
 
-def report(attempts, plan, ref: Path, soak: Path, ref_losses: dict, n_kills: int, seconds: float) -> int:
+def soak_run(cmd: list[str], soak: Path, logs: Path, plan: list[Kill], timeout_s: float) -> list[Attempt]:
+    """One attempt per planned kill, each started with the same command, then one that runs to the end."""
+    attempts: list[Attempt] = []
+    for i in range(len(plan) + 1):
+        kill = plan[i] if i < len(plan) else None
+        at = run_attempt(cmd, soak, logs / f"attempt_{i:02d}.log", kill, timeout_s)
+        attempts.append(at)
+        how = (f"killed ({kill.kind}, stage {kill.stage}, delay {kill.delay_s:.3f} s) in {at.landed}"
+               f"{' during a save' if at.in_save else ''}") if at.fired else f"exit {at.rc}"
+        print(f"attempt {i:2d}: {at.seconds:6.1f} s, {sum(1 for x in at.new_records if x['split'] == 'train'):4d} "
+              f"train steps, {how}")
+        if at.fired is None:  # the run ended by itself: done, whether or not the plan is spent
+            if at.rc != 0:
+                print(at.log.read_text()[-3000:])
+                raise SystemExit(f"soak: attempt {i} failed (exit {at.rc})")
+            break
+    return attempts
+
+
+def report(attempts, ref: Path, soak: Path, ref_losses: dict, n_kills: int, seconds: float) -> int:
     kills = [at for at in attempts if at.fired]
     resumes = sum(1 for at in attempts[1:] if RESUMED.search(at.log.read_text()))
     replayed = replayed_steps(attempts)
