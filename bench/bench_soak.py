@@ -96,11 +96,14 @@ class Watch:
         return (self.state.get("stages", {}).get(str(stage)) or {}).get("status") == "completed"
 
     def staging(self) -> bool:
+        """A save of this attempt is being written: a staging dir changed since the attempt started (one left
+        by a save an earlier attempt was killed in stays until the next commit cleans it up)."""
         for stage in STAGES:
             try:
-                if any(e.name.startswith(".staging-") for e in os.scandir(self.out / "checkpoints" / f"stage{stage}")):
-                    return True
-            except OSError:
+                for e in os.scandir(self.out / "checkpoints" / f"stage{stage}"):
+                    if e.name.startswith(".staging-") and e.stat().st_mtime_ns >= self.started_ns:
+                        return True
+            except OSError:  # no such stage yet, or the dir was renamed or purged while we looked
                 continue
         return False
 
@@ -237,13 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (the runs and each attempt's log)")
     p.add_argument("--attempt-timeout", type=float, default=3600.0, help="seconds one attempt may run")
+    p.add_argument("--reuse-reference", action="store_true",
+                   help="keep OUT/reference from an earlier run of the same config and overrides (its timing is "
+                        "in OUT/reference.json) instead of running it again")
     a = p.parse_args(argv)
     config = a.config or CONFIGS / ("tiny" if a.fast else "quickstart")
     n_kills = a.kills if a.kills is not None else (4 if a.fast else 20)
     work = a.out or Path(tempfile.mkdtemp(prefix="aurl-soak-"))
     work.mkdir(parents=True, exist_ok=True)
     ref, soak, logs = work / "reference", work / "soak", work / "logs"
-    for d in (ref, soak):
+    for d in (soak,) if a.reuse_reference else (ref, soak):
         shutil.rmtree(d, ignore_errors=True)
     logs.mkdir(exist_ok=True)
     overrides = ["logging.log_every_steps=1", *a.overrides]
@@ -254,15 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config {config.relative_to(REPO) if config.is_relative_to(REPO) else config}, overrides "
           f"{' '.join(overrides)}, {n_kills} kills, seed {a.seed}, torch threads {torch.get_num_threads()}")
     try:
-        r = run_attempt(command(ref), ref, logs / "reference.log", None, a.attempt_timeout)
-        if r.rc != 0:
-            print((logs / "reference.log").read_text()[-3000:])
-            raise SystemExit(f"soak: the reference run failed (exit {r.rc})")
-        bounds = [r.stage_seen.get(s, 0.0) for s in STAGES] + [r.seconds]
-        stage_seconds = {s: max(0.5, (r.stage_done.get(s) or bounds[i + 1]) - bounds[i]) for i, s in enumerate(STAGES)}
-        print(f"reference: {r.seconds:.0f} s; stages {', '.join(f'{s}: {v:.0f} s' for s, v in stage_seconds.items())}; "
-              f"{sum(1 for x in r.new_records if x['split'] == 'train')} train steps")
-        ref_losses = loss_records(r.new_records)
+        stage_seconds, ref_records = reference_run(command(ref), ref, work, logs, a.attempt_timeout,
+                                                   a.reuse_reference, [str(config), *overrides])
+        ref_losses = loss_records(ref_records)
 
         plan = plan_kills(n_kills, stage_seconds, random.Random(a.seed))
         t0 = time.monotonic()
@@ -273,6 +273,33 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"runs and logs kept in {work}")
+
+
+def reference_run(cmd: list[str], ref: Path, work: Path, logs: Path, timeout_s: float, reuse: bool,
+                  what: list[str]) -> tuple[dict[int, float], list[dict]]:
+    """The uninterrupted run: (seconds per stage, its metrics records). Reused from work/reference.json and
+    work/reference when asked and recorded with the same config and overrides."""
+    timing = work / "reference.json"
+    if reuse:
+        saved = json.loads(timing.read_text()) if timing.exists() else {}
+        if saved.get("what") != what:
+            raise SystemExit(f"soak: --reuse-reference: {timing} records {saved.get('what')}, not {what}")
+        records = [json.loads(x) for x in (ref / "logs" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        seconds = {int(k): v for k, v in saved["stage_seconds"].items()}
+        print(f"reference: reused ({saved['seconds']:.0f} s when it ran); stages "
+              f"{', '.join(f'{s}: {v:.0f} s' for s, v in seconds.items())}; "
+              f"{sum(1 for x in records if x['split'] == 'train')} train steps")
+        return seconds, records
+    r = run_attempt(cmd, ref, logs / "reference.log", None, timeout_s)
+    if r.rc != 0:
+        print((logs / "reference.log").read_text()[-3000:])
+        raise SystemExit(f"soak: the reference run failed (exit {r.rc})")
+    bounds = [r.stage_seen.get(s, 0.0) for s in STAGES] + [r.seconds]
+    seconds = {s: max(0.5, (r.stage_done.get(s) or bounds[i + 1]) - bounds[i]) for i, s in enumerate(STAGES)}
+    timing.write_text(json.dumps({"what": what, "seconds": r.seconds, "stage_seconds": seconds}))
+    print(f"reference: {r.seconds:.0f} s; stages {', '.join(f'{s}: {v:.0f} s' for s, v in seconds.items())}; "
+          f"{sum(1 for x in r.new_records if x['split'] == 'train')} train steps")
+    return seconds, r.new_records
 
 
 def soak_run(cmd: list[str], soak: Path, logs: Path, plan: list[Kill], timeout_s: float) -> list[Attempt]:
