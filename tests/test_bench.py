@@ -167,3 +167,18 @@ def test_soak_fast_mode_kills_resumes_and_matches(tmp_path):
     same, records = map(int, re.search(r"loss records equal to the reference's: (\d+)/(\d+)", out).groups())
     assert same == records > 0
     assert re.search(r"resumes: \d+ of \d+ restarts", out) and "steps replayed:" in out
+
+
+def test_soak_sees_only_saves_of_the_current_attempt(tmp_path):
+    """A staging dir left by a save killed in an earlier attempt is not a save of this one."""
+    import time
+
+    soak = _soak_module()
+    stage1 = tmp_path / "checkpoints" / "stage1"
+    stale = stage1 / ".staging-step_00000010"
+    stale.mkdir(parents=True)
+    os.utime(stale, ns=(time.time_ns() - 10**10, time.time_ns() - 10**10))
+    watch = soak.Watch(tmp_path, started_ns=time.time_ns() - 10**9)
+    assert not watch.staging()
+    (stale / "model.safetensors").write_bytes(b"x")  # this attempt writes into it again
+    assert watch.staging()
