@@ -11,6 +11,8 @@ tokens/s per stage), bench_train.py (the aurl train step vs a bare PyTorch loop;
 bench_peer.py (aurl's stage 1 vs a same-size Llama on MidiTok REMI tokens, trained the same way: validation
 nats per note), bench_ablation.py (stage 3 with vs without its adversarial term: latent, discriminator and
 music metrics).
+bench_soak.py (the quickstart pipeline killed -9 twenty times and resumed, compared bitwise with an
+uninterrupted run; ~2-3x the quickstart's time, so run it alone: `--only soak`).
 This command runs them one after another in fresh processes (same Python, repository root as working
 directory), shows their output live and writes it to bench/RESULTS.md: one section per device, in it one
 subsection per script with the date and commit. A run replaces only the subsections of the scripts it ran,
@@ -44,6 +46,7 @@ QUICK_ARGS = {
     "train": ["--steps", "3"],
     "peer": ["--steps", "20"],
     "ablation": ["--steps", "10"],
+    "soak": ["--fast"],
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from aurl.console import UserError
+from aurl.console import UserError, one_line
 from aurl.data.augment import AugmentConfig
 from aurl.model.config import ModelConfig
 
@@ -332,6 +332,32 @@ def validate(cfg: StageConfig) -> None:
 TRACKERS = ("none", "tensorboard", "wandb", "both")
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML document in path; a syntax error is a one-line UserError: file, line, column, what."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from e
+    except yaml.MarkedYAMLError as e:
+        raise UserError(yaml_error_line(path, e)) from e
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: invalid YAML: {one_line(str(e))}") from e
+
+
+def yaml_error_line(path: Path, e: yaml.MarkedYAMLError) -> str:
+    """`FILE, line L, column C: what (context)`, 1-based, from PyYAML's marks (its own message spans up to
+    eight lines with source excerpts)."""
+    mark = e.problem_mark or e.context_mark
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+    what = one_line(e.problem or e.context or "invalid YAML").replace("'<stream end>'", "the end of the file")
+    if "\\t" in what:
+        what += " (YAML indents with spaces; this line holds a tab)"
+    if e.context and e.problem and e.context_mark is not None:
+        what += f" ({one_line(e.context)} that starts at line {e.context_mark.line + 1}, " \
+                f"column {e.context_mark.column + 1})"
+    return f"{where}: YAML syntax error: {what}"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> StageConfig:
     """Read a stage YAML (None = defaults only) and apply CLI overrides."""
     raw: dict | None = None
@@ -340,10 +366,7 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
         path = Path(path)
         if not path.is_file():
             raise UserError(f"--config {path}: no such file")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e})") from e
+        raw = read_yaml(path)
         source = str(path)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)

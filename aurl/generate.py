@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aurl.console import PREFIX, ArgParser, UserError, print0
+from aurl.console import ArgParser, UserError, check_writable_folder, print0, report_error
 from aurl.vocab import END_ID, PAD_ID, START_ID, decode, encode
 
 VAE_MODES = ("prior", "posterior", "interpolate")
@@ -53,19 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_tokens(path: Path) -> np.ndarray:
+def _read_tokens(path: Path, flag: str) -> np.ndarray:
     from aurl.data.midi_io import MidiReadError, read_midi
 
     if not path.is_file():
-        raise UserError(f"MIDI file not found: {path}")
+        raise UserError(f"{flag} {path}: MIDI file not found")
     try:
         score = read_midi(path)
     except (MidiReadError, OSError) as e:
-        raise UserError(f"{path}: cannot read MIDI ({e})") from e
+        raise UserError(f"{flag} {path}: cannot read MIDI ({e})") from e
     return encode(score).astype(np.int64)
 
 
 def _validate(args, cfg) -> None:
+    check_writable_folder("--out", args.out)
     if args.num < 1:
         raise UserError(f"--num must be >= 1, got {args.num}")
     if args.length < 1:
@@ -145,7 +146,7 @@ def run(args) -> list[Path]:
     print0(context_note(context, cfg.max_seq_len))
     prompt = np.array([START_ID], dtype=np.int64)
     if args.prompt is not None:
-        prompt = _read_tokens(args.prompt)
+        prompt = _read_tokens(args.prompt, "--prompt")
         prompt = prompt[prompt != END_ID]  # continue the piece
         if args.prompt_tokens:
             prompt = prompt[: args.prompt_tokens]
@@ -156,7 +157,7 @@ def run(args) -> list[Path]:
         if args.mode == "prior":
             z = sample_prior(model, args.num, gen, args.latent_scale)
         else:
-            src = [_read_tokens(p)[:context] for p in args.source]
+            src = [_read_tokens(p, "--source")[:context] for p in args.source]
             width = max(len(s) for s in src)
             batch = torch.full((len(src), width), PAD_ID, dtype=torch.long)
             for i, s in enumerate(src):
@@ -192,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except UserError as e:
-        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(e)
     return 0
 
 

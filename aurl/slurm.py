@@ -11,7 +11,6 @@ Nothing here imports torch or accelerate: the batch scripts call it on the head 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aurl.atomic import atomic_write_json
-from aurl.console import UserError
+from aurl.console import ArgParser, UserError
 
 JOBS_FILE = "slurm_jobs.json"
 STATE_FILE = "training_state.json"
@@ -120,7 +119,7 @@ def _read_json(path: Path) -> dict | None:
 # command line (for the batch scripts)
 # ---------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aurl.slurm", description=__doc__.splitlines()[0])
+    parser = ArgParser(prog="python -m aurl.slurm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("record", help="record the stage job ids of a pipeline submission")
     p.add_argument("--output-dir", required=True)

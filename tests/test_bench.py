@@ -117,3 +117,94 @@ def test_peer_comparison_runs_both_sides_in_fast_mode():
     ratio = float(re.search(r"nats/note aurl / peer = ([\d.]+)", out)[1])
     assert ratio == pytest.approx(nats_per_note[0] / nats_per_note[1], rel=1e-3)
     assert "2 optimizer steps" in out and "batch 4" in out  # the same budget on both sides
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/bench_soak.py (the kill -9 soak): its plan, its comparison, and a real run of its --fast mode
+# ---------------------------------------------------------------------------------------------------------
+def _soak_module():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_soak", bench.BENCH_DIR / "bench_soak.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_soak"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_plan_spreads_kills_over_stages_saves_and_boundaries():
+    import random
+
+    soak = _soak_module()
+    plan = soak.plan_kills(20, {1: 60.0, 2: 40.0, 3: 30.0}, random.Random(0))
+    assert len(plan) == 20
+    assert [k.stage for k in plan] == sorted(k.stage for k in plan)  # pipeline order
+    kinds = [k.kind for k in plan]
+    assert kinds.count("between") == 2 and kinds.count("save") >= 8 and kinds.count("time") >= 8
+    assert {k.stage for k in plan if k.kind == "between"} == {1, 2}
+    assert all(sum(1 for k in plan if k.stage == s and k.kind != "between") == 6 for s in (1, 2, 3))
+    per_stage = {s: sum(k.delay_s for k in plan if k.stage == s and k.kind == "time") for s in (1, 2, 3)}
+    assert per_stage[1] < 60 and per_stage[2] < 40 and per_stage[3] < 30  # every kill comes before its stage ends
+    assert plan == soak.plan_kills(20, {1: 60.0, 2: 40.0, 3: 30.0}, random.Random(0))  # seeded
+
+
+def test_soak_comparison_counts_every_tensor_and_sees_one_flipped_bit(tmp_path):
+    import torch
+
+    from aurl.model import ModelConfig, MusicTransformerVAEGAN
+    from aurl.model.checkpoint import save_model_file
+
+    soak = _soak_module()
+    cfg = ModelConfig(mode="transformer", d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=32, dropout=0.0)
+    torch.manual_seed(0)
+    state = MusicTransformerVAEGAN(cfg).state_dict()
+    for run in ("a", "b"):
+        for rel in soak.MODEL_FILES:
+            save_model_file(tmp_path / run / rel, state, cfg, {"val_nll": 1.5}, {"step": 3})
+    equal, compared, other_best, _ = soak.compare_models(tmp_path / "a", tmp_path / "b")
+    assert equal == compared == 4 * len(state) > 0 and other_best == 0
+    flipped = {k: v.clone() for k, v in state.items()}
+    name = next(k for k, v in flipped.items() if v.is_floating_point())
+    flipped[name].view(-1)[0] = torch.nextafter(flipped[name].view(-1)[0], torch.tensor(1e9))  # one ulp
+    save_model_file(tmp_path / "b" / soak.MODEL_FILES[1], flipped, cfg, {"val_nll": 1.5}, {"step": 3})
+    save_model_file(tmp_path / "b" / soak.MODEL_FILES[2], state, cfg, {"val_nll": 1.5}, {"step": 6})
+    equal, compared, other_best, _ = soak.compare_models(tmp_path / "a", tmp_path / "b")
+    assert (equal, compared, other_best) == (4 * len(state) - 1, 4 * len(state), 1)
+
+
+@pytest.mark.slow
+def test_soak_fast_mode_kills_resumes_and_matches(tmp_path):
+    """The bench's own smoke run: tiny configs, 2 kills (one inside stage 1, one after it), stage-end
+    evaluation off to save time; the bench exits 1 unless every planned kill happened and all compared equal."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(bench.BENCH_DIR / "bench_soak.py"), "--fast", "--kills", "2",
+                        "--out", str(tmp_path), "eval.enabled=false"], cwd=bench.REPO_ROOT, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert "kills: 2 of 2 planned" in out and "result: PASS" in out
+    import re
+
+    equal, compared = map(int, re.search(r"tensors equal: (\d+)/(\d+) over 4 model files", out).groups())
+    assert equal == compared > 0
+    same, records = map(int, re.search(r"loss records equal to the reference's: (\d+)/(\d+)", out).groups())
+    assert same == records > 0
+    assert re.search(r"resumes: \d+ of \d+ restarts", out) and "steps replayed:" in out
+
+
+def test_soak_sees_only_saves_of_the_current_attempt(tmp_path):
+    """A staging dir left by a save killed in an earlier attempt is not a save of this one."""
+    import time
+
+    soak = _soak_module()
+    stage1 = tmp_path / "checkpoints" / "stage1"
+    stale = stage1 / ".staging-step_00000010"
+    stale.mkdir(parents=True)
+    os.utime(stale, ns=(time.time_ns() - 10**10, time.time_ns() - 10**10))
+    watch = soak.Watch(tmp_path, started_ns=time.time_ns() - 10**9)
+    assert not watch.staging()
+    (stale / "model.safetensors").write_bytes(b"x")  # this attempt writes into it again
+    assert watch.staging()

@@ -114,8 +114,15 @@ def test_no_usable_file_and_missing_folder_are_user_errors(tmp_path):
     data = tmp_path / "bad"
     data.mkdir()
     (data / "a.mid").write_bytes(b"junk")
-    with pytest.raises(UserError, match="no usable MIDI file"):
-        _build(data, tmp_path / "cache")
+    (data / "b.mid").write_bytes(b"")
+    with pytest.raises(UserError, match=f"no usable MIDI file in {data}: 2 of 2 files skipped"):
+        _build(data, tmp_path / "out" / "cache")
+    assert not (tmp_path / "out").exists()  # the folders the build created are gone again
+    (data / "a.mid").unlink()
+    (data / "b.mid").unlink()
+    with pytest.raises(UserError, match="it holds no .mid/.midi file"):
+        _build(data, tmp_path / "out" / "cache")
+    assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="not found"):
         _build(tmp_path / "nowhere", tmp_path / "cache")
     with pytest.raises(UserError, match="no token cache"):

@@ -70,12 +70,36 @@ def test_bad_overrides():
                                                                         "train": {"seed": 3}}
 
 
-def test_missing_and_broken_yaml(tmp_path):
+def test_missing_yaml(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train: [1, 2\n")
-    with pytest.raises(UserError, match="not valid YAML"):
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ("train: [1, 2\n", "line 2, column 1", "expected ',' or ']', but got the end of the file (while parsing a flow "
+                                           "sequence that starts at line 1, column 8)"),
+    ("train: {epochs: 2\n", "line 2, column 1", "expected ',' or '}'"),
+    ("train:\n\tepochs: 2\n", "line 2, column 1", "found character '\\t' that cannot start any token (YAML indents "
+                                                 "with spaces; this line holds a tab)"),
+    ("train:\n  epochs: 2\n   seed: 3\n", "line 3, column 8", "mapping values are not allowed here"),
+    ("train:\n  epochs: 'two\n", "line 3, column 1", "found unexpected end of stream"),
+    ("- a\nb: 1\n", "line 2, column 1", "expected <block end>, but found"),
+], ids=["unclosed-bracket", "unclosed-brace", "tab", "bad-indent", "unclosed-quote", "list-then-map"])
+def test_broken_yaml_is_one_line_with_file_line_column_and_what(tmp_path, text, where, what):
+    bad = tmp_path / "stage1.yaml"
+    bad.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_config(bad)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{bad}, {where}: YAML syntax error: "), msg
+    assert what in msg, msg
+
+
+def test_a_binary_file_as_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "stage1.yaml"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(UserError, match=r"stage1.yaml: not a UTF-8 text file \(byte 0: invalid start byte\)"):
         load_config(bad)
 
 

@@ -11,11 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from aurl.console import PREFIX, UserError, print0
+from aurl.console import PREFIX, ArgParser, UserError, print0, report_error
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m aurl.data", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m aurl.data", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="tokenize a MIDI folder (default: the bundled Bach chorales) into a cache")
     b.add_argument("--data", default=None, help="folder of .mid/.midi files, searched recursively (default: Bach)")
@@ -37,11 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_numbers(args) -> None:
+    """Range checks of the numeric flags, before any work (argparse checks only their type)."""
+    if args.command == "build":
+        checks = (("--val-fraction", args.val_fraction, "in [0, 1)", 0 <= args.val_fraction < 1),
+                  ("--workers", args.workers, ">= 0", args.workers is None or args.workers >= 0),
+                  ("--timeout", args.timeout, "> 0 seconds", args.timeout > 0),
+                  ("--corpus-limit", args.corpus_limit, ">= 2", args.corpus_limit is None or args.corpus_limit >= 2))
+    else:
+        checks = (("--seq-len", args.seq_len, ">= 2", args.seq_len >= 2),
+                  ("--epochs", args.epochs, ">= 1", args.epochs >= 1))
+    for flag, value, want, ok in checks:
+        if not ok:
+            raise UserError(f"{flag} must be {want}, got {value}")
+
+
 def _build(args) -> None:
     from aurl.data.cache import build
 
-    if args.val_fraction < 0 or args.val_fraction >= 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     cache = args.cache or str(Path(args.output_dir) / "cache")
     data = args.data
     if data is None:
@@ -107,10 +120,10 @@ def _info(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _check_numbers(args)
         _build(args) if args.command == "build" else _info(args)
     except UserError as e:
-        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(e)
     except KeyboardInterrupt:
         print(f"{PREFIX} interrupted: what was tokenized is kept; run the build again to continue",
               file=sys.stderr, flush=True)

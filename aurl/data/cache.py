@@ -17,6 +17,9 @@ How a build works, and why:
 - Results are flushed every few seconds: the new shard is written atomically first, then the manifest
   (atomically, through aurl.atomic). An interrupted build (Ctrl-C, kill -9) therefore loses at most the
   last few seconds of work, never anything the manifest already lists; the next build goes on from there.
+- A folder without one usable file is refused (NoUsableFile, a UserError naming the folder and the number of
+  skipped files) and leaves no cache: the folders this build created are removed again, and an existing cache
+  (of other data) is left exactly as it was (no manifest is written while there is no piece to list).
 - The train/validation split is by piece: a piece is in validation when a hash of (seed, relative path)
   falls below val_fraction, so adding files never moves the others between splits.
 """
@@ -28,6 +31,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 from collections import deque
@@ -39,7 +43,7 @@ import numpy as np
 
 from aurl import vocab
 from aurl.atomic import atomic_write_bytes, atomic_write_json
-from aurl.console import UserError
+from aurl.console import UserError, check_writable_folder, one_line
 from aurl.data.midi_io import MAX_SECONDS, MidiReadError, read_midi
 
 MANIFEST = "manifest.json"
@@ -256,7 +260,14 @@ def build(
         raise UserError(f"data folder not found: {data_dir}")
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers is not None and workers < 0:  # no reader process at all would wait forever
+        raise UserError(f"workers must be >= 0, got {workers}")
+    if timeout_s <= 0:
+        raise UserError(f"timeout_s must be > 0 seconds, got {timeout_s}")
     cache = Path(cache_dir).expanduser()
+    # what this build creates, removed again when the folder holds no usable file
+    created = _first_missing_folder(cache / "shards")
+    new_lock = not (cache / ".lock").exists()
     (cache / "shards").mkdir(parents=True, exist_ok=True)
     lock = open(cache / ".lock", "w")  # noqa: SIM115 - held for the whole build
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -265,9 +276,31 @@ def build(
             data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
             progress, reader, t0,
         )
+    except NoUsableFile:
+        if new_lock:
+            (cache / ".lock").unlink(missing_ok=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+class NoUsableFile(UserError):
+    """The data folder holds no file that gives tokens; the build leaves no cache behind."""
+
+
+def _first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what a build creates), None if path exists.
+    UserError when the path, or a folder above it, is a file."""
+    check_writable_folder("cache folder", path.parent)
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            return missing
+        missing = p
+    return missing
 
 
 def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
@@ -307,6 +340,8 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
                "max_seconds": max_seconds, "timeout_s": timeout_s}
 
     def write_manifest() -> None:
+        if not pieces:  # nothing worth keeping yet: a folder of unusable files leaves no (empty) cache
+            return
         assign_split(pieces, val_fraction, split_seed)
         atomic_write_json(cache / MANIFEST, {
             "format": FORMAT_VERSION,
@@ -343,7 +378,8 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     else:
         results = _run_isolated(paths, reader, max_seconds, n_workers, timeout_s)
     try:
-        with tqdm(total=len(paths), desc="tokenizing MIDI", unit="file", disable=not progress or not paths) as bar:
+        with tqdm(total=len(paths), desc="tokenizing MIDI", unit="file", leave=False,  # the summary follows
+                  disable=not progress or not paths) as bar:
             for path, res in results:
                 meta = by_rel[Path(path).relative_to(data).as_posix()]
                 if res[0] == "ok":
@@ -361,6 +397,8 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
         if hasattr(results, "close"):
             results.close()
 
+    if not pieces:  # before the shard reclaim below: an existing cache of other data stays as it was
+        raise NoUsableFile(_no_usable_file_message(data, len(files), skipped))
     # reclaim shards no piece refers to any more
     live = {p["shard"] for p in pieces}
     for shard in (cache / "shards").glob("*.bin"):
@@ -378,10 +416,16 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     for key in ("out_of_range", "drum_notes", "merged", "truncated"):
         summary.dropped[key] = sum(p["stats"][key] for p in pieces)
     summary.seconds = time.monotonic() - t0
-    if not pieces:
-        reasons = "; ".join(f"{p}: {r}" for p, r in summary.skipped[:5]) or "no .mid/.midi files"
-        raise UserError(f"no usable MIDI file in {data} ({len(files)} files; {reasons})")
     return summary
+
+
+def _no_usable_file_message(data: Path, n_files: int, skipped: list[dict]) -> str:
+    if n_files == 0:
+        return f"no usable MIDI file in {data}: it holds no .mid/.midi file (searched recursively)"
+    first = sorted(skipped, key=lambda s: s["path"])[:3]
+    reasons = "; ".join(f"{s['path']}: {one_line(s['reason'])}" for s in first)
+    more = f"; {len(skipped) - len(first)} more" if len(skipped) > len(first) else ""
+    return f"no usable MIDI file in {data}: {len(skipped)} of {n_files} files skipped ({reasons}{more})"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -451,5 +495,9 @@ def ensure_cache(
         if corpus_limit is not None:  # a separate folder: the build takes every file of its folder
             out = out.with_name(f"{out.name}_first{corpus_limit}")
         data_dir = ensure_bach_midi(out, limit=corpus_limit, workers=workers, progress=progress)
-    build(data_dir, cache_dir, val_fraction=val_fraction, split_seed=split_seed, workers=workers, progress=progress)
+    summary = build(data_dir, cache_dir, val_fraction=val_fraction, split_seed=split_seed, workers=workers,
+                    progress=progress)
+    if not summary.train_pieces or not summary.val_pieces:  # said here, where the cause is known
+        raise UserError(f"{summary.data_dir}: only {summary.pieces} usable MIDI file ({len(summary.skipped)} "
+                        "skipped); training needs at least 2 pieces (one is held out for validation)")
     return TokenCache.open(cache_dir)

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from aurl.console import PREFIX, ArgParser, UserError, print0
+from aurl.console import ArgParser, UserError, check_writable_folder, print0, report_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_losses(path: Path) -> None:
+    """--losses names a JSONL file or a TensorBoard folder that exists (a missing one would silently give no
+    loss curve)."""
+    if not path.exists():
+        raise UserError(f"--losses {path}: no such file or folder")
+    if path.is_file():
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"--losses {path}: not a JSONL text file (byte {e.start}: {e.reason})") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
 
@@ -64,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is None and not args.report:
         parser.error("give --checkpoint (evaluate a model) and/or --report")  # one line, exit code 2
     try:
+        if args.out is not None:
+            check_writable_folder("--out", args.out)
+        if args.json is not None:
+            check_writable_folder("--json", args.json.parent)
+        if args.losses is not None:
+            _check_losses(args.losses)
         if args.checkpoint is not None:
             cfg = EvalConfig(num_samples=args.num_samples, length=args.length, seed=args.seed,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -79,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print0(f"report: {write_report(args.run_dir or _run_of(args.checkpoint))}")
     except UserError as e:
-        print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(e)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -96,13 +97,19 @@ def _diff_keys(saved: dict, current: dict) -> list[str]:
 def load_model_state(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
     """(state_dict, cfg, meta) of a model file, after checking format, vocabulary and config fields."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path}: a folder, not a model file (e.g. {path}/checkpoints/best_model.pt)")
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file")
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a junk file's pickle protocol before failing on it
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"checkpoint {path}: not a readable model file ({type(e).__name__}: {first[:200]})") from e
+        # only the first sentence: torch's advice to retry with weights_only=False would run untrusted code
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
+        raise UserError(f"checkpoint {path}: not a readable model file, corrupt or truncated "
+                        f"({type(e).__name__}{': ' + first[:160] if first else ''})") from e
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "model_state" not in blob:
         raise UserError(f"checkpoint {path}: not an aurl model file (no '{FORMAT}' format tag; a training-state "
                         "checkpoint folder is not a model file)")

@@ -3,13 +3,21 @@ aurl.train.pipeline for the config layout). No --config = the CPU quickstart on 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from aurl.config import TRACKERS
-from aurl.console import ArgParser, UserError
+from aurl.console import (
+    USER_ERROR_EXIT,
+    ArgParser,
+    UserError,
+    check_writable_folder,
+    is_main_process,
+    one_line,
+)
 from aurl.train import state as st
 
 
@@ -89,10 +97,54 @@ def clear(out_dir: Path, force: bool, yes: bool) -> int:
     return 0
 
 
+def check_paths(out_dir: Path, data: str | None) -> None:
+    """The folders named on the command line, checked before anything is created."""
+    check_writable_folder("--output-dir", out_dir)
+    if data is not None and not Path(data).is_dir():
+        raise UserError(f"--data {data}: no such folder")
+
+
+def listing(out_dir: Path) -> dict[str, tuple[bool, int, int]] | None:
+    """{relative path: (is a folder, size, mtime_ns)} of everything under out_dir; None when it does not exist."""
+    if not out_dir.is_dir():
+        return None
+    found = {}
+    for root, dirs, files in os.walk(out_dir):
+        for name in dirs + files:
+            p = Path(root) / name
+            try:
+                info = p.lstat()
+            except FileNotFoundError:
+                continue
+            found[str(p.relative_to(out_dir))] = (name in dirs, info.st_size, info.st_mtime_ns)
+    return found
+
+
+def remove_what_appeared(out_dir: Path, before: dict[str, tuple[bool, int, int]] | None) -> None:
+    """After a user error: leave the output dir as it was found (the lock, a half-built cache, empty log
+    folders, the folder itself). Only when the failed start changed no file that was there before (the lock
+    aside) and recorded no progress: new files that go with a changed one (a cache manifest updated with new
+    shards, a state file) are real work, and removing them alone would break what stays."""
+    after, was = listing(out_dir), before or {}
+    if after is None or st.STATE_FILE in set(after) - set(was):
+        return
+    if any(after.get(rel) != entry for rel, entry in was.items() if not entry[0] and rel != st.LOCK_FILE):
+        return
+    if st.is_live(out_dir):  # another run holds the folder (our lock is released by now): not ours to touch
+        return
+    for rel in sorted(set(after) - set(was), key=lambda r: r.count(os.sep), reverse=True):
+        p = out_dir / rel
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    if before is None and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out_dir = Path(args.output_dir)
+    before = listing(out_dir)
     try:
+        check_paths(out_dir, args.data)
         if args.status:
             return status(out_dir)
         if args.clear:
@@ -106,17 +158,14 @@ def main(argv=None) -> int:
         t0 = time.time()
         code = run_pipeline(cfgs, out_dir, stages, args.tracker, args.data, args.from_scratch)
         if code == 0:
-            print(f"pipeline finished in {time.time() - t0:.0f} s") if _rank0() else None
+            print(f"pipeline finished in {time.time() - t0:.0f} s") if is_main_process() else None
         return code
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _rank0() -> bool:
-    from aurl.console import is_main_process
-
-    return is_main_process()
+        if is_main_process():  # one rank tidies up; the others stop with the same error
+            remove_what_appeared(out_dir, before)
+        # "error: ..." without the [aurl] prefix the other commands use: launch scripts and tests match it
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":
