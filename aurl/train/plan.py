@@ -12,7 +12,8 @@ Model states, bytes per GPU (weights | gradients | optimizer states):
 - DeepSpeed, mixed precision bf16 (DeepSpeed's own accounting, the one its estimators use):
   ZeRO-2:          2P (bf16) | 6P/N (bf16 and fp32 gradient partitions) | 12P/N (fp32 master, exp_avg,
                    exp_avg_sq) = 2P + 18P/N
-  ZeRO-3:          2P/N + 2L (shard + the gathered largest module) | 6P/N + 2L | 12P/N = 4L + 18P/N
+  ZeRO-3:          2P/N + 2L (shard + the gathered largest module) | 4P/N + 2L (fp32 partition + the largest
+                   module's bf16 gradients in flight) | 12P/N = 4L + 18P/N
   ZeRO-3 offload:  2L | 2L | 0 (parameters and optimizer in CPU memory: accelerate_configs/
                    deepspeed_zero3_offload.yaml offloads both) = 4L
 - DeepSpeed, fp32 (mixed_precision "no"): no master copy and one gradient copy: ZeRO-2 4P | 4P/N | 8P/N;
@@ -100,7 +101,7 @@ def model_states(counts: ParamCounts, gpus: int, bf16: bool) -> dict[str, ModelS
     P, L, N = counts.generator, counts.largest_module, gpus
     if bf16:
         gen = {"ZeRO-2": ModelStates(2 * P, 6 * P / N, 12 * P / N),
-               "ZeRO-3": ModelStates(2 * P / N + 2 * L, 6 * P / N + 2 * L, 12 * P / N),
+               "ZeRO-3": ModelStates(2 * P / N + 2 * L, 4 * P / N + 2 * L, 12 * P / N),
                "ZeRO-3 offload": ModelStates(2 * L, 2 * L, 0)}
     else:
         gen = {"ZeRO-2": ModelStates(4 * P, 4 * P / N, 8 * P / N),
