@@ -106,7 +106,7 @@ def test_activation_formula_matches_measured_peak():
                          env=env, check=True, timeout=300)
     peaks = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(peaks) == 2
-    for spec, measured in zip(specs, peaks):
+    for spec, measured in zip(specs, peaks, strict=True):
         cfg = StageConfig(data=DataConfig(seq_len=spec["T"], batch_size=spec["B"]),
                           model=ModelConfig(**spec["model"]))
         predicted = activation_bytes(cfg)
