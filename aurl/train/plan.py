@@ -133,7 +133,7 @@ def steps_per_epoch(cfg: StageConfig, cache_dir: Path, gpus: int) -> tuple[int |
     """Optimizer steps per epoch on the cache as built (None + why when there is no cache), the way the stage
     loop counts them: windows of the train split, split over the GPUs, in micro-batches, in accumulations."""
     if not (cache_dir / "manifest.json").exists():
-        return None, f"no cache in {cache_dir} yet (it is built at the start of stage 1)"
+        return None, f"no cache in {cache_dir} yet: the first stage builds it"
     from aurl.data.cache import TokenCache
     from aurl.data.dataset import WindowDataset
 
