@@ -188,15 +188,17 @@ def test_eta_from_recorded_tokens_per_s(capsys, tmp_path):
     out_dir = tmp_path / "o"
     code, out, _ = run_plan(capsys, "--output-dir", str(out_dir))
     assert code == 0 and out.count("ETA: - (no tokens/s recorded") == 3
-    out_dir.mkdir()
-    stages = {"1": {"status": "completed", "epoch": 1, "step": 300, "batch": 0, "tokens_per_s": 8192.0,
-                    "world_size": 1}}
-    (out_dir / "training_state.json").write_text(json.dumps(
-        {"schema_version": 1, "current_stage": 1, "created_at": "x", "updated_at": "x", "run_id": "r",
-         "stages": stages}))
+    from aurl.train import state as st
+
+    state = st.new_state()  # the state file as the trainer writes it (aurl.train.state)
+    state["stages"]["1"] = st.new_stage_entry(world_size=1, micro_batch=16, grad_accum=1) | {
+        "status": "completed", "step": 300, "tokens_per_s": 8192.0}
+    st.write_state(out_dir, state)
     for gpus in ("1", "4"):
         code, out, _ = run_plan(capsys, "--output-dir", str(out_dir), "--gpus", gpus)
         eta = [line for line in out.splitlines() if "ETA:" in line]
         assert code == 0 and len(eta) == 3, out
         assert eta[0].startswith("  ETA: 2 min 30 s for 300 steps"), eta[0]
         assert eta[1].startswith("  ETA: - ") and eta[2].startswith("  ETA: - ")
+    code, out, _ = run_plan(capsys, "--output-dir", str(out_dir), "--stage", "1")  # --stage narrows the plan
+    assert code == 0 and out.count("ETA: ") == 1 and "stage 2:" not in out, out

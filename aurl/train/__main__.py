@@ -28,7 +28,7 @@ def parse_args(argv):
     p.add_argument("--tracker", choices=TRACKERS, help="overrides logging.tracker")
     p.add_argument("--status", action="store_true", help="print the run's progress and exit (read-only)")
     p.add_argument("--plan", action="store_true", help="print each stage's memory per GPU, steps and ETA; no training")
-    p.add_argument("--gpus", type=int, default=1, help="with --plan: GPUs in all (default 1)")
+    p.add_argument("--gpus", type=int, default=1, help="with --plan: GPUs in all, over all nodes (default 1)")
     p.add_argument("--gpu-mem", type=float, default=80.0, help="with --plan: GiB per GPU (default 80)")
     p.add_argument("--clear", action="store_true", help="delete this output dir's state, checkpoints and logs")
     p.add_argument("--force", action="store_true", help="with --clear: even while a run holds the lock")
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         if args.plan:
             from aurl.train.plan import plan
 
-            print("\n".join(plan(cfgs, out_dir, args.gpus, args.gpu_mem)))
+            chosen = {args.stage: cfgs[args.stage]} if args.stage else cfgs
+            print("\n".join(plan(chosen, out_dir, args.gpus, args.gpu_mem)))
             return 0
         if args.resume and st.read_state(out_dir) is None:
             raise UserError(f"--resume: no run to resume in {out_dir}")

@@ -137,7 +137,10 @@ def steps_per_epoch(cfg: StageConfig, cache_dir: Path, gpus: int) -> tuple[int |
     from aurl.data.cache import TokenCache
     from aurl.data.dataset import WindowDataset
 
-    cache = TokenCache.open(cache_dir)
+    try:
+        cache = TokenCache.open(cache_dir)
+    except UserError as e:  # e.g. built with another vocabulary: the stage would rebuild it, the plan goes on
+        return None, str(e)
     windows = len(WindowDataset(cache, "train", seq_len=cfg.data.seq_len, augment=None))
     steps = windows // gpus // cfg.data.batch_size // cfg.optim.grad_accum
     note = f"{windows:,} training windows of {cfg.data.seq_len} tokens in {cache_dir}"
