@@ -21,22 +21,25 @@ Model states, bytes per GPU (weights | gradients | optimizer states):
 - The discriminator is never inside the DeepSpeed engine (aurl.train.distributed.detach_discriminator): whole on
   every GPU, fp32, with its own torch AdamW: 4Pd | 4Pd | 8Pd under every mode.
 
-Activations of one micro-batch (B windows of T = data.seq_len tokens), saved for the backward pass, counted in
-elements per token and multiplied by the bytes per element s (4 in fp32; 2 under bf16 autocast, an estimate:
-only the fp32 run is checked against a measurement):
-- each transformer block of width d and feed-forward width f: 9d + 2f (attention norm input and output, q k v
-  saved by SDPA, the attention output twice (SDPA's copy and the o-projection's reshaped input), MLP norm input
-  and output, GELU input and output), plus 2d one-byte dropout masks when dropout > 0. Flash/efficient SDPA keeps
-  no T x T matrix, so nothing grows with T^2.
-- the decoder's head over the vocabulary V: 2d (final norm input, head input) + 4V (the log-softmax output, and
-  at the start of the backward pass the gradient of the log-probabilities, log-softmax's exp temporary and the
-  gradient of the logits), in fp32 (4 bytes) whatever the precision (the loss upcasts the logits).
-- vae: the encoder's blocks over the same tokens, its final norm (2d).
+Activations of one micro-batch (B windows of T = data.seq_len tokens) in training: what the forward pass saves
+for the backward pass plus the transients at the start of the backward pass, in bytes per token:
+- each transformer block of width d and feed-forward width f, fp32: 4 x (9d + 2f) (attention norm input and
+  output, q k v saved by SDPA, the attention output twice (SDPA's copy and the o-projection's reshaped input),
+  MLP norm input and output, GELU input and output); under bf16 autocast: 26d + 4f (the two norm inputs are the
+  fp32 residual stream, 8d; each of q, k, v casts the norm output to bf16 on its own, 6d; q k v 6d; the attention
+  output twice 4d; the MLP input cast 2d; GELU input and output 4f), plus a per-micro-batch constant: autocast's
+  bf16 copies of the block's weights, 2 x (4d^2 + 2df). Both plus 2d one-byte dropout masks when dropout > 0.
+  Flash/efficient SDPA keeps no T x T matrix, so nothing grows with T^2.
+- the decoder's head over the vocabulary V: 4 x (2d + 4V) (final norm input, head input; the log-softmax output,
+  and at the start of the backward pass the gradient of the log-probabilities, log-softmax's exp temporary and
+  the gradient of the logits), in fp32 whatever the precision (the loss upcasts the logits).
+- vae: the encoder's blocks over the same tokens and its final norm (2d at 4 bytes, 2 under bf16).
 - vae_gan generator phase: the straight-through fakes (Gumbel soft sample, hard one-hot, their sum, the
-  concatenated sequence and the discriminator's input: 5V at 4 bytes) and the discriminator's blocks at width
+  concatenated sequence and the discriminator's input: 4 x 5V) and the discriminator's blocks at width
   disc_d_model with feed-forward 4 x disc_d_model.
-Activation memory = B * T * s * (sum of the above), with the head term at 4 bytes. The model has no activation
-checkpointing, so there is no "with checkpointing" figure.
+Activation memory = B x T x (sum of the above) + the bf16 weight copies. Checked against a measured CPU peak
+(tests/test_plan.py) in fp32 and bf16. The model has no activation checkpointing, so there is no "with
+checkpointing" figure.
 
 Per-GPU total = model states + activations of one micro-batch. Verdict: fits when the total is at most 90 % of
 --gpu-mem (the rest for the CUDA context, allocator fragmentation and communication buffers).
@@ -115,17 +118,25 @@ def model_states(counts: ParamCounts, gpus: int, bf16: bool) -> dict[str, ModelS
 def activation_bytes(cfg: StageConfig) -> float:
     """Saved activations of one micro-batch in training (formula: module docstring)."""
     m, T, B = cfg.model, cfg.data.seq_len, cfg.data.batch_size
-    s = 2 if cfg.train.mixed_precision == "bf16" else 4
+    bf16 = cfg.train.mixed_precision == "bf16"
+    s = 2 if bf16 else 4
+    masks = 2 if m.dropout > 0 else 0
 
     def blocks(d: int, f: int, n: int) -> float:  # bytes per token
-        return n * (s * (9 * d + 2 * f) + (2 * d if m.dropout > 0 else 0))
+        return n * ((26 * d + 4 * f if bf16 else 4 * (9 * d + 2 * f)) + masks * d)
+
+    def weight_copies(d: int, f: int, n: int) -> float:  # autocast's bf16 casts of the block weights
+        return n * 2 * (4 * d * d + 2 * d * f) if bf16 else 0
 
     per_token = blocks(m.d_model, m.d_ff, m.n_layers) + 4 * (2 * m.d_model + 4 * m.vocab_size)
+    fixed = weight_copies(m.d_model, m.d_ff, m.n_layers)
     if m.is_vae:
         per_token += blocks(m.d_model, m.d_ff, m.encoder_layers) + s * 2 * m.d_model
+        fixed += weight_copies(m.d_model, m.d_ff, m.encoder_layers)
     if m.is_gan:
         per_token += 4 * 5 * m.vocab_size + blocks(m.disc_d_model, 4 * m.disc_d_model, m.disc_layers)
-    return B * T * per_token
+        fixed += weight_copies(m.disc_d_model, 4 * m.disc_d_model, m.disc_layers)
+    return B * T * per_token + fixed
 
 
 # ------------------------------------------------------------------------------------------ data and timing
