@@ -189,6 +189,11 @@ def test_steps_per_epoch_on_a_cache(capsys, tmp_path):
     assert code == 0
     lines = [line for line in out.splitlines() if "steps per epoch:" in line]
     assert len(lines) == 3 and all(f"steps per epoch: {expected} ({windows} training windows" in x for x in lines), out
+    # more GPUs than windows per micro-batch: not one step, said as the stage would refuse it
+    code, out, _ = run_plan(capsys, "--gpus", str(windows), f"data.cache_dir={tmp_path / 'cache'}",
+                            f"data.seq_len={seq_len}", f"data.batch_size={batch}", "--stage", "1",
+                            "--output-dir", str(tmp_path / "o"))
+    assert code == 0 and "steps per epoch: 0 (" in out and "the stage would refuse to start" in out, out
 
 
 def test_eta_from_recorded_tokens_per_s(capsys, tmp_path):

@@ -157,7 +157,10 @@ def steps_per_epoch(cfg: StageConfig, cache_dir: Path, gpus: int) -> tuple[int |
     note = f"{windows:,} training windows of {cfg.data.seq_len} tokens in {cache_dir}"
     built = cache.manifest.get("options", {}).get("val_fraction")
     if built is not None and built != cfg.data.val_fraction:
-        note += f" (split with val_fraction {built}; this stage's {cfg.data.val_fraction} would re-split it)"
+        note += f"; split with val_fraction {built}, this stage's {cfg.data.val_fraction} would re-split it"
+    if steps < 1:
+        note += ("; not one optimizer step per epoch: the stage would refuse to start (lower data.batch_size or "
+                 "optim.grad_accum, or use fewer GPUs)")
     return steps, note
 
 
@@ -209,7 +212,7 @@ def stage_report(stage: int, cfg: StageConfig, gpus: int, gpu_mem_gib: float, ca
     lines.append(f"  steps per epoch: {'-' if per_epoch is None else f'{per_epoch:,}'} ({note})")
     steps = total_steps(cfg, per_epoch)
     rate = recorded_rate(state, stage)
-    if rate is not None and steps is not None:
+    if rate is not None and steps:
         tps, world = rate
         scaled = tps * gpus / world  # linear scaling in GPUs: an assumption, optimistic across nodes
         eta = steps * tokens_per_step / scaled
@@ -218,7 +221,8 @@ def stage_report(stage: int, cfg: StageConfig, gpus: int, gpu_mem_gib: float, ca
     elif rate is None:
         lines.append("  ETA: - (no tokens/s recorded for this stage in the output dir's training_state.json)")
     else:
-        lines.append("  ETA: - (steps unknown until the cache exists)")
+        lines.append("  ETA: - (" + ("no full optimizer step per epoch)" if per_epoch == 0 else
+                                    "steps unknown until the cache exists)"))
     return lines
 
 
