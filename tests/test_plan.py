@@ -18,7 +18,7 @@ from aurl.config import DataConfig, StageConfig, TrainConfig, load_config
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.config import ModelConfig
 from aurl.train.__main__ import main
-from aurl.train.plan import MODES, activation_bytes, count_parameters, model_states
+from aurl.train.plan import MODES, activation_bytes, count_parameters, model_states, offload_host_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = ROOT / "configs" / "training_configs"
@@ -60,6 +60,10 @@ def test_model_states_match_deepspeed_estimators(path):
         for mode, expected in theirs.items():
             assert abs(ours[mode].total - expected) <= 1, (mode, gpus, ours[mode].total, expected)
             compared += 1
+    # the offload's host memory: DeepSpeed's CPU figure with zero_init, one node and no extra buffer factor
+    host = estimate_zero3_model_states_mem_needs(total, largest, 1, 1, cpu_offload=True, cpu_offload_params=True,
+                                                 zero_init=True, additional_buffer_factor=1.0)[0]
+    assert offload_host_bytes(counts, bf16=True) == host
     assert compared == 9
 
 

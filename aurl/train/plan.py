@@ -15,9 +15,10 @@ Model states, bytes per GPU (weights | gradients | optimizer states):
   ZeRO-3:          2P/N + 2L (shard + the gathered largest module) | 4P/N + 2L (fp32 partition + the largest
                    module's bf16 gradients in flight) | 12P/N = 4L + 18P/N
   ZeRO-3 offload:  2L | 2L | 0 (parameters and optimizer in CPU memory: accelerate_configs/
-                   deepspeed_zero3_offload.yaml offloads both) = 4L
+                   deepspeed_zero3_offload.yaml offloads both) = 4L; host RAM over all nodes: 18P (bf16
+                   parameters 2, fp32 gradients 4, master 4, moments 8; DeepSpeed advises 1.5 x that)
 - DeepSpeed, fp32 (mixed_precision "no"): no master copy and one gradient copy: ZeRO-2 4P | 4P/N | 8P/N;
-  ZeRO-3 4P/N + 4L | 4P/N + 4L | 8P/N; ZeRO-3 offload 4L | 4L | 0.
+  ZeRO-3 4P/N + 4L | 4P/N + 4L | 8P/N; ZeRO-3 offload 4L | 4L | 0, host RAM 16P.
 - The discriminator is never inside the DeepSpeed engine (aurl.train.distributed.detach_discriminator): whole on
   every GPU, fp32, with its own torch AdamW: 4Pd | 4Pd | 8Pd under every mode.
 
@@ -97,6 +98,11 @@ def count_parameters(model_cfg: ModelConfig) -> ParamCounts:
     largest = max(sum(p.numel() for p in m.parameters(recurse=False) if id(p) not in disc_ids)
                   for m in model.modules())
     return ParamCounts(gen, enc, model.num_parameters("discriminator"), largest)
+
+
+def offload_host_bytes(counts: ParamCounts, bf16: bool) -> int:
+    """CPU memory over all nodes that ZeRO-3 offload holds for the generator (module docstring)."""
+    return (18 if bf16 else 16) * counts.generator
 
 
 def model_states(counts: ParamCounts, gpus: int, bf16: bool) -> dict[str, ModelStates]:
@@ -205,6 +211,8 @@ def stage_report(stage: int, cfg: StageConfig, gpus: int, gpu_mem_gib: float, ca
         formula = FORMULAS[mode][0 if bf16 else 1] + (" + 16Pd" if counts.discriminator else "")
         lines.append(f"  {mode:<15} weights {_gib(s.weights)}, grads {_gib(s.grads)}, optimizer "
                      f"{_gib(s.optimizer)} ({formula}) + activations = {_gib(total)} per GPU: {verdict}")
+    lines.append(f"  ZeRO-3 offload host RAM: {_gib(offload_host_bytes(counts, bf16))} over all nodes "
+                 f"({'18P' if bf16 else '16P'}; DeepSpeed advises 1.5 x)")
     tokens_per_step = d.batch_size * d.seq_len * cfg.optim.grad_accum * gpus
     lines.append(f"  tokens per optimizer step: {tokens_per_step:,} ({d.batch_size} x {d.seq_len} x "
                  f"{cfg.optim.grad_accum} x {gpus} GPUs)")
