@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from midi_factory import write_simple_midi
 
 from aurl.config import DataConfig, StageConfig, TrainConfig, load_config
@@ -65,6 +66,28 @@ def test_model_states_match_deepspeed_estimators(path):
                                                  zero_init=True, additional_buffer_factor=1.0)[0]
     assert offload_host_bytes(counts, bf16=True) == host
     assert compared == 9
+
+
+def test_ddp_model_states_match_the_trainers_optimizers():
+    """DDP's 16P + 16Pd: the bytes of the parameters, their gradients and the state tensors of the trainer's own
+    AdamW pair (aurl.train.loop._adamw) after one real step of the quickstart stage-3 model, counted exactly
+    (AdamW's scalar step counters left out)."""
+    from aurl.train.loop import _adamw
+
+    cfg = load_config(QUICK / "stage3.yaml")
+    model = MusicTransformerVAEGAN(cfg.model)
+    opts = [_adamw(model.generator_parameters(), 1e-3, cfg.optim),
+            _adamw(model.discriminator_parameters(), 1e-3, cfg.optim)]
+    ids = torch.randint(4, cfg.model.vocab_size, (2, 32))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    model(ids, mask, step=10**6).loss.backward()
+    model(ids, mask, phase="discriminator").loss.backward()
+    for opt in opts:
+        opt.step()
+    held = sum(p.nbytes + p.grad.nbytes for p in model.parameters())
+    held += sum(t.nbytes for opt in opts for state in opt.state.values() for k, t in state.items() if k != "step")
+    assert len(opts[0].state) + len(opts[1].state) == len(list(model.parameters()))  # every parameter stepped
+    assert held == model_states(count_parameters(cfg.model), 1, bf16=False)["DDP"].total
 
 
 MEASURE = r"""
