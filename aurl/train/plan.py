@@ -37,10 +37,15 @@ for the backward pass plus the transients at the start of the backward pass, in 
 - vae: the encoder's blocks over the same tokens and its final norm (2d at 4 bytes, 2 under bf16).
 - vae_gan generator phase: the straight-through fakes (Gumbel soft sample, hard one-hot, their sum, the
   concatenated sequence and the discriminator's input: 4 x 5V) and the discriminator's blocks at width
-  disc_d_model with feed-forward 4 x disc_d_model.
+  disc_d_model with feed-forward 4 x disc_d_model. (The discriminator phase runs after the generator phase has
+  freed its activations and holds less: a no-grad generator forward and the discriminator's blocks.)
 Activation memory = B x T x (sum of the above) + the bf16 weight copies. Checked against a measured CPU peak
 (tests/test_plan.py) in fp32 and bf16. The model has no activation checkpointing, so there is no "with
 checkpointing" figure.
+
+ETA = total steps x tokens per step / (recorded tokens/s x N / recorded processes): linear scaling in GPUs (an
+assumption, optimistic across nodes); the recorded rate counts real tokens and a step counts full windows, so
+padding makes the ETA err long.
 
 Per-GPU total = model states + activations of one micro-batch. Verdict: fits when the total is at most 90 % of
 --gpu-mem (the rest for the CUDA context, allocator fragmentation and communication buffers).
