@@ -35,6 +35,9 @@ def parse_args(argv):
     p.add_argument("--resume", action="store_true", help="require an existing run to resume (resume is automatic)")
     p.add_argument("--tracker", choices=TRACKERS, help="overrides logging.tracker")
     p.add_argument("--status", action="store_true", help="print the run's progress and exit (read-only)")
+    p.add_argument("--plan", action="store_true", help="print each stage's memory per GPU, steps and ETA; no training")
+    p.add_argument("--gpus", type=int, default=1, help="with --plan: GPUs in all, over all nodes (default 1)")
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="with --plan: GiB per GPU (default 80)")
     p.add_argument("--clear", action="store_true", help="delete this output dir's state, checkpoints and logs")
     p.add_argument("--force", action="store_true", help="with --clear: even while a run holds the lock")
     p.add_argument("--yes", action="store_true", help="with --clear: do not ask")
@@ -152,6 +155,12 @@ def main(argv=None) -> int:
         from aurl.train.pipeline import STAGES, load_pipeline, run_pipeline
 
         cfgs = load_pipeline(args.config, args.overrides)  # every stage checked before any work
+        if args.plan:
+            from aurl.train.plan import plan
+
+            chosen = {args.stage: cfgs[args.stage]} if args.stage else cfgs
+            print("\n".join(plan(chosen, out_dir, args.gpus, args.gpu_mem)))
+            return 0
         if args.resume and st.read_state(out_dir) is None:
             raise UserError(f"--resume: no run to resume in {out_dir}")
         stages = (args.stage,) if args.stage else STAGES
