@@ -35,6 +35,8 @@ class ModelConfig:
     """Dropout on the residual branches (attention and feed-forward outputs) during training (0 = off)."""
     rope_base: float = 10000.0
     """RoPE frequency base (larger = slower-rotating, longer-range position channels)."""
+    sounding_embedding: bool = False
+    """Add the pitches sounding after each token (a multi-hot of 88, projected) to its embedding (off in files without it)."""
 
     # ---- vae
     latent_dim: int = 64
@@ -111,6 +113,8 @@ class ModelConfig:
         for name in ("kl_warmup_steps", "adv_warmup_steps", "adv_start_step"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
+        if not isinstance(self.sounding_embedding, bool):
+            bad("sounding_embedding", "must be true or false")
         if self.gumbel_tau <= 0:
             bad("gumbel_tau", "must be > 0")
         if self.rope_base <= 1:

@@ -65,6 +65,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_len = max_len
         self.length = 0  # tokens already stored
+        self.sounding: torch.Tensor | None = None  # [B, 88] bool: pitches sounding after the last token stored
 
 
 class Attention(nn.Module):

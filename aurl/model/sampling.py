@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from aurl.console import UserError
+from aurl.model.sounding import sounding_states
 from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES, PAD_ID, START_ID, UNK_ID
 
 
@@ -85,7 +86,10 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
     keep = L - max(1, L // 4)
     win = 0 if seq.shape[1] <= L else seq.shape[1] - keep  # the context is seq[:, win:]
     cache = model.new_cache(B, L) if use_cache else None
-    logits = model.decode(seq[:, win:], z, cache)[:, -1]
+    # the pitches sounding before the context window (model.sounding_embedding: a window that slides past a
+    # NOTE_ON still sees the note sounding); the cache carries the state on from there
+    before = _sounding(seq[:, :win])
+    logits = model.decode(seq[:, win:], z, cache, sounding=before)[:, -1]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     sounding = _sounding(seq) if grammar else None
     for _ in range(max_new_tokens):
@@ -102,13 +106,14 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
             break
         if seq.shape[1] - win > L:  # the window is full: the oldest quarter drops out
             win = seq.shape[1] - keep
+            before = _sounding(seq[:, :win])
             if use_cache:
                 cache = model.new_cache(B, L)
-                logits = model.decode(seq[:, win:], z, cache)[:, -1]
+                logits = model.decode(seq[:, win:], z, cache, sounding=before)[:, -1]
         elif use_cache:
             logits = model.decode(seq[:, -1:], z, cache)[:, -1]
         if not use_cache:
-            logits = model.decode(seq[:, win:], z)[:, -1]
+            logits = model.decode(seq[:, win:], z, sounding=before)[:, -1]
     pad = prompt.shape[1] + max_new_tokens - seq.shape[1]
     if pad > 0:
         seq = F.pad(seq, (0, pad), value=PAD_ID)
@@ -134,11 +139,11 @@ def _track(sounding: torch.Tensor, tok: torch.Tensor) -> None:
 
 
 def _sounding(seq: torch.Tensor) -> torch.Tensor:
-    """The pitches still sounding at the end of each prompt row."""
-    sounding = torch.zeros(seq.shape[0], NUM_PITCHES, dtype=torch.bool, device=seq.device)
-    for t in range(seq.shape[1]):
-        _track(sounding, seq[:, t])
-    return sounding
+    """The pitches still sounding at the end of each row [B, 88]: _track's rule over the whole row, vectorized
+    (aurl.model.sounding, the same rule the model's sounding-notes feature uses)."""
+    if seq.shape[1] == 0:
+        return torch.zeros(seq.shape[0], NUM_PITCHES, dtype=torch.bool, device=seq.device)
+    return sounding_states(seq)[:, -1]
 
 
 def _mask_ungrammatical(logits: torch.Tensor, sounding: torch.Tensor) -> None:

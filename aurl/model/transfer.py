@@ -3,7 +3,8 @@
 Every destination parameter ends up in exactly one list of the TransferReport:
 - transferred: copied unchanged (same name, same shape);
 - grown: built from a source parameter of another shape (wider) or copied into a new layer (deeper);
-- fresh: no source (e.g. the encoder when a transformer becomes a vae), left at its initialization.
+- fresh: no source (e.g. the encoder when a transformer becomes a vae), left at its initialization (the
+  sounding-notes projection of model.sounding_embedding starts at zero, so adding it keeps the function).
 Source parameters with no destination (e.g. the discriminator when going back to a vae) are listed in
 `dropped`, never silently lost.
 
@@ -31,7 +32,7 @@ import torch
 from aurl.model.config import ModelConfig
 
 _LAYER = re.compile(r"^(decoder|encoder|disc\.stack)\.blocks\.(\d+)\.(.*)$")
-_RESIDUAL_OUT = ("attn.o.weight", "mlp.down.weight", "latent_proj.weight")
+_RESIDUAL_OUT = ("attn.o.weight", "mlp.down.weight", "latent_proj.weight", "sound_proj.weight")
 
 
 @dataclass
@@ -129,6 +130,9 @@ def transfer_weights(src_state_dict: dict[str, torch.Tensor], src_cfg: ModelConf
         new_state[name] = _grow(init, src, name, new_layer)
         report.grown.append(name)
     report.dropped = sorted(set(src_state_dict) - used)
+    if "sound_proj.weight" in report.dropped:
+        report.exact = False
+        report.notes.append("model.sounding_embedding off in the destination: the sounding-notes feature is dropped")
     if dst_cfg.n_layers < src_cfg.n_layers or (dst_cfg.is_vae and src_cfg.is_vae
                                                 and dst_cfg.encoder_layers < src_cfg.encoder_layers):
         report.exact = False

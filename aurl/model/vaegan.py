@@ -30,7 +30,8 @@ from torch.func import functional_call
 from aurl.model.config import ModelConfig
 from aurl.model.elbo import validation_sums
 from aurl.model.layers import KVCache, Stack, init_weights
-from aurl.vocab import PAD_ID
+from aurl.model.sounding import sounding_states
+from aurl.vocab import NUM_PITCHES, PAD_ID
 
 
 class ModelOutput(NamedTuple):
@@ -75,6 +76,12 @@ class MusicTransformerVAEGAN(nn.Module):
                              cfg.max_seq_len)
         init_weights(self.decoder, cfg.n_layers)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
+        # the pitches sounding after each token, added to its embedding (aurl.model.sounding); zero at first,
+        # so a model without it transfers into one with it unchanged, and it still gets gradients
+        self.sound_proj = None
+        if cfg.sounding_embedding:
+            self.sound_proj = nn.Linear(NUM_PITCHES, d, bias=False)
+            nn.init.zeros_(self.sound_proj.weight)
         if cfg.is_vae:
             self.encoder = Stack(d, cfg.encoder_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, False, cfg.rope_base,
                                  cfg.max_seq_len)
@@ -113,7 +120,7 @@ class MusicTransformerVAEGAN(nn.Module):
     def encode(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x): (mu, logvar) [B, latent_dim], in float32. The encoder sees the whole window."""
         assert self.cfg.is_vae, "encode() needs a vae mode"
-        h = _masked_mean(self.encoder(self.tok_emb(input_ids), pad_mask=loss_mask), loss_mask)
+        h = _masked_mean(self.encoder(self.embed(input_ids), pad_mask=loss_mask), loss_mask)
         mu = self.to_mu(h).float()
         if self.mu_bn is not None:
             # batch statistics in training (running ones for a batch of one), running statistics in eval: a
@@ -138,13 +145,43 @@ class MusicTransformerVAEGAN(nn.Module):
         return {"kl_per_dim": (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0),
                 "mu_var_per_dim": mu.var(0, unbiased=False)}
 
+    def sounding_feature(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                         sounding: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The sounding-notes feature [B, T, d] added to the token embeddings (None when
+        model.sounding_embedding is off): the projection of the pitches sounding after each token.
+
+        sounding [B, 88] bool: the pitches sounding before input_ids[:, 0]. None = the state `cache` has
+        reached (the pitches sounding after its last token), or nothing sounding without a cache. A cache
+        keeps the state after this chunk, so incremental decoding sees exactly the full forward's feature.
+        """
+        if self.sound_proj is None:
+            return None
+        before = sounding if sounding is not None or cache is None else cache.sounding
+        states = sounding_states(input_ids, before)
+        if cache is not None:
+            cache.sounding = states[:, -1]
+        w = self.sound_proj.weight
+        return self.sound_proj(states.to(w.dtype))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads: token embeddings (+ the sounding-notes feature)."""
+        x = self.tok_emb(input_ids)
+        feature = self.sounding_feature(input_ids)
+        return x if feature is None else x + feature.to(x.dtype)
+
     def decode(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
-               cache: KVCache | None = None, word_dropout: float = 0.0) -> torch.Tensor:
+               cache: KVCache | None = None, word_dropout: float = 0.0,
+               sounding: torch.Tensor | None = None) -> torch.Tensor:
         """Causal decoder logits [B, T, V] for input_ids (continuing `cache` if given), conditioned on z.
-        word_dropout: share of input tokens whose embedding is zeroed (training only, see model.word_dropout)."""
+        word_dropout: share of input tokens whose embedding is zeroed (training only, see model.word_dropout);
+        it zeroes the token embedding only: the sounding-notes feature stays (it is state, not content).
+        sounding: the pitches sounding before input_ids[:, 0] (see sounding_feature)."""
         x = self.tok_emb(input_ids)
         if word_dropout > 0:
             x = x * (torch.rand(x.shape[:2], device=x.device) >= word_dropout).unsqueeze(-1).to(x.dtype)
+        feature = self.sounding_feature(input_ids, cache, sounding)
+        if feature is not None:
+            x = x + feature.to(x.dtype)
         if z is not None:
             x = x + self.latent_proj(z.to(x.dtype)).unsqueeze(1)
         h = self.decoder(x, cache)
@@ -152,8 +189,10 @@ class MusicTransformerVAEGAN(nn.Module):
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight
-        return KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, max_len or self.cfg.max_seq_len,
-                       self.cfg.head_dim, p.device, p.dtype)
+        cache = KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, max_len or self.cfg.max_seq_len,
+                        self.cfg.head_dim, p.device, p.dtype)
+        cache.sounding = torch.zeros(batch, NUM_PITCHES, dtype=torch.bool, device=p.device)
+        return cache
 
     def kl_beta(self, step: int) -> float:
         c = self.cfg

@@ -1,0 +1,43 @@
+"""The "sounding notes" input feature: which of the 88 pitches sound after each token (model.sounding_embedding).
+
+Why: a small decoder does not reliably track which pitches are held, so raw sampling writes NOTE_OFFs of
+silent pitches and NOTE_ONs of sounding ones. The set is a pure function of the tokens (the grammar's rule:
+NOTE_ON opens a pitch, NOTE_OFF closes it, nothing else touches it), so it is given to the model exactly
+instead of being learned: a multi-hot [B, T, 88] projected by Linear(88, d_model, bias=False) and added to
+the token embedding.
+
+The rule for any input, grammatical or not: pitch p sounds after token t when the latest NOTE_ON/NOTE_OFF of p
+at or before t is a NOTE_ON (or, with none, when p sounded in the state before the sequence). It is what
+aurl.grammar.Walker keeps in ``state.sounding`` ("on_again" leaves the pitch sounding, "off_silent" leaves it
+silent) and what the sampler's grammar tracking (aurl.model.sampling._track) keeps.
+
+Vectorized: the index of each pitch's latest NOTE_ON and latest NOTE_OFF by a running maximum over time
+(O(B * T * 88), no Python loop), so it costs nothing next to attention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aurl.vocab import NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES
+
+
+def sounding_states(input_ids: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] token ids -> [B, T, 88] bool: the pitches sounding after each token.
+
+    before [B, 88] bool: the pitches sounding before input_ids[:, 0] (None = none), e.g. the state a KV cache
+    has reached or the state at the start of a sliding context window.
+    """
+    B, T = input_ids.shape
+    pitches = torch.arange(NUM_PITCHES, device=input_ids.device)
+    time = torch.arange(T, device=input_ids.device).view(1, T, 1)
+    ids = input_ids.unsqueeze(-1)
+    never = torch.full((), -1, device=input_ids.device, dtype=torch.long)
+    # index of the latest NOTE_ON / NOTE_OFF of each pitch so far (-1: none yet in this sequence)
+    last_on = torch.where(ids == NOTE_ON_OFFSET + pitches, time, never).cummax(dim=1).values
+    last_off = torch.where(ids == NOTE_OFF_OFFSET + pitches, time, never).cummax(dim=1).values
+    states = last_on > last_off
+    if before is not None:  # no event of the pitch yet in this sequence: the state before it holds
+        untouched = (last_on < 0) & (last_off < 0)
+        states = states | (untouched & before.bool().unsqueeze(1))
+    return states
