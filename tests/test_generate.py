@@ -142,8 +142,8 @@ def test_generation_within_the_window_is_what_it_always_was():
         model.tok_emb.weight.mul_(8)  # peaked distributions: a token then depends on what the model was fed
     prompt = torch.full((2, 1), START_ID)
     decode, fed = model.decode, []
-    model.decode = lambda ids, z=None, cache=None: fed.append(ids.shape[1] + (cache.length if cache else 0)) or \
-        decode(ids, z, cache)
+    model.decode = lambda ids, z=None, cache=None, **kw: fed.append(ids.shape[1] + (cache.length if cache else 0)) \
+        or decode(ids, z, cache, **kw)
     compared = 0
     for use_cache in (True, False):
         fed.clear()
@@ -175,9 +175,9 @@ def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(c
     seen = []
     decode = model.decode
 
-    def spy(ids, z=None, cache=None):
+    def spy(ids, z=None, cache=None, **kw):
         seen.append(ids.shape[1] + (cache.length if cache is not None else 0))
-        return decode(ids, z, cache)
+        return decode(ids, z, cache, **kw)
 
     model.decode = spy
     rows = {}

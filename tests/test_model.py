@@ -277,3 +277,140 @@ def test_kv_cache_equals_recompute_on_gpu():
     a = generate(model, prompt, 100, generator=make_generator(1, "cuda"), use_cache=True, top_k=40)
     b = generate(model, prompt, 100, generator=make_generator(1, "cuda"), use_cache=False, top_k=40)
     assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model.sounding_embedding: the pitches sounding after each token, given to the model exactly
+def _walker_sounding(tokens: list[int]) -> torch.Tensor:
+    """Reference: aurl.grammar's Walker fed token by token; [T, 88] bool of its ``state.sounding`` after each."""
+    from aurl.grammar import Walker
+    from aurl.vocab import MIN_PITCH, NUM_PITCHES
+
+    walker, rows = Walker(), []
+    for t in tokens:
+        walker.feed(t)
+        row = torch.zeros(NUM_PITCHES, dtype=torch.bool)
+        row[[p - MIN_PITCH for p in walker.state.sounding]] = True
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def _real_windows(n_pieces: int = 3, per_piece: int = 4, length: int = 96) -> torch.Tensor:
+    """Training windows as the loader cuts them (aurl.data.dataset: the state prefix, then the piece's own
+    tokens) from grammatical pieces with overlapping voices, PAD-padded to one length."""
+    import numpy as np
+    from midi_factory import random_score
+
+    from aurl import grammar, vocab
+
+    rows = []
+    for seed in range(n_pieces):
+        piece = vocab.encode(random_score(seed, n_notes=120, n_programs=2)).astype(np.int64)
+        states = grammar.PieceStates(piece)
+        for start in np.linspace(0, len(piece) - length // 2, per_piece).astype(int).tolist():
+            prefix = grammar.state_prefix(states.state(start)) if start else np.zeros(0, dtype=np.int64)
+            toks = np.concatenate([prefix, piece[start:]])[:length].astype(np.int64)
+            rows.append(np.pad(toks, (0, length - len(toks)), constant_values=PAD_ID))
+    return torch.from_numpy(np.stack(rows))
+
+
+def test_sounding_feature_matches_the_grammar_walker_on_real_windows_and_on_any_tokens():
+    """The feature's multi-hot is the Walker's sounding set after every token: on loader-cut windows, and on
+    random (ungrammatical) streams, where it also equals the sampler's own tracking (_track); continuing from
+    a state (`before`) gives the same states as one pass over the whole sequence."""
+    from aurl.model.sampling import _track
+    from aurl.model.sounding import sounding_states
+
+    windows = _real_windows()
+    random_ids, _ = batch(b=4, t=300, seed=5)
+    compared = busy = 0
+    for ids in (windows, random_ids):
+        states = sounding_states(ids)
+        tracked = torch.zeros(ids.shape[0], states.shape[-1], dtype=torch.bool)
+        for b, row in enumerate(ids.tolist()):
+            assert torch.equal(states[b], _walker_sounding(row))
+            compared += len(row)
+            busy += int(states[b].any(-1).sum())
+        for t in range(ids.shape[1]):
+            _track(tracked, ids[:, t])
+            assert torch.equal(states[:, t], tracked)
+        for cut in (1, 37, ids.shape[1] - 1):
+            rest = sounding_states(ids[:, cut:], before=states[:, cut - 1])
+            assert torch.equal(rest, states[:, cut:])
+    assert compared == windows.numel() + random_ids.numel() == 12 * 96 + 4 * 300
+    assert busy > compared // 2  # mostly positions where notes sound: the comparison is not of empty sets
+
+
+def test_sounding_embedding_is_added_to_the_token_embedding_and_honoured():
+    """model.sounding_embedding on: each position's input is tok_emb + W @ (walker's multi-hot); off (the
+    default, and a model file without the key): no such weight, the embedding alone."""
+    from aurl.model.sounding import sounding_states
+
+    torch.manual_seed(0)
+    on = MusicTransformerVAEGAN(tiny("vae", sounding_embedding=True)).eval()
+    off = MusicTransformerVAEGAN(tiny("vae")).eval()
+    assert off.sound_proj is None and ModelConfig().sounding_embedding is False
+    assert on.num_parameters() - off.num_parameters() == 88 * 32
+    assert not on.sound_proj.weight.any()  # zero at first: a model without it transfers in unchanged
+    with torch.no_grad():
+        on.sound_proj.weight.normal_(0, 0.5)
+    ids = _real_windows(n_pieces=1, per_piece=2)
+    ref = torch.stack([_walker_sounding(row) for row in ids.tolist()]).float() @ on.sound_proj.weight.T
+    feature = on.sounding_feature(ids)
+    assert feature.shape == (2, 96, 32) and feature.abs().sum() > 0
+    assert torch.allclose(feature, ref, atol=1e-6)
+    assert torch.allclose(on.embed(ids), on.tok_emb(ids) + ref, atol=1e-6)  # what the encoder reads
+    z = torch.randn(2, 8)
+    assert not torch.allclose(on.decode(ids, z), off.decode(ids, z), atol=1e-3)
+    assert torch.equal(sounding_states(ids).float() @ on.sound_proj.weight.T, feature)
+
+
+@pytest.mark.parametrize("mode", ["transformer", "vae"])
+def test_sounding_embedding_incremental_equals_full_forward_and_cached_generation_equals_uncached(mode):
+    """With the feature on (and a non-zero projection): the KV-cached decode, chunk then token by token, gives
+    the full forward's logits (the cache carries the sounding state); generation gives the same tokens with
+    and without the cache, raw and grammar-constrained, across context restarts with notes sounding before
+    the window (the state is handed over), and a context restart keeps the notes sounding in the feature."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny(mode, max_seq_len=32, sounding_embedding=True)).eval()
+    with torch.no_grad():
+        model.sound_proj.weight.normal_(0, 0.5)
+        model.tok_emb.weight.mul_(4)  # peaked distributions: a token then depends on what the model was fed
+    x = _real_windows(n_pieces=1, per_piece=2, length=30)
+    z = torch.randn(2, 8) if mode == "vae" else None
+    cache = model.new_cache(2)
+    parts = [model.decode(x[:, :7], z, cache)] + [model.decode(x[:, i : i + 1], z, cache) for i in range(7, 30)]
+    # float32 on CPU: the two paths differ by ~1e-6 (other matmul shapes); 1e-5 as in the cache test above
+    assert torch.allclose(torch.cat(parts, 1), model.decode(x, z), atol=1e-5)
+    decode, calls = model.decode, []
+
+    def spy(ids, z=None, cache=None, **kw):  # the state each call is handed, to check against the rows
+        calls.append((ids.shape[1], kw.get("sounding")))
+        return decode(ids, z, cache, **kw)
+
+    model.decode = spy
+    compared = handed = 0
+    for grammar in (False, True):
+        rows = []
+        for use_cache in (True, False):
+            calls.clear()
+            rows.append(generate(model, x[:, :20], 100, generator=make_generator(4), grammar=grammar,
+                                 use_cache=use_cache, z=z, temperature=1.0))
+            assert len(calls) == 101  # one call per step: call k sees the row's first 20 + k tokens
+            for k, (length, before) in enumerate(calls):
+                if use_cache and length == 1:
+                    continue  # the cache carries the state on
+                win = 20 + k - length  # a (re)start of the context at token `win`
+                ref = torch.stack([_walker_sounding(r)[win - 1] if win else torch.zeros(88, dtype=torch.bool)
+                                   for r in rows[-1].tolist()])
+                assert torch.equal(before, ref)
+                handed += int(ref.any())
+        assert torch.equal(rows[0], rows[1])
+        compared += rows[0].numel()
+    assert compared == 2 * 2 * 120 and handed > 0
+    # a window cut after notes started: the state handed over gives the full pass's feature
+    from aurl.model.sampling import _sounding
+
+    full = model.sounding_feature(x)
+    win = model.sounding_feature(x[:, 12:], sounding=_sounding(x[:, :12]))
+    assert _sounding(x[:, :12]).any() and torch.equal(win, full[:, 12:])
