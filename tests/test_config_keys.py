@@ -477,6 +477,19 @@ def _(lab, key):
     rejects(key, 1.0)
 
 
+@probe("model.sounding_embedding")
+def _(lab, key):
+    """On: a Linear(88, d_model) of the pitches sounding after each token is added to its embedding (twins with
+    the same weights differ once it is non-zero, and only where notes sound); off: no such weight."""
+    off, on = build(), build(sounding_embedding=True)
+    assert off.sound_proj is None and on.num_parameters() - off.num_parameters() == 88 * SMALL["d_model"]
+    on.load_state_dict({**off.state_dict(), "sound_proj.weight": torch.randn(SMALL["d_model"], 88)})
+    silent = torch.full((1, 12), vocab.TIME_SHIFT_OFFSET)  # no note sounds: the feature is zero there
+    assert torch.equal(on.eval().decode(silent), off.eval().decode(silent))
+    assert not torch.allclose(forward(on.eval()).logits, forward(off.eval()).logits)
+    rejects(key, "yes")
+
+
 @probe("model.latent_dim")
 def _(lab, key):
     sizes_differ(key, 8, 16, mode="vae")

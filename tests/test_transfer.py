@@ -103,3 +103,23 @@ def test_head_size_change_is_reported_as_inexact():
     dst, rep = move(src, cfg("transformer", n_heads=4))
     assert not rep.exact and any("head size" in n for n in rep.notes)
     assert set(rep.transferred) | set(rep.grown) == set(dst.state_dict())
+
+
+def test_sounding_embedding_is_carried_added_as_a_no_op_grown_and_reported_when_dropped():
+    """model.sounding_embedding: its weight moves with the rest (same function); a model without it transfers
+    into one with it unchanged (zero at first); widening keeps the function (new rows zero); turning it off
+    lists it as dropped and the transfer as inexact."""
+    x = tokens()
+    src = trained(cfg("transformer", sounding_embedding=True))
+    assert src.sound_proj.weight.abs().sum() > 0
+    dst, rep = move(src, cfg("vae", sounding_embedding=True))
+    assert "sound_proj.weight" in rep.transferred and torch.equal(dst.sound_proj.weight, src.sound_proj.weight)
+    assert torch.allclose(dst.decode(x, torch.randn(2, 8)), src.decode(x), atol=1e-6)
+    plain = trained(cfg("transformer"))
+    dst, rep = move(plain, cfg("transformer", sounding_embedding=True))
+    assert rep.exact and "sound_proj.weight" in rep.fresh and torch.equal(dst.decode(x), plain.decode(x))
+    dst, rep = move(src, cfg("transformer", sounding_embedding=True, d_model=64, n_heads=4, d_ff=128))
+    assert rep.exact and "sound_proj.weight" in rep.grown and not dst.sound_proj.weight[32:].any()
+    assert torch.allclose(dst.decode(x), src.decode(x), rtol=1e-3, atol=1e-3)  # RMSNorm eps, as above
+    _, rep = move(src, cfg("transformer"))
+    assert "sound_proj.weight" in rep.dropped and not rep.exact
