@@ -5,7 +5,8 @@
 
 What is measured, and why:
 - Validation likelihood over the cache's validation pieces, cut into non-overlapping windows of the
-  model's context (the window it was trained on, recorded in the model file; the first token of each window is context only). Reported per token (nats), per
+  model's context (the window it was trained on, recorded in the model file; the first token of each window is context only; a model with
+  model.sounding_embedding is handed the pitches sounding before each window, as generation hands them over). Reported per token (nats), per
   note (nats per NOTE_ON target) and in bits per second of music (total bits / seconds covered by the
   targets' time shifts): per-token numbers only compare models with the same vocabulary, the other two
   compare across vocabularies (Anticipatory Music Transformer's convention).
@@ -98,45 +99,56 @@ class EvalConfig:
 
 # ----------------------------------------------------------------------------------------------------------
 # Validation likelihood
-def _windows(cache, seq_len: int, max_tokens: int) -> list[np.ndarray]:
-    """Non-overlapping windows (>= 2 tokens) of the validation pieces; with max_tokens, windows spread
-    evenly over the split (not just its first pieces), the last cut so that exactly max_tokens are targets."""
+def _windows(cache, seq_len: int, max_tokens: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping windows (>= 2 tokens) of the validation pieces, each with the pitches sounding before it
+    (bool [88]: what model.sounding_embedding is handed, as generation hands it over when its context
+    slides); with max_tokens, windows spread evenly over the split (not just its first pieces), the last cut
+    so that exactly max_tokens are targets."""
+    import torch
+
+    from aurl.model.sounding import sounding_states
+
     out = []
     for piece in cache.val_pieces:
         toks = np.asarray(cache.tokens(piece)).astype(np.int64)
-        out += [toks[s : s + seq_len] for s in range(0, len(toks) - 1, seq_len) if len(toks[s : s + seq_len]) >= 2]
-    total = sum(len(w) - 1 for w in out)
+        states = sounding_states(torch.from_numpy(toks)[None])[0].numpy()
+        none = np.zeros(vocab.NUM_PITCHES, dtype=bool)
+        out += [(toks[s : s + seq_len], states[s - 1] if s else none) for s in range(0, len(toks) - 1, seq_len)
+                if len(toks[s : s + seq_len]) >= 2]
+    total = sum(len(w) - 1 for w, _ in out)
     if not max_tokens or total <= max_tokens:
         return out
     k = min(len(out), max(1, math.ceil(max_tokens / (total / len(out)))))
     while True:  # the fewest evenly spread windows that hold max_tokens targets
         picked = [out[i] for i in np.unique(np.linspace(0, len(out) - 1, k).round().astype(int))]
-        if sum(len(w) - 1 for w in picked) >= max_tokens or k == len(out):
+        if sum(len(w) - 1 for w, _ in picked) >= max_tokens or k == len(out):
             break
         k += 1
     kept, targets = [], 0
-    for w in picked:
+    for w, before in picked:
         w = w[: max_tokens - targets + 1]
         if len(w) >= 2:
-            kept.append(w)
+            kept.append((w, before))
             targets += len(w) - 1
         if targets >= max_tokens:
             break
     return kept
 
 
-def _padded_batches(windows: list[np.ndarray], batch_size: int):
+def _padded_batches(windows: list[tuple[np.ndarray, np.ndarray]], batch_size: int):
+    """(input_ids, loss_mask, pitches sounding before each window) numpy batches."""
     for b in range(0, len(windows), batch_size):
         batch = windows[b : b + batch_size]
-        ids = np.full((len(batch), max(len(w) for w in batch)), vocab.PAD_ID, dtype=np.int64)
-        for i, w in enumerate(batch):
+        ids = np.full((len(batch), max(len(w) for w, _ in batch)), vocab.PAD_ID, dtype=np.int64)
+        for i, (w, _) in enumerate(batch):
             ids[i, : len(w)] = w
-        yield ids, ids != vocab.PAD_ID
+        yield ids, ids != vocab.PAD_ID, np.stack([before for _, before in batch])
 
 
 def likelihood_figures(model, batches, seed: int, device) -> dict:
-    """aurl.model.elbo figures (+ notes and seconds of music) of (input_ids, loss_mask) numpy batches: the
-    model's phase="validate", which the trainer's validation runs too, so the two report the same number."""
+    """aurl.model.elbo figures (+ notes and seconds of music) of (input_ids, loss_mask[, sounding before])
+    numpy batches: the model's phase="validate", which the trainer's validation runs too, so the two report
+    the same number."""
     import torch
 
     from aurl.model.elbo import figures, sum_shapes
@@ -146,9 +158,10 @@ def likelihood_figures(model, batches, seed: int, device) -> dict:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for ids, mask in batches:
+        for ids, mask, *before in batches:
+            sounding = torch.as_tensor(before[0]).to(device) if before else None
             out = model(torch.as_tensor(ids).to(device), torch.as_tensor(mask).to(device), phase="validate",
-                        seed=seed)
+                        seed=seed, sounding=sounding)
             for k, v in out.metrics.items():
                 sums[k] += v.cpu()
             tgt, tmask = ids[:, 1:], mask[:, 1:] & (ids[:, 1:] != vocab.PAD_ID)

@@ -52,15 +52,18 @@ def sum_shapes(cfg) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _window_ce(model, inp: torch.Tensor, tgt: torch.Tensor, tgt_mask: torch.Tensor, z) -> torch.Tensor:
-    logits = model.decode(inp, z)
+def _window_ce(model, inp: torch.Tensor, tgt: torch.Tensor, tgt_mask: torch.Tensor, z,
+               sounding: torch.Tensor | None = None) -> torch.Tensor:
+    logits = model.decode(inp, z, sounding=sounding)
     ce = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")
     return (ce * tgt_mask).sum(1), logits
 
 
 @torch.no_grad()
-def validation_sums(model, input_ids: torch.Tensor, loss_mask: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    """Sums over one batch of windows (float64): add them up over batches and ranks, then figures()."""
+def validation_sums(model, input_ids: torch.Tensor, loss_mask: torch.Tensor, seed: int,
+                    sounding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Sums over one batch of windows (float64): add them up over batches and ranks, then figures().
+    sounding [B, 88]: the pitches sounding before each window (model.sounding_embedding; None = none)."""
     cfg = model.cfg
     real = input_ids != PAD_ID
     inp, tgt = input_ids[:, :-1], input_ids[:, 1:]
@@ -68,16 +71,16 @@ def validation_sums(model, input_ids: torch.Tensor, loss_mask: torch.Tensor, see
     n_win = input_ids.shape[0]
     sums = {"tokens": tgt_mask.sum(), "windows": torch.tensor(n_win)}
     if not cfg.is_vae:
-        sums["ce"] = _window_ce(model, inp, tgt, tgt_mask, None)[0].sum()
+        sums["ce"] = _window_ce(model, inp, tgt, tgt_mask, None, sounding)[0].sum()
         return {k: v.double() for k, v in sums.items()}
     gens = window_generators(input_ids, real, seed)
-    mu, logvar = model.encode(input_ids, real)
+    mu, logvar = model.encode(input_ids, real, sounding)
     z = mu + _draw(gens, (cfg.latent_dim,), mu.device) * (0.5 * logvar).exp()
-    ce, logits = _window_ce(model, inp, tgt, tgt_mask, z)
+    ce, logits = _window_ce(model, inp, tgt, tgt_mask, z, sounding)
     sums |= {"ce": ce.sum(), "kl": (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).sum(),
              "mu": mu.sum(0), "mu_sq": mu.pow(2).sum(0)}
     if n_win > 1:  # each window given its neighbour's z (a batch of one has no other window: no term)
-        swapped, _ = _window_ce(model, inp, tgt, tgt_mask, z.roll(1, 0))
+        swapped, _ = _window_ce(model, inp, tgt, tgt_mask, z.roll(1, 0), sounding)
         sums |= {"swap_delta": (swapped - ce).sum(), "swap_tokens": tgt_mask.sum()}
     else:
         sums |= {"swap_delta": torch.zeros(()), "swap_tokens": torch.zeros(())}

@@ -117,10 +117,12 @@ class MusicTransformerVAEGAN(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
     # Pieces (used by forward, the sampler and the tests)
-    def encode(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x): (mu, logvar) [B, latent_dim], in float32. The encoder sees the whole window."""
+    def encode(self, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+               sounding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x): (mu, logvar) [B, latent_dim], in float32. The encoder sees the whole window.
+        sounding: the pitches sounding before the window (see sounding_feature)."""
         assert self.cfg.is_vae, "encode() needs a vae mode"
-        h = _masked_mean(self.encoder(self.embed(input_ids), pad_mask=loss_mask), loss_mask)
+        h = _masked_mean(self.encoder(self.embed(input_ids, sounding), pad_mask=loss_mask), loss_mask)
         mu = self.to_mu(h).float()
         if self.mu_bn is not None:
             # batch statistics in training (running ones for a batch of one), running statistics in eval: a
@@ -163,10 +165,10 @@ class MusicTransformerVAEGAN(nn.Module):
         w = self.sound_proj.weight
         return self.sound_proj(states.to(w.dtype))
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, sounding: torch.Tensor | None = None) -> torch.Tensor:
         """What the encoder reads: token embeddings (+ the sounding-notes feature)."""
         x = self.tok_emb(input_ids)
-        feature = self.sounding_feature(input_ids)
+        feature = self.sounding_feature(input_ids, sounding=sounding)
         return x if feature is None else x + feature.to(x.dtype)
 
     def decode(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
@@ -216,16 +218,20 @@ class MusicTransformerVAEGAN(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, step: int = 0,
-                phase: str = "generator", return_logits: bool = False, seed: int = 0) -> ModelOutput:
+                phase: str = "generator", return_logits: bool = False, seed: int = 0,
+                sounding: torch.Tensor | None = None) -> ModelOutput:
         """input_ids [B, T] long, loss_mask [B, T] bool (True at real tokens). See the module docstring.
-        phase="validate": metrics = aurl.model.elbo.validation_sums (summable; `seed` seeds its noise)."""
+        phase="validate": metrics = aurl.model.elbo.validation_sums (summable; `seed` seeds its noise);
+        `sounding` [B, 88] there: the pitches sounding before each window (a window cut from inside a piece
+        without its state prefix, as aurl.evaluate cuts them; None = none). Training windows carry their
+        state as tokens (aurl.grammar), so the training phases take none."""
         cfg = self.cfg
         if phase not in ("generator", "discriminator", "validate"):
             raise ValueError(f"phase must be 'generator', 'discriminator' or 'validate', got {phase!r}")
         if phase == "discriminator" and not cfg.is_gan:
             raise ValueError(f"phase='discriminator' needs mode vae_gan (mode is {cfg.mode})")
         if phase == "validate":  # through forward, so DDP / DeepSpeed wrappers see an ordinary call
-            sums = validation_sums(self, input_ids, loss_mask, seed)
+            sums = validation_sums(self, input_ids, loss_mask, seed, sounding)
             return ModelOutput(sums["ce"] + sums.get("kl", 0.0), sums)
         step = int(step)
         loss_mask = loss_mask.bool()
