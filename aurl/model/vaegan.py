@@ -13,6 +13,9 @@
   next-token distributions: one-hot in the forward pass, softmax gradient in the backward pass, so the
   adversarial loss reaches every generator weight. D's weights are detached in the generator phase (its
   grads stay untouched); in the discriminator phase the fakes are made without grad.
+- every mode, with model.sounding_embedding: the pitches sounding after each token (aurl.model.sounding,
+  exact from the tokens) are projected and added to its embedding, in the decoder and the encoder; a KV
+  cache carries that state on, so incremental decoding sees what the full forward sees.
 
 No distribution code here: the trainer wraps the model (one forward signature for DDP/DeepSpeed).
 With DDP, vae_gan leaves some parameters unused per phase: wrap with find_unused_parameters=True.
