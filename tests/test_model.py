@@ -454,3 +454,23 @@ def test_evaluation_windows_hand_the_sounding_state_to_the_model():
             n += len(w) - 1
     assert got["tokens"] == n and abs(got["loss"] - ce / n) < 1e-5  # float32 vs float64 sums: 3e-8 measured
     assert abs(silent["loss"] - got["loss"]) > 1e-4  # 1.4e-3 measured: the state changes the NLL
+
+
+def test_model_file_without_the_sounding_key_loads_with_it_off(tmp_path):
+    """A model file written before model.sounding_embedding existed (no such config field, no sound_proj
+    weight) loads as off and computes what it did; one written with it on loads on."""
+    from aurl.model.checkpoint import load_model_file, save_model_file
+
+    torch.manual_seed(0)
+    old = MusicTransformerVAEGAN(tiny("transformer")).eval()
+    path = save_model_file(tmp_path / "old.pt", old, tiny("transformer"))
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]["sounding_embedding"]
+    torch.save(blob, path)
+    loaded, cfg, _ = load_model_file(path)
+    x, _ = batch(b=2, t=16)
+    assert cfg.sounding_embedding is False and loaded.sound_proj is None
+    assert torch.equal(loaded.decode(x), old.decode(x))
+    on = MusicTransformerVAEGAN(tiny("transformer", sounding_embedding=True)).eval()
+    loaded, cfg, _ = load_model_file(save_model_file(tmp_path / "new.pt", on, on.cfg))
+    assert cfg.sounding_embedding is True and loaded.sound_proj is not None
