@@ -175,7 +175,8 @@ def test_cli_full_size_and_quickstart(capsys, tmp_path):
     assert len(v) == 12 and set(v.values()) == {"fits"}, out  # 3 stages x 4 modes; this model fits 80 GiB
     for stage in (1, 2, 3):
         assert f"stage {stage}: " in out
-    assert "tokens per optimizer step: 262,144 (16 x 1024 x 2 x 8 GPUs)" in out
+    # stage 1_base: micro-batch 16 x seq_len 2048 x accumulation 2, on 8 GPUs
+    assert "tokens per optimizer step: 524,288 (16 x 2048 x 2 x 8 GPUs)" in out
     assert "discriminator 1,772,545" in out and "+ 16Pd" in out  # stage 3's D, counted in every mode
     assert not (tmp_path / "o").exists()  # planning writes nothing
 
