@@ -1,5 +1,8 @@
 """Shared pytest helpers.
 
+`ensure_debian_packages(packages, commands)`: apt-get install what a test needs (SLURM, FluidSynth, Chromium)
+unless it is already there.
+
 `unavailable(reason)`: a component a test needs cannot start (SLURM, munge, the DeepSpeed op build). Under
 CI=true (CI sets it) the test fails with the reason, so CI cannot go green without the component; elsewhere
 (a laptop without root, say) it is skipped with the reason.
@@ -8,8 +11,13 @@ CI=true (CI sets it) the test fails with the reason, so CI cannot go green witho
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 
 import pytest
+
+_updated = False  # apt-get update runs once per session
 
 
 def in_ci() -> bool:
@@ -21,3 +29,23 @@ def unavailable(reason: str):
     if in_ci():
         pytest.fail(f"CI=true, and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def ensure_debian_packages(packages: list[str], commands: list[str]) -> None:
+    """apt-get install `packages` unless every command in `commands` is on PATH (CI starts from a bare Debian
+    12 as root). Without root apt-get: unavailable(), i.e. failed under CI=true, skipped elsewhere."""
+    global _updated
+    if all(shutil.which(c) for c in commands):
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        unavailable(f"{', '.join(commands)} not installed and no root apt-get to install {' '.join(packages)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmds = [] if _updated else [["apt-get", "update", "-qq"]]
+    cmds.append(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages])
+    t0 = time.time()
+    for cmd in cmds:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    _updated = True
+    print(f"installed {' '.join(packages)} in {time.time() - t0:.0f} s")

@@ -1,42 +1,15 @@
-"""What the audio and report tests share: Debian packages installed on demand, a tiny model and cache.
+"""What the audio and report tests share: the Debian packages they need, a tiny model and cache.
 
 Imported by name (tests/ is on sys.path under pytest's default import mode), like midi_factory.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
-
-import pytest
 
 # what the tests install (README: Listen and look); fluid-soundfont-gm sounds better but is 142 MB
 AUDIO_PACKAGES = ["fluidsynth", "timgm6mb-soundfont"]
 BROWSER_PACKAGES = ["chromium"]
-_updated = False
-
-
-def ensure_debian_packages(packages: list[str], commands: list[str]) -> None:
-    """apt-get install `packages` unless every command in `commands` is on PATH (CI starts from a bare Debian
-    12 as root). Elsewhere, without them, the calling test is skipped with the reason."""
-    global _updated
-    if all(shutil.which(c) for c in commands):
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip(f"{', '.join(commands)} not installed and no root apt-get to install {' '.join(packages)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmds = [] if _updated else [["apt-get", "update", "-qq"]]
-    cmds.append(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages])
-    t0 = time.time()
-    for cmd in cmds:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    _updated = True
-    print(f"installed {' '.join(packages)} in {time.time() - t0:.0f} s")
 
 
 def build_tiny_run(root: Path) -> Path:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
+from conftest import ensure_debian_packages, unavailable
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 NODES = ["node1", "node2"]
@@ -51,16 +51,7 @@ def _free_ports(n: int) -> list[int]:
 
 def _install() -> None:
     """apt-get install the daemons if any is missing (a few seconds on Debian 12)."""
-    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
-        return
-    if shutil.which("apt-get") is None:
-        unavailable("SLURM is not installed and there is no apt-get to install it")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    ensure_debian_packages(list(PACKAGES), ["slurmctld", "slurmd", "sbatch", "munged"])
 
 
 def _slurm_conf(root: Path, ctld_port: int, node_ports: list[int]) -> str:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import mido
 import numpy as np
 import pytest
-from media_helpers import AUDIO_PACKAGES, build_tiny_run, ensure_debian_packages
+from conftest import ensure_debian_packages
+from media_helpers import AUDIO_PACKAGES, build_tiny_run
 from midi_factory import make_pretty_midi
 
 from aurl.data.midi_io import Note, Score, write_midi

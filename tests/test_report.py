@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 import pytest
-from media_helpers import AUDIO_PACKAGES, BROWSER_PACKAGES, ensure_debian_packages
+from conftest import ensure_debian_packages
+from media_helpers import AUDIO_PACKAGES, BROWSER_PACKAGES
 from run_helpers import REPO, TINY, stage_entry
 from test_tracking import wandb_records
 

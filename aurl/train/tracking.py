@@ -194,20 +194,19 @@ class Trackers(NullTracker):
                   **{k.split("/", 1)[1] if k.startswith(split + "/") else k: float(v) for k, v in metrics.items()}}
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for t in list(self.trackers):
-            try:
-                t.log(metrics, step)
-            except Exception as e:  # noqa: BLE001
-                warn(f"tracker {type(t).__name__} failed ({e}); dropped")
-                self.trackers.remove(t)
+        self._each("log", metrics, step)
 
     def log_media(self, media: Media, step: int) -> None:
         """Media to every tracker (not to metrics.jsonl); a tracker that fails is dropped, training goes on."""
+        self._each("log_media", media, step)
+
+    def _each(self, method: str, *args) -> None:
+        """Call `method` on every tracker; one that raises is dropped with a warning (training never stops)."""
         for t in list(self.trackers):
             try:
-                t.log_media(media, step)
+                getattr(t, method)(*args)
             except Exception as e:  # noqa: BLE001
-                warn(f"tracker {type(t).__name__} failed to log media ({type(e).__name__}: {e}); dropped")
+                warn(f"tracker {type(t).__name__} failed in {method} ({type(e).__name__}: {e}); dropped")
                 self.trackers.remove(t)
 
     def close(self) -> None:
