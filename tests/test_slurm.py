@@ -164,7 +164,9 @@ def test_slurm_signal_stops_requeues_resumes_and_sigterm_stops(slurm_cluster, tm
     log = log_path.read_text()
     assert info["Restarts"] == "1" and info["ExitCode"] == "75:0", (info, log)
     assert log.count("got SIGUSR1") == 1 and log.count("got SIGTERM") == 1, log  # SLURM's, then the test's
-    assert log.count("[stage 1] stop requested (SIGUSR1)") == 2, log  # both forwarded to the trainer as USR1
+    # both forwarded to the trainer as USR1; rank 0 names the signal, or "another rank" when the other node's
+    # process saw it first (seen once on a loaded machine)
+    assert len(re.findall(r"\[stage 1\] stop requested \((SIGUSR1|another rank)\)", log)) == 2, log
     assert len(re.findall(r"srun exited with \d+; stage status: stopped", log)) == 2, log
     assert "requeueing job" in log and "stopped by SIGTERM: not requeued here" in log, log
     assert resumed_from(log) == (1, stopped_at), log
