@@ -563,6 +563,17 @@ def _(lab, key):
     rejects(key, -0.1)
 
 
+@probe("model.grammar_unlikelihood")
+def _(lab, key):
+    """Adds weight * -log(1 - P(forbidden next token)) to the loss: same weights, loss grows by exactly that."""
+    ma, mb = twins(key, 0.0, 0.5)
+    a, b = forward(ma.eval()), forward(mb.eval())
+    assert "grammar/unlikelihood" not in a.metrics
+    extra = float(b.loss - a.loss)
+    assert extra > 0 and extra == pytest.approx(0.5 * float(b.metrics["grammar/unlikelihood"]), rel=1e-5)
+    rejects(key, -0.1)
+
+
 @probe("model.disc_d_model")
 def _(lab, key):
     sizes_differ(key, 16, 32, mode="vae_gan")

@@ -37,6 +37,8 @@ class ModelConfig:
     """RoPE frequency base (larger = slower-rotating, longer-range position channels)."""
     sounding_embedding: bool = False
     """Add the pitches sounding after each token (a multi-hot of 88, projected) to its embedding (off in files without it)."""
+    grammar_unlikelihood: float = 0.0
+    """Weight of -log(1 - P(tokens the grammar forbids next)) added to the training loss (0 = off; aurl.model.grammar_loss)."""
 
     # ---- vae
     latent_dim: int = 64
@@ -107,7 +109,8 @@ class ModelConfig:
         for name in ("dropout", "word_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 bad(name, "must be in [0, 1)")
-        for name in ("kl_beta_max", "free_bits", "adv_weight_max", "active_unit_threshold", "mu_bn_gamma"):
+        for name in ("kl_beta_max", "free_bits", "adv_weight_max", "active_unit_threshold", "mu_bn_gamma",
+                     "grammar_unlikelihood"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         for name in ("kl_warmup_steps", "adv_warmup_steps", "adv_start_step"):

@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from aurl.model.config import ModelConfig
 from aurl.model.elbo import validation_sums
+from aurl.model.grammar_loss import unlikelihood
 from aurl.model.layers import KVCache, Stack, init_weights
 from aurl.model.sounding import sounding_states
 from aurl.vocab import NUM_PITCHES, PAD_ID
@@ -274,6 +275,11 @@ class MusicTransformerVAEGAN(nn.Module):
         metrics["recon"] = recon.detach()  # nats per target token
         metrics["tokens"] = n_tok.detach().float()  # targets in this batch: weights for averaging recon
         loss = recon
+        if cfg.grammar_unlikelihood > 0:
+            ul, illegal_mass = unlikelihood(logits, inp, tgt_mask)
+            loss = loss + cfg.grammar_unlikelihood * ul
+            metrics["grammar/unlikelihood"] = ul.detach()
+            metrics["grammar/illegal_mass"] = illegal_mass  # the model's mean P(a forbidden next token)
 
         if cfg.is_vae:
             kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)  # nats per dim, batch mean
