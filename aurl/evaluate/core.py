@@ -41,14 +41,13 @@ import numpy as np
 from aurl import vocab
 from aurl.console import UserError, print0
 from aurl.evaluate.metrics import METRIC_NAMES, compare_metrics, compute_metrics
+from aurl.rundir import RunDir
 
 # half the ratio between neighbouring tempo bins: how far a decoded BPM can be from the original
 TEMPO_TOLERANCE = float(np.sqrt(vocab.tempo_of_bin(1) / vocab.tempo_of_bin(0))) - 1.0
 # quality bar of the issue for the CPU quickstart
 ENTROPY_TOLERANCE_BITS = 0.3
 SCALE_TOLERANCE = 0.1
-# folders above a checkpoint searched for the run's cache/ and logs/ (file -> checkpoints/stageN -> run)
-SEARCH_LEVELS = 3
 
 
 @dataclass
@@ -293,17 +292,6 @@ def _write_and_check(score, path: Path) -> bool:
 
 # ----------------------------------------------------------------------------------------------------------
 # The whole report
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device here")
-    return dev
-
-
 def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | Path | None = None,
                    losses: str | Path | list | None = None, info: dict | None = None,
                    context: int | None = None) -> dict:
@@ -324,8 +312,9 @@ def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | P
 
             warn("matplotlib is not installed (pip install -e '.[plots]'): no PNG written")
             cfg = dataclasses.replace(cfg, pictures=False)
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
-        model = getattr(model, "module", None) or model._orig_mod
+    from aurl.model.checkpoint import unwrap
+
+    model = unwrap(model)
     device = model.tok_emb.weight.device
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -407,29 +396,6 @@ def evaluate_model(model, cache, cfg: EvalConfig | None = None, out_dir: str | P
     return result
 
 
-def _find_cache(checkpoint: Path, meta: dict) -> Path:
-    extra = meta.get("extra") or {}
-    for key in ("cache_dir", "cache"):
-        if extra.get(key) and (Path(extra[key]) / "manifest.json").is_file():
-            return Path(extra[key])
-    for parent in list(checkpoint.resolve().parents)[:SEARCH_LEVELS]:
-        if (parent / "cache" / "manifest.json").is_file():
-            return parent / "cache"
-    return Path("outputs/cache")
-
-
-# loss-record sources under RUN/logs, in order of preference (the trainer appends logs/metrics.jsonl)
-LOSS_SOURCES = ("metrics.jsonl", "losses.jsonl", "tensorboard")
-
-
-def _find_losses(checkpoint: Path) -> Path | None:
-    for parent in list(checkpoint.resolve().parents)[:SEARCH_LEVELS]:
-        for name in LOSS_SOURCES:
-            if (parent / "logs" / name).exists():
-                return parent / "logs" / name
-    return None
-
-
 def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = None,
                         cfg: EvalConfig | None = None, out_dir: str | Path | None = None,
                         json_path: str | Path | None = None, losses: str | Path | None = None,
@@ -437,19 +403,17 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
                         seed: int | None = None, max_val_tokens: int | None = None) -> dict:
     """Load a model file (aurl.model.checkpoint) and evaluate it; write JSON, MIDI and PNGs.
 
-    num_samples / length / seed / max_val_tokens, when given, override those fields of cfg (a shorthand for
-    the trainer's stage-end call: ``evaluate_checkpoint(path, cache_dir, num_samples=4, length=256, seed=0,
-    out_dir=run / "eval" / stage)``).
+    num_samples / length / seed / max_val_tokens, when given, override those fields of cfg.
 
-    cache_dir None: the cache named in the file's `extra` ("cache_dir"), else the nearest `cache/` folder up
-    to 3 levels above the file, else outputs/cache. out_dir None: RUN/eval/<file stem>, RUN = the folder
-    holding the `checkpoints/` folder the file is in (else the file's folder). json_path None:
-    out_dir/eval.json. losses None: the nearest logs/metrics.jsonl (else logs/losses.jsonl, else
-    logs/tensorboard) up to 3 levels above the file, if any.
+    RUN below is the run folder the file lies in (aurl.rundir.RunDir.holding: RUN/checkpoints/X.pt or
+    RUN/checkpoints/stageN/X.pt). cache_dir None: RUN/cache (outputs/cache for a file outside a run).
+    out_dir None: RUN/eval/<file stem> (else <the file's folder>/eval/<file stem>). json_path None:
+    out_dir/eval.json. losses None: RUN/logs/metrics.jsonl (else logs/losses.jsonl, else logs/tensorboard),
+    if any.
     """
     from aurl.atomic import atomic_write_json
     from aurl.data.cache import TokenCache
-    from aurl.model.checkpoint import context_length, load_model_file
+    from aurl.model.checkpoint import context_length, load_model_file, resolve_device
     from aurl.model.sampling import context_note
 
     overrides = {k: v for k, v in (("num_samples", num_samples), ("length", length), ("seed", seed),
@@ -458,18 +422,19 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
         cfg = dataclasses.replace(cfg or EvalConfig(), **overrides)
     cfg = (cfg or EvalConfig()).validate()  # bad values fail before the model is loaded
     checkpoint = Path(checkpoint)
-    model, mcfg, meta = load_model_file(checkpoint, map_location=_device(device))
-    cache_path = Path(cache_dir) if cache_dir is not None else _find_cache(checkpoint, meta)
+    model, mcfg, meta = load_model_file(checkpoint, map_location=resolve_device(device))
+    run = RunDir.holding(checkpoint)
+    cache_path = Path(cache_dir) if cache_dir is not None else (run or RunDir("outputs")).cache()
     cache = TokenCache.open(cache_path)
     if out_dir is None:
-        run = next((p.parent for p in checkpoint.resolve().parents if p.name == "checkpoints"), None)
-        out_dir = (run or checkpoint.resolve().parent) / "eval" / checkpoint.stem
+        out_dir = (run or RunDir(checkpoint.resolve().parent)).eval(checkpoint.stem)
     info = {"checkpoint": str(checkpoint), "cache": str(cache_path), "step": (meta.get("extra") or {}).get("step"),
             "stage": (meta.get("extra") or {}).get("stage"), "num_parameters": meta.get("num_parameters")}
     context = context_length(mcfg, meta)
     print0(context_note(context, mcfg.max_seq_len))
-    result = evaluate_model(model, cache, cfg, out_dir, losses if losses is not None else _find_losses(checkpoint),
-                            info, context=context)
+    if losses is None and run is not None:
+        losses = run.loss_records()
+    result = evaluate_model(model, cache, cfg, out_dir, losses, info, context=context)
     result["json"] = str(Path(json_path) if json_path is not None else Path(out_dir) / "eval.json")
     atomic_write_json(result["json"], _jsonable(result))
     return result
