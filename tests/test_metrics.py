@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from aurl.data.midi_io import Note, Score
+from aurl.score import Note, Score
 from aurl.evaluate.metrics import (
     METRIC_NAMES,
     as_piece,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from aurl.data.midi_io import Note, Score
+from aurl.score import Note, Score
 from aurl.evaluate.plots import (
     load_loss_records,
     plot_loss_curves,
