@@ -68,7 +68,8 @@ def _check_losses(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
+    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint
+    from aurl.evaluate.text import format_report
 
     parser = _parser()
     args = parser.parse_args(argv)

@@ -175,7 +175,8 @@ def evaluate_stage(cfg: StageConfig, stage: int, run: RunDir, tracker=None, step
     """Rank 0, after a completed stage: aurl.evaluate on the stage's best model, into RUN/eval/stageN;
     its sounds, pictures and sample table to the stage's trackers at `step`; RUN/report.html rewritten.
     A failure here is reported and training goes on: the stage's weights are already committed."""
-    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
+    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint
+    from aurl.evaluate.text import format_report
 
     best = run.best(stage)
     if not best.exists():
