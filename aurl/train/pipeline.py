@@ -8,6 +8,7 @@ A pipeline config is a folder holding one YAML per stage whose file name contain
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -181,9 +182,9 @@ def evaluate_stage(cfg: StageConfig, stage: int, run: RunDir, tracker=None, step
     best = run.best(stage)
     if not best.exists():
         return
-    ev = cfg.eval
-    eval_cfg = EvalConfig(num_samples=ev.num_samples, length=ev.length, max_val_tokens=ev.max_val_tokens,
-                          temperature=ev.temperature, top_p=ev.top_p, seed=cfg.train.seed)
+    # the eval section holds a subset of EvalConfig's fields (+ enabled); the rest keep EvalConfig's defaults
+    section = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "enabled"}
+    eval_cfg = EvalConfig(**section, seed=cfg.train.seed)
     try:
         result = evaluate_checkpoint(best, run.cache(cfg.data.cache_dir), eval_cfg, out_dir=run.eval(stage),
                                      device="auto")
