@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -23,13 +23,18 @@ from aurl.console import UserError, one_line
 from aurl.data.augment import AugmentConfig
 from aurl.model.config import ModelConfig
 
+# fixed choices: a value outside them is refused by the config checker (_check), naming the key
+Precision = Literal["no", "bf16"]
+Tracker = Literal["none", "tensorboard", "wandb", "both"]
+TRACKERS: tuple[str, ...] = typing.get_args(Tracker)
+
 
 @dataclass
 class DataConfig:
     """Where the tokens come from and how they are cut into windows."""
 
     data_dir: str | None = None
-    """MIDI folder (null = the bundled Bach chorales from music21; --data overrides)."""
+    """MIDI folder (null = the bundled Bach chorales from music21; --data is a shorthand for this key)."""
     cache_dir: str | None = None
     """Token cache folder (null = <output-dir>/cache)."""
     corpus_limit: int | None = None
@@ -82,7 +87,7 @@ class TrainConfig:
     """Stop after this many optimizer steps (0 = no limit besides epochs)."""
     seed: int = 0
     """Seed of the model init, the sampler order, augmentation and dropout."""
-    mixed_precision: str = "no"
+    mixed_precision: Precision = "no"
     """"no" or "bf16" (autocast; works on CPU and recent GPUs)."""
     patience: int = 0
     """Stop the stage after this many validations without a better validation loss (0 = never)."""
@@ -109,8 +114,8 @@ class CheckpointConfig:
 class LoggingConfig:
     """Progress output and run tracking (rank 0)."""
 
-    tracker: str = "tensorboard"
-    """"none", "tensorboard", "wandb" or "both" (--tracker overrides)."""
+    tracker: Tracker = "tensorboard"
+    """"none", "tensorboard", "wandb" or "both" (--tracker is a shorthand for this key)."""
     log_every_steps: int = 10
     """Log training metrics every N optimizer steps."""
     progress_bar: bool = True
@@ -168,20 +173,24 @@ SECTIONS = {f.name: f for f in dataclasses.fields(StageConfig)}
 # typed coercion
 # ---------------------------------------------------------------------------------------------------------
 def _check(key: str, value: Any, tp: Any) -> Any:
-    """value as type tp, or UserError naming key. ints are accepted for floats, nothing else is coerced."""
+    """value as type tp, or UserError naming key. ints are accepted for floats, nothing else is coerced;
+    a Literal accepts only its values."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        if isinstance(value, str) and value in typing.get_args(tp):
+            return value
+        raise UserError(f"config key {key}: expected one of {_tname(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _check(key, value, a)
-            except UserError as e:
-                errors.append(str(e))
+            except UserError:
+                pass
         raise UserError(f"config key {key}: expected {_tname(tp)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
@@ -201,6 +210,8 @@ def _check(key: str, value: Any, tp: Any) -> Any:
 
 
 def _tname(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return ", ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else a.__name__ for a in typing.get_args(tp))
     return tp.__name__
@@ -310,12 +321,8 @@ def validate(cfg: StageConfig) -> None:
     for key, v in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
         if not 0.0 <= v < 1.0:
             bad(key, v, "must be in [0, 1)")
-    if t.mixed_precision not in ("no", "bf16"):
-        bad("train.mixed_precision", t.mixed_precision, "must be 'no' or 'bf16'")
     if c.keep < 2:
         bad("checkpoint.keep", c.keep, "must be >= 2 (a crash during a save must leave a committed one)")
-    if lg.tracker not in TRACKERS:
-        bad("logging.tracker", lg.tracker, f"must be one of {', '.join(TRACKERS)}")
     if lg.log_every_steps < 1:
         bad("logging.log_every_steps", lg.log_every_steps, "must be >= 1")
     ev = cfg.eval
@@ -327,9 +334,6 @@ def validate(cfg: StageConfig) -> None:
         bad("eval.length", ev.length, "must be >= 1")
     if not 0.0 < ev.top_p <= 1.0:
         bad("eval.top_p", ev.top_p, "must be in (0, 1]")
-
-
-TRACKERS = ("none", "tensorboard", "wandb", "both")
 
 
 def read_yaml(path: Path) -> Any:

@@ -87,18 +87,6 @@ def _validate(args, cfg) -> None:
         raise UserError(f"--mode interpolate needs --num >= 2 (points on the path), got {args.num}")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name!r}: {e}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device here")
-    return dev
-
-
 def tokens_to_midi(tokens, path: Path) -> int:
     """Write one token row (anything after END ignored) as MIDI; returns the number of notes."""
     from aurl.data.midi_io import write_midi
@@ -128,7 +116,7 @@ def model_prompt(prompt: np.ndarray, context: int) -> np.ndarray:
 
 
 def run(args) -> list[Path]:
-    from aurl.model.checkpoint import context_length, load_model_file
+    from aurl.model.checkpoint import context_length, load_model_file, resolve_device
     from aurl.model.sampling import (
         context_note,
         encode_posterior,
@@ -139,7 +127,7 @@ def run(args) -> list[Path]:
         sample_prior,
     )
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, cfg, meta = load_model_file(args.checkpoint, map_location=device)
     _validate(args, cfg)
     context = context_length(cfg, meta)

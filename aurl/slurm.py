@@ -21,16 +21,14 @@ from typing import Any
 
 from aurl.atomic import atomic_write_json
 from aurl.console import ArgParser, UserError
-
-JOBS_FILE = "slurm_jobs.json"
-STATE_FILE = "training_state.json"
+from aurl.rundir import RunDir
 
 
 # ---------------------------------------------------------------------------------------------------------
 # recorded job ids
 # ---------------------------------------------------------------------------------------------------------
 def jobs_path(output_dir: str | Path) -> Path:
-    return Path(output_dir) / JOBS_FILE
+    return RunDir(output_dir).slurm_jobs
 
 
 def record_jobs(output_dir: str | Path, jobs: dict[str, str], pipeline_job: str | None = None) -> dict:
@@ -96,14 +94,9 @@ def status_lines(output_dir: str | Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 def stage_status(output_dir: str | Path, stage: int) -> str:
     """'completed', 'stopped' (stopped early with a committed checkpoint: resume it), or 'none'."""
-    state = _read_json(Path(output_dir) / STATE_FILE) or {}
-    entry = (state.get("stages") or {}).get(str(stage)) or {}
-    status = entry.get("status")
-    if status == "completed":
-        return "completed"
-    if status in ("stopped", "preempted", "interrupted"):
-        return "stopped"
-    return "none"
+    state = _read_json(RunDir(output_dir).state_file) or {}
+    status = ((state.get("stages") or {}).get(str(stage)) or {}).get("status")
+    return status if status in ("completed", "stopped") else "none"
 
 
 def _read_json(path: Path) -> dict | None:

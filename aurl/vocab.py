@@ -246,7 +246,7 @@ def _same_as_next(a: np.ndarray) -> np.ndarray:
 
 
 def encode(score, stats: EncodeStats | None = None) -> np.ndarray:
-    """Score (aurl.data.midi_io.Score) -> int16 tokens ``START ... END``. See the module docstring."""
+    """Score (aurl.score.Score) -> int16 tokens ``START ... END``. See the module docstring."""
     st = stats if stats is not None else EncodeStats()
     pitch = np.asarray(score.pitch, dtype=np.int64)
     st.notes_in += len(pitch)
@@ -346,7 +346,7 @@ def encode(score, stats: EncodeStats | None = None) -> np.ndarray:
 # Decoding
 def decode(tokens):
     """Any token sequence -> a valid Score (see the module docstring for the rules)."""
-    from aurl.data.midi_io import Score  # local: midi_io imports this module
+    from aurl.score import Score
 
     toks = np.asarray(tokens).astype(np.int64).ravel().tolist()
     step = 0

@@ -138,8 +138,8 @@ def pad_batch(windows: list[np.ndarray], width: int, pad: int) -> tuple[torch.Te
 def train_peer(model, seqs, cfg, steps: int, total_steps: int, eval_steps: list[int], score, device) -> tuple[dict, int, float]:
     """The stage's optimizer and schedule for `steps` steps; evaluated at eval_steps, the best state kept.
     -> (best state dict, its step, wall seconds)."""
-    from aurl.train.loop import _adamw
     from aurl.train.schedule import lr_at, set_lr
+    from aurl.train.trainer import _adamw
 
     o, d = cfg.optim, cfg.data
     model.to(device).train()

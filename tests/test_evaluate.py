@@ -16,8 +16,9 @@ from aurl.console import UserError
 from aurl.data.cache import TokenCache, build
 from aurl.evaluate import EvalConfig, evaluate_checkpoint, evaluate_model, format_report, latest_eval
 from aurl.evaluate.__main__ import main
-from aurl.evaluate.core import _sample_report, data_excerpts, validation_nll
+from aurl.evaluate.likelihood import validation_nll
 from aurl.evaluate.metrics import METRIC_NAMES
+from aurl.evaluate.samples import _sample_report, data_excerpts
 from aurl.evaluate.status import eval_reports
 from aurl.model import ModelConfig, MusicTransformerVAEGAN, save_model_file
 

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from aurl.data.midi_io import Note, Score
 from aurl.evaluate.metrics import (
     METRIC_NAMES,
     as_piece,
@@ -24,6 +23,7 @@ from aurl.evaluate.metrics import (
     scale_consistency,
     seconds_to_beats,
 )
+from aurl.score import Note, Score
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71]
 

@@ -426,7 +426,7 @@ def test_evaluation_windows_hand_the_sounding_state_to_the_model():
     from midi_factory import random_score
 
     from aurl import vocab
-    from aurl.evaluate.core import _padded_batches, _windows, likelihood_figures
+    from aurl.evaluate.likelihood import _padded_batches, _windows, likelihood_figures
 
     pieces = [vocab.encode(random_score(seed, n_notes=60, n_programs=1)).astype(np.int64) for seed in (7, 8)]
     cache = SimpleNamespace(val_pieces=[0, 1], tokens=lambda i: pieces[i])  # the two calls _windows makes

@@ -70,9 +70,9 @@ def test_model_states_match_deepspeed_estimators(path):
 
 def test_ddp_model_states_match_the_trainers_optimizers():
     """DDP's 16P + 16Pd: the bytes of the parameters, their gradients and the state tensors of the trainer's own
-    AdamW pair (aurl.train.loop._adamw) after one real step of the quickstart stage-3 model, counted exactly
+    AdamW pair (aurl.train.trainer._adamw) after one real step of the quickstart stage-3 model, counted exactly
     (AdamW's scalar step counters left out)."""
-    from aurl.train.loop import _adamw
+    from aurl.train.trainer import _adamw
 
     cfg = load_config(QUICK / "stage3.yaml")
     model = MusicTransformerVAEGAN(cfg.model)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from aurl.data.midi_io import Note, Score
 from aurl.evaluate.plots import (
     load_loss_records,
     plot_loss_curves,
@@ -14,6 +13,7 @@ from aurl.evaluate.plots import (
     plot_piano_rolls,
     stage_offsets,
 )
+from aurl.score import Note, Score
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

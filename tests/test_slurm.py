@@ -16,7 +16,7 @@ import pytest
 from run_helpers import assert_replays_reference, records, resumed_from, stage_entry
 from slurm_cluster import FINISHED, slurm_cluster  # noqa: F401 - the fixture
 
-from aurl import slurm
+from aurl import rundir, slurm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -267,7 +267,7 @@ def test_record_jobs_keeps_earlier_submissions(tmp_path):
     slurm.record_jobs(tmp_path, {"1": "10", "2": "11"})
     slurm.record_jobs(tmp_path, {"2": "20"}, pipeline_job="19")
     assert slurm.recorded_jobs(tmp_path) == {"2": "20"}
-    record = json.loads((tmp_path / slurm.JOBS_FILE).read_text())
+    record = json.loads((tmp_path / rundir.JOBS_FILE).read_text())
     assert record["current"]["pipeline_job"] == "19" and record["history"][0]["stages"] == {"1": "10", "2": "11"}
     assert slurm.main(["record", "--output-dir", str(tmp_path), "--job", "bad"]) == 2
 

@@ -1,11 +1,8 @@
-"""aurl.train.state and schedule/preemption helpers: atomic state with .bak, corrupt detection, mismatch refusal,
-the run lock."""
+"""aurl.train.state: atomic state with .bak, corrupt detection, mismatch refusal, the run lock."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -13,8 +10,6 @@ import pytest
 
 from aurl.console import UserError
 from aurl.train import state as st
-from aurl.train.preemption import StopFlag
-from aurl.train.schedule import lr_at
 
 
 def _state_with_stage(**kw):
@@ -78,25 +73,6 @@ def test_lock_live_and_released_on_kill(tmp_path):
     p.kill()
     p.wait()
     assert not st.is_live(tmp_path)
-
-
-def test_lr_schedule_warmup_then_cosine():
-    lrs = [lr_at(s, 1.0, 10, 110, 0.1) for s in range(120)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
-    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
-
-
-def test_stop_flag_only_sets_a_flag_and_honours_deadline(monkeypatch):
-    flag = StopFlag().install()
-    try:
-        assert not flag.local()
-        os.kill(os.getpid(), signal.SIGUSR1)
-        assert flag.local() and flag.requested == "SIGUSR1"
-    finally:
-        flag.uninstall()
-    monkeypatch.setenv("SLURM_JOB_END_TIME", "1000")  # long past
-    assert StopFlag(margin_s=10).local()
 
 
 def test_refusal_names_each_changed_setting_once():

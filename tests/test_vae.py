@@ -18,7 +18,7 @@ from aurl.config import load_config, stage_config_path
 from aurl.data.cache import TokenCache
 from aurl.data.dataset import WindowDataset
 from aurl.evaluate import EvalConfig, evaluate_model, format_report
-from aurl.evaluate.core import likelihood_figures
+from aurl.evaluate.likelihood import likelihood_figures
 from aurl.model import ModelConfig, MusicTransformerVAEGAN, load_model_file
 from aurl.model.elbo import figures, sum_shapes, window_generators
 

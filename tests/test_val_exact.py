@@ -32,7 +32,7 @@ def score(cache_dir: str, out: str) -> None:
     from aurl.data.cache import TokenCache
     from aurl.data.dataset import WindowDataset
     from aurl.model import MusicTransformerVAEGAN
-    from aurl.train import loop
+    from aurl.train import validation as loop
     from aurl.train.pipeline import make_accelerator
 
     accelerator = make_accelerator("no")

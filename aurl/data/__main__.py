@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from aurl.console import PREFIX, ArgParser, UserError, print0, report_error
+from aurl.rundir import RunDir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +56,7 @@ def _check_numbers(args) -> None:
 def _build(args) -> None:
     from aurl.data.cache import build
 
-    cache = args.cache or str(Path(args.output_dir) / "cache")
+    cache = str(RunDir(args.output_dir).cache(args.cache))
     data = args.data
     if data is None:
         from aurl.data.corpus import default_corpus_dir, ensure_bach_midi

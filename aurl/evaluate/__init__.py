@@ -1,12 +1,11 @@
-"""Evaluation: music metrics (aurl.evaluate.metrics), pictures (aurl.evaluate.plots) and the model report
-(aurl.evaluate.core; CLI ``python -m aurl.evaluate``).
+"""Evaluation of a model file: validation likelihood (aurl.evaluate.likelihood), samples against the data
+(aurl.evaluate.samples), music metrics (aurl.evaluate.metrics), pictures (aurl.evaluate.plots), tables
+(aurl.evaluate.text); tied together by aurl.evaluate.core; CLI ``python -m aurl.evaluate``.
 
-The trainer's end-of-stage call (rank 0 only)::
+After each completed stage the trainer evaluates the stage's best model on rank 0
+(aurl.train.pipeline.evaluate_stage)::
 
-    from aurl.evaluate import evaluate_checkpoint, format_report
-    result = evaluate_checkpoint(best_model_path, cache_dir, num_samples=4, length=256, seed=0,
-                                 max_val_tokens=20000, out_dir=run_dir / "eval" / stage_name,
-                                 losses=run_dir / "logs" / "metrics.jsonl")
+    result = evaluate_checkpoint(run.best(stage), run.cache(cfg.data.cache_dir), eval_cfg, out_dir=run.eval(stage))
     print0(format_report(result))          # the readable table; result["json"] is the JSON report
 
 and for --status: ``latest_eval(run_dir)`` (aurl.evaluate.status) -> the newest report and its PNG paths;
@@ -18,9 +17,10 @@ FluidSynth); the whole run on one page, RUN/report.html (aurl.evaluate.report, `
 Importing this package imports neither torch nor matplotlib.
 """
 
-from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, evaluate_model, format_report
+from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, evaluate_model
 from aurl.evaluate.metrics import METRIC_NAMES, compare_metrics, compute_metrics, distribution_overlap
 from aurl.evaluate.status import eval_reports, latest_eval
+from aurl.evaluate.text import format_report
 
 __all__ = [
     "METRIC_NAMES",

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from aurl.console import ArgParser, UserError, check_writable_folder, print0, report_error
+from aurl.rundir import RunDir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,8 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="model file (e.g. outputs/checkpoints/best_model.pt); required unless --report")
     p.add_argument("--cache", type=Path, default=None,
-                   help="token cache folder (default: the one the file names, else the nearest cache/ above it, "
-                        "else outputs/cache)")
+                   help="token cache folder (default: RUN/cache, RUN = the run folder of a file in RUN/checkpoints/ "
+                        "or RUN/checkpoints/stageN/; else outputs/cache)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="generated samples (0 = none)")
     p.add_argument("--length", type=int, default=d.length, help="new tokens per sample after START")
     p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (same seed, same report)")
@@ -36,12 +37,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="cap on validation target tokens (0 = the whole validation split)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="validation windows per forward pass")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: RUN/eval/<checkpoint name>, RUN = the folder holding checkpoints/)")
+                   help="output folder (default: RUN/eval/<checkpoint name>)")
     p.add_argument("--json", type=Path, default=None, help="JSON report path (default: OUT/eval.json)")
     p.add_argument("--losses", type=Path, default=None,
                    help="loss records for the loss-curve PNG: a TensorBoard folder or a JSONL file "
-                        "(default: the nearest logs/metrics.jsonl, logs/losses.jsonl or logs/tensorboard above "
-                        "the checkpoint)")
+                        "(default: RUN/logs/metrics.jsonl, logs/losses.jsonl or logs/tensorboard)")
     p.add_argument("--no-grammar", action="store_true",
                    help="sample the raw distribution instead of grammar-constrained decoding (measures the "
                         "grammar the model itself has learned)")
@@ -50,8 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="write RUN/report.html: the run's loss curves, evaluations, samples to hear and configs")
     p.add_argument("--run-dir", type=Path, default=None,
-                   help="the run folder of --report (default: the one holding the checkpoint's checkpoints/ "
-                        "folder, else outputs)")
+                   help="the run folder of --report (default: the checkpoint's RUN, else outputs)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
     return p
 
@@ -69,7 +68,8 @@ def _check_losses(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
+    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint
+    from aurl.evaluate.text import format_report
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -102,12 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_of(checkpoint: Path | None) -> Path:
-    """The run folder a model file belongs to: the folder holding its checkpoints/ folder, else outputs."""
-    if checkpoint is not None:
-        for parent in checkpoint.resolve().parents:
-            if parent.name == "checkpoints":
-                return parent.parent
-    return Path("outputs")
+    """The run folder a model file belongs to (aurl.rundir.RunDir.holding), else outputs."""
+    run = RunDir.holding(checkpoint) if checkpoint is not None else None
+    return run.root if run is not None else Path("outputs")
 
 
 if __name__ == "__main__":

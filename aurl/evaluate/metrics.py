@@ -1,6 +1,6 @@
 """Objective music metrics of one piece, and the overlap of two sets of per-piece values.
 
-Every metric is a pure function of a piece given as an ``aurl.data.midi_io.Score`` or as any sequence of
+Every metric is a pure function of a piece given as an ``aurl.score.Score`` or as any sequence of
 note objects with ``pitch``, ``start`` and ``end`` (seconds) and, optionally, ``is_drum`` (e.g.
 ``Score.notes``). Drum notes are ignored everywhere (their "pitch" names an instrument). A metric that is
 undefined for a piece (no notes, fewer than two measures, ...) is NaN; aggregates skip NaNs.
@@ -28,10 +28,13 @@ Definitions (MusPy's, Dong et al. 2020, unless stated):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from aurl.score import Score
 
 DEFAULT_BPM = 120.0
 BEATS_PER_MEASURE = 4
@@ -59,54 +62,35 @@ for _root in range(12):
 
 # ----------------------------------------------------------------------------------------------------------
 # Input
-class Piece:
-    """Pitched notes of a piece as arrays (seconds) plus its tempo map; what every metric reads."""
-
-    __slots__ = ("pitch", "start", "end", "tempo_time", "tempo_bpm")
-
-    def __init__(self, pitch, start, end, tempo_time=(), tempo_bpm=()):
-        self.pitch = np.asarray(pitch, dtype=np.int64).reshape(-1)
-        self.start = np.asarray(start, dtype=np.float64).reshape(-1)
-        self.end = np.maximum(np.asarray(end, dtype=np.float64).reshape(-1), self.start)
-        self.tempo_time = np.asarray(tempo_time, dtype=np.float64).reshape(-1)
-        self.tempo_bpm = np.asarray(tempo_bpm, dtype=np.float64).reshape(-1)
-        assert len(self.pitch) == len(self.start) == len(self.end)
-        assert len(self.tempo_time) == len(self.tempo_bpm)
-
-    @property
-    def num_notes(self) -> int:
-        return len(self.pitch)
-
-    @property
-    def duration(self) -> float:
-        """Seconds from 0 to the last note's end."""
-        return float(self.end.max()) if len(self.end) else 0.0
+def _pitched(pitch, start, end, tempo_time, tempo_bpm) -> Score:
+    """What every metric reads: a Score of pitched notes whose ends are not before their starts."""
+    start = np.asarray(start, dtype=np.float64).reshape(-1)
+    n = len(start)
+    return Score(pitch=np.asarray(pitch, dtype=np.int64).reshape(-1), start=start,
+                 end=np.maximum(np.asarray(end, dtype=np.float64).reshape(-1), start),
+                 velocity=np.zeros(n, np.int64), program=np.zeros(n, np.int64), is_drum=np.zeros(n, bool),
+                 tempo_time=tempo_time, tempo_bpm=tempo_bpm)
 
 
-def as_piece(notes, tempos: Iterable[tuple[float, float]] | None = None) -> Piece:
-    """A Piece from a Score, a Piece, or note objects (+ optional (time s, bpm) tempo changes).
-
-    A Score brings its own tempo map unless `tempos` is given.
-    """
-    if isinstance(notes, Piece):
-        return notes
-    if hasattr(notes, "tempo_time") and hasattr(notes, "pitch"):  # a Score (columnar)
-        keep = ~np.asarray(notes.is_drum, dtype=bool)
+def as_piece(notes, tempos: Iterable[tuple[float, float]] | None = None) -> Score:
+    """The pitched notes and tempo map of a Score or of note objects (+ optional (time s, bpm) tempo
+    changes), as a Score. A Score brings its own tempo map unless `tempos` is given."""
+    if isinstance(notes, Score):
+        keep = ~notes.is_drum
         t_time, t_bpm = notes.tempo_time, notes.tempo_bpm
         if tempos is not None:
             tempos = list(tempos)
             t_time, t_bpm = [t for t, _ in tempos], [b for _, b in tempos]
-        return Piece(np.asarray(notes.pitch)[keep], np.asarray(notes.start)[keep], np.asarray(notes.end)[keep],
-                     t_time, t_bpm)
+        return _pitched(notes.pitch[keep], notes.start[keep], notes.end[keep], t_time, t_bpm)
     pitched = [n for n in notes if not getattr(n, "is_drum", False)]
     tempos = list(tempos or ())
-    return Piece([n.pitch for n in pitched], [n.start for n in pitched], [n.end for n in pitched],
-                 [t for t, _ in tempos], [b for _, b in tempos])
+    return _pitched([n.pitch for n in pitched], [n.start for n in pitched], [n.end for n in pitched],
+                    [t for t, _ in tempos], [b for _, b in tempos])
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Beat grid
-def _tempo_map(piece: Piece) -> tuple[np.ndarray, np.ndarray]:
+def _tempo_map(piece: Score) -> tuple[np.ndarray, np.ndarray]:
     """(segment start times, bpm) sorted, starting at 0 (120 BPM until the first change)."""
     t, b = piece.tempo_time, piece.tempo_bpm
     valid = np.isfinite(t) & np.isfinite(b) & (b > 0)
@@ -119,7 +103,7 @@ def _tempo_map(piece: Piece) -> tuple[np.ndarray, np.ndarray]:
     return t[last], b[last]
 
 
-def seconds_to_beats(seconds, piece: Piece) -> np.ndarray:
+def seconds_to_beats(seconds, piece: Score) -> np.ndarray:
     """Beat positions (quarter notes from time 0) of times in seconds, under the piece's tempo map."""
     t, b = _tempo_map(piece)
     beats_at = np.concatenate([[0.0], np.cumsum(np.diff(t) * b[:-1] / 60.0)])
@@ -128,7 +112,7 @@ def seconds_to_beats(seconds, piece: Piece) -> np.ndarray:
     return beats_at[k] + (s - t[k]) * b[k] / 60.0
 
 
-def refine_tempo(piece: Piece, tolerance: float, candidates: int = 201) -> Piece:
+def refine_tempo(piece: Score, tolerance: float, candidates: int = 201) -> Score:
     """The piece with every BPM scaled by the one factor within 1 +- tolerance that best puts its onsets on
     16th-note positions (mean distance to the nearest 16th; ties go to the factor closest to 1).
 
@@ -148,7 +132,7 @@ def refine_tempo(piece: Piece, tolerance: float, candidates: int = 201) -> Piece
     cost = np.abs(x - np.rint(x)).mean(1)
     best = np.flatnonzero(cost <= cost.min() + 1e-9)
     f = float(factors[best[np.argmin(np.abs(np.log(factors[best])))]])
-    return Piece(piece.pitch, piece.start, piece.end, t, b * f)
+    return dataclasses.replace(piece, tempo_time=t, tempo_bpm=b * f)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,7 +250,7 @@ assert tuple(_FUNCTIONS) == METRIC_NAMES
 
 
 def compute_metrics(notes, tempos=None, tempo_tolerance: float = 0.0) -> dict[str, float]:
-    """All seven metrics of one piece (Score, Piece or note objects), in METRIC_NAMES order.
+    """All seven metrics of one piece (a Score or note objects), in METRIC_NAMES order.
 
     tempo_tolerance > 0: refine the tempo map first (see refine_tempo; for pieces decoded from tokens).
     """

@@ -25,8 +25,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from aurl.console import UserError
+from aurl.rundir import RunDir
 
-REPORT_FILE = "report.html"
 ASSETS = "report_files"  # what the page draws itself (loss curves), beside it
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -97,9 +97,7 @@ def _loss_curves(run: Path) -> tuple[Path | None, str]:
     """RUN/report_files/loss_curves.png from the run's loss records, or None and why not."""
     import importlib.util
 
-    from aurl.evaluate.core import LOSS_SOURCES
-
-    source = next((run / "logs" / n for n in LOSS_SOURCES if (run / "logs" / n).exists()), None)
+    source = RunDir(run).loss_records()
     if source is None:
         return None, "no loss records (RUN/logs/metrics.jsonl) yet"
     if importlib.util.find_spec("matplotlib") is None:
@@ -157,7 +155,7 @@ def _run_section(run: Path, state: dict | None, page: _Page, curves: tuple[Path 
                  f"<code>{_e(e.get('best_checkpoint') or '-')}</code>", f"<code>{_e(e.get('last_checkpoint') or '-')}</code>"]
                 for n, e in sorted(state.get("stages", {}).items())]
         out.append(_table(["stage", "status", "step", "best val NLL", "best checkpoint", "last checkpoint"], rows))
-    best = run / "checkpoints" / "best_model.pt"
+    best = RunDir(run).best_model
     out.append(f"<p>Production model: <code>{_e(best if best.exists() else '(none yet)')}</code></p>")
     out.append("<h2>Loss curves</h2>")
     out.append(page.img(curves[0], "loss curves", "wide") if curves[0] else f"<p><em>{_e(curves[1])}</em></p>")
@@ -261,6 +259,6 @@ def write_report(run_dir: str | Path) -> Path:
     body += [_eval_section(folder, r, page) for folder, r in evals]
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
            f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-    path = run / REPORT_FILE
+    path = RunDir(run).report
     atomic_write_bytes(path, doc.encode("utf-8"))
     return path

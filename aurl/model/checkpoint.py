@@ -27,14 +27,28 @@ FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _unwrap(model):
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
+def unwrap(model):
+    """The model inside DDP / DeepSpeed (.module) and torch.compile (._orig_mod) wrappers: the one unwrap."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
 
 
+def resolve_device(name: str) -> torch.device:
+    """A --device value: "auto" (CUDA when present, else CPU), "cpu", "cuda[:i]"; UserError otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device here")
+    return dev
+
+
 def _plain_state(model_or_state) -> dict[str, torch.Tensor]:
-    state = model_or_state if isinstance(model_or_state, dict) else _unwrap(model_or_state).state_dict()
+    state = model_or_state if isinstance(model_or_state, dict) else unwrap(model_or_state).state_dict()
     out = {}
     for k, v in state.items():
         for p in _WRAPPER_PREFIXES:
@@ -69,7 +83,7 @@ def save_model_file(path: str | Path, model, cfg: ModelConfig, metrics: dict | N
         json.dumps(extra)
     except TypeError as e:
         raise ValueError(f"metrics and extra must be JSON-able: {e}") from e
-    if not isinstance(model, dict) and getattr(_unwrap(model), "cfg", cfg) != cfg:
+    if not isinstance(model, dict) and getattr(unwrap(model), "cfg", cfg) != cfg:
         raise ValueError("save_model_file: cfg is not the config this model was built with")
     state = _plain_state(model)
     meta = {

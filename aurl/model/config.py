@@ -5,19 +5,22 @@ Sizes live here and only here; the trainer passes this section (and nothing else
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, fields
+from typing import Literal
 
 from aurl.console import UserError
 from aurl.vocab import VOCAB_SIZE
 
-MODES = ("transformer", "vae", "vae_gan")
+Mode = Literal["transformer", "vae", "vae_gan"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 
 
 @dataclass
 class ModelConfig:
     """Architecture and loss settings of MusicTransformerVAEGAN."""
 
-    mode: str = "transformer"
+    mode: Mode = "transformer"
     """Which model: "transformer" (causal LM), "vae" (+ encoder and latent), "vae_gan" (+ discriminator)."""
     vocab_size: int = VOCAB_SIZE
     """Number of token ids; must equal aurl.vocab.VOCAB_SIZE (checkpoints refuse a mismatch)."""
@@ -87,7 +90,9 @@ class ModelConfig:
         return self.mode == "vae_gan"
 
     def validate(self) -> ModelConfig:
-        """Raise UserError naming the first bad field and its value; return self."""
+        """Raise UserError naming the first bad field and its value; return self. The config checker
+        (aurl.config) has checked types and choices of a YAML section already; a model file's config
+        (aurl.model.checkpoint) is checked here alone, hence the mode check."""
 
         def bad(name: str, why: str):
             raise UserError(f"model.{name} = {getattr(self, name)!r}: {why}")

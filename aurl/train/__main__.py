@@ -18,6 +18,7 @@ from aurl.console import (
     is_main_process,
     one_line,
 )
+from aurl.rundir import RunDir
 from aurl.train import state as st
 
 
@@ -71,7 +72,7 @@ def status(out_dir: Path) -> int:
               + (f"; quality bar {sum(bar.values())}/{len(bar)} met" if bar else "") + ")")
         for picture in ev["pictures"]:
             print(f"    {picture}")
-    report = out_dir / "report.html"  # aurl.evaluate.report: rewritten after each stage-end evaluation
+    report = RunDir(out_dir).report  # aurl.evaluate.report: rewritten after each stage-end evaluation
     print(f"  report: {report}" if report.is_file()
           else f"  report: none yet (python -m aurl.evaluate --report --run-dir {out_dir})")
     from aurl.slurm import status_lines  # the stage jobs slurm/pipeline.sh recorded, if any
@@ -84,8 +85,7 @@ def status(out_dir: Path) -> int:
 def clear(out_dir: Path, force: bool, yes: bool) -> int:
     if st.is_live(out_dir) and not force:
         raise UserError(f"a live run holds {out_dir} ({st.holder(out_dir)}); stop it first or pass --force")
-    targets = [p for p in (out_dir / st.STATE_FILE, out_dir / (st.STATE_FILE + ".bak"), out_dir / "checkpoints",
-                           out_dir / "logs", out_dir / st.LOCK_FILE) if p.exists()]
+    targets = [p for p in RunDir(out_dir).cleared() if p.exists()]
     if not targets:
         print(f"nothing to clear in {out_dir}")
         return 0
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
             return clear(out_dir, args.force, args.yes)
         from aurl.train.pipeline import STAGES, load_pipeline, run_pipeline
 
-        cfgs = load_pipeline(args.config, args.overrides)  # every stage checked before any work
+        cfgs = load_pipeline(args.config, args.overrides, args.data, args.tracker)  # all checked before any work
         if args.plan:
             from aurl.train.plan import plan
 
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
             raise UserError(f"--resume: no run to resume in {out_dir}")
         stages = (args.stage,) if args.stage else STAGES
         t0 = time.time()
-        code = run_pipeline(cfgs, out_dir, stages, args.tracker, args.data, args.from_scratch)
+        code = run_pipeline(cfgs, out_dir, stages, args.from_scratch)
         if code == 0:
             print(f"pipeline finished in {time.time() - t0:.0f} s") if is_main_process() else None
         return code

@@ -8,6 +8,7 @@ A pipeline config is a folder holding one YAML per stage whose file name contain
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import aurl
 from aurl.atomic import atomic_write_json
 from aurl.config import StageConfig, load_config, parse_overrides, stage_config_path
 from aurl.console import UserError, print0, warn
-from aurl.train import loop
+from aurl.rundir import RunDir
+from aurl.train import resume
 from aurl.train import state as st
 from aurl.train.preemption import STOPPED_EXIT
 
@@ -40,10 +42,21 @@ def stage_overrides(items: list[str], stage: int) -> dict:
     return merged
 
 
-def load_pipeline(config: str | Path | None, overrides: list[str]) -> dict[int, StageConfig]:
-    """Every stage's config, all checked before any work starts."""
+def load_pipeline(config: str | Path | None, overrides: list[str], data: str | None = None,
+                  tracker: str | None = None) -> dict[int, StageConfig]:
+    """Every stage's config, all checked before any work starts. `data` and `tracker` (--data, --tracker) are
+    the overrides data.data_dir= and logging.tracker= for every stage, winning over the others."""
     config = DEFAULT_CONFIG if config is None else config
-    return {s: load_config(stage_config_path(config, s), stage_overrides(overrides, s)) for s in STAGES}
+    sugar = {"data": {"data_dir": data}} if data is not None else {}
+    if tracker is not None:
+        sugar["logging"] = {"tracker": tracker}
+    cfgs = {}
+    for s in STAGES:
+        merged = stage_overrides(overrides, s)
+        for section, values in sugar.items():
+            merged.setdefault(section, {}).update(values)
+        cfgs[s] = load_config(stage_config_path(config, s), merged)
+    return cfgs
 
 
 def run_precision(cfgs: dict[int, StageConfig], stages: tuple[int, ...]) -> str:
@@ -93,49 +106,29 @@ def make_accelerator(mixed_precision: str = "no"):
     return accelerator
 
 
-def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int, ...], tracker: str | None,
-                 data_dir: str | None, from_scratch: bool = False) -> int:
+def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int, ...],
+                 from_scratch: bool = False) -> int:
     """Run `stages` in order; exit code 0 (done) or STOPPED_EXIT (preempted with a committed checkpoint)."""
-    out_dir = Path(out_dir)
-    state = st.read_state(out_dir)  # every rank: a corrupt state file stops all of them here, with the .bak offered
+    run = RunDir(out_dir)
+    state = st.read_state(run.root)  # every rank: a corrupt state file stops all of them here, with the .bak offered
     done = {s for s, e in ((state or {}).get("stages") or {}).items() if e["status"] == "completed"}
     accelerator = make_accelerator(run_precision(cfgs, tuple(s for s in stages if str(s) not in done) or stages))
     lock = None
     try:
-        refuse_changed_resumes(cfgs, stages, state, out_dir, accelerator)  # before anything is written
+        refuse_changed_resumes(cfgs, stages, state, run, accelerator)  # before anything is written
         if accelerator.is_main_process:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            lock = st.RunLock(out_dir).acquire()
+            run.root.mkdir(parents=True, exist_ok=True)
+            lock = st.RunLock(run.root).acquire()
         accelerator.wait_for_everyone()
         for stage in stages:
-            entry = ((st.read_state(out_dir) or {}).get("stages", {}) or {}).get(str(stage))
+            entry = ((st.read_state(run.root) or {}).get("stages", {}) or {}).get(str(stage))
             if entry and entry["status"] == "completed":
                 print0(f"[stage {stage}] already completed (best val {entry.get('best_val_loss')}); skipping")
-                loop.copy_best(out_dir, stage) if accelerator.is_main_process else None
                 continue
-            init_from = None
-            if stage > 1:
-                init_from = loop.best_path(out_dir, stage - 1)
-                if not init_from.exists():
-                    if not from_scratch:
-                        raise UserError(f"stage {stage} starts from stage {stage - 1}'s best weights, but "
-                                        f"{init_from} does not exist: run stage {stage - 1} first, or pass "
-                                        "--from-scratch")
-                    init_from = None
-            cfg = cfgs[stage]
-
-            def stage_end(stage_tracker, step, cfg=cfg, stage=stage):
-                if cfg.eval.enabled:  # the other ranks wait in run_stage for rank 0's evaluation
-                    evaluate_stage(cfg, stage, out_dir, stage_tracker, step)
-
-            status = loop.run_stage(cfg, stage, out_dir, accelerator, init_from,
-                                    tracker or cfg.logging.tracker, data_dir, on_complete=stage_end)
-            if status == "stopped":
+            if train_stage(cfgs[stage], stage, run, accelerator, from_scratch) == "stopped":
                 return STOPPED_EXIT
-            if accelerator.is_main_process:
-                loop.copy_best(out_dir, stage)
             accelerator.wait_for_everyone()
-        print0(f"done: best model in {out_dir / 'checkpoints' / 'best_model.pt'}")
+        print0(f"done: best model in {run.best_model}")
         return 0
     finally:
         if lock is not None:
@@ -143,8 +136,26 @@ def run_pipeline(cfgs: dict[int, StageConfig], out_dir: Path, stages: tuple[int,
         accelerator.end_training()  # trackers closed and the process group torn down before exit
 
 
+def train_stage(cfg: StageConfig, stage: int, run: RunDir, accelerator, from_scratch: bool) -> str:
+    """One stage, started from the previous stage's best weights; "completed" or "stopped"."""
+    from aurl.train.trainer import StageTrainer
+
+    init_from = run.best(stage - 1) if stage > 1 else None
+    if init_from is not None and not init_from.exists():
+        if not from_scratch:
+            raise UserError(f"stage {stage} starts from stage {stage - 1}'s best weights, but {init_from} does "
+                            f"not exist: run stage {stage - 1} first, or pass --from-scratch")
+        init_from = None
+
+    def stage_end(stage_tracker, step):
+        if cfg.eval.enabled:  # the other ranks wait in StageTrainer.finish for rank 0's evaluation
+            evaluate_stage(cfg, stage, run, stage_tracker, step)
+
+    return StageTrainer(cfg, stage, run, accelerator, init_from, on_complete=stage_end).train()
+
+
 def refuse_changed_resumes(cfgs: dict[int, StageConfig], stages: tuple[int, ...], state: dict | None,
-                           out_dir: Path, accelerator) -> None:
+                           run: RunDir, accelerator) -> None:
     """A stage that would resume from a committed checkpoint under changed settings (state.check_resumable)
     stops the run before it writes anything; rank 0 decides for all. The data fingerprint is compared later,
     in the stage, once the data is open."""
@@ -153,28 +164,29 @@ def refuse_changed_resumes(cfgs: dict[int, StageConfig], stages: tuple[int, ...]
         for stage in stages:
             entry = ((state or {}).get("stages") or {}).get(str(stage))
             if entry and entry["status"] != "completed":
-                _, refusal = loop.resume_point(out_dir, stage, entry, loop.run_record(cfgs[stage], accelerator))
+                _, refusal = resume.resume_point(run, stage, entry, resume.run_record(cfgs[stage], accelerator))
                 if refusal:
                     break
-    _, refusal = loop.broadcast_from_main(accelerator, None, refusal)
+    _, refusal = resume.broadcast_from_main(accelerator, None, refusal)
     if refusal:
         raise UserError(refusal)
 
 
-def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path, tracker=None, step: int = 0) -> None:
-    """Rank 0, after a completed stage: aurl.evaluate on the stage's best model, into out_dir/eval/stageN;
-    its sounds, pictures and sample table to the stage's trackers at `step`; out_dir/report.html rewritten.
+def evaluate_stage(cfg: StageConfig, stage: int, run: RunDir, tracker=None, step: int = 0) -> None:
+    """Rank 0, after a completed stage: aurl.evaluate on the stage's best model, into RUN/eval/stageN;
+    its sounds, pictures and sample table to the stage's trackers at `step`; RUN/report.html rewritten.
     A failure here is reported and training goes on: the stage's weights are already committed."""
-    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, format_report
+    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint
+    from aurl.evaluate.text import format_report
 
-    best = loop.best_path(out_dir, stage)
+    best = run.best(stage)
     if not best.exists():
         return
-    ev = cfg.eval
-    eval_cfg = EvalConfig(num_samples=ev.num_samples, length=ev.length, max_val_tokens=ev.max_val_tokens,
-                          temperature=ev.temperature, top_p=ev.top_p, seed=cfg.train.seed)
+    # the eval section holds a subset of EvalConfig's fields (+ enabled); the rest keep EvalConfig's defaults
+    section = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "enabled"}
+    eval_cfg = EvalConfig(**section, seed=cfg.train.seed)
     try:
-        result = evaluate_checkpoint(best, loop.cache_path(cfg, out_dir), eval_cfg, out_dir=out_dir / "eval" / f"stage{stage}",
+        result = evaluate_checkpoint(best, run.cache(cfg.data.cache_dir), eval_cfg, out_dir=run.eval(stage),
                                      device="auto")
     except Exception as e:  # noqa: BLE001 -- an evaluation bug must not cost the trained stage
         warn(f"[stage {stage}] evaluation failed ({type(e).__name__}: {e}); run python -m aurl.evaluate "
@@ -185,10 +197,10 @@ def evaluate_stage(cfg: StageConfig, stage: int, out_dir: Path, tracker=None, st
     try:
         from aurl.evaluate.report import tracker_media, write_report
 
-        atomic_write_json(out_dir / "eval" / f"stage{stage}" / "stage_config.json", cfg.to_dict())
+        atomic_write_json(run.eval(stage) / "stage_config.json", cfg.to_dict())
         if tracker is not None:
             tracker.log_media(tracker_media(result), step)
-        print0(f"[stage {stage}] report: {write_report(out_dir)}")
+        print0(f"[stage {stage}] report: {write_report(run.root)}")
     except Exception as e:  # noqa: BLE001 -- as above: the report is a view, never a reason to stop
         warn(f"[stage {stage}] report not written ({type(e).__name__}: {e}); run python -m aurl.evaluate --report "
-             f"--run-dir {out_dir} to retry")
+             f"--run-dir {run.root} to retry")

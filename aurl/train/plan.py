@@ -250,11 +250,11 @@ def plan(cfgs: dict[int, StageConfig], out_dir: Path, gpus: int, gpu_mem_gib: fl
         raise UserError(f"--gpus {gpus}: must be >= 1")
     if not gpu_mem_gib > 0:
         raise UserError(f"--gpu-mem {gpu_mem_gib:g}: must be > 0 (GiB per GPU)")
+    from aurl.rundir import RunDir
     from aurl.train import state as st
-    from aurl.train.loop import cache_path
 
     state = st.read_state(out_dir)
     lines = [f"plan for {gpus} GPU(s) of {gpu_mem_gib:g} GiB (formulas: aurl/train/plan.py)"]
     for stage, cfg in cfgs.items():
-        lines += stage_report(stage, cfg, gpus, gpu_mem_gib, cache_path(cfg, out_dir), state)
+        lines += stage_report(stage, cfg, gpus, gpu_mem_gib, RunDir(out_dir).cache(cfg.data.cache_dir), state)
     return lines

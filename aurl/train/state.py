@@ -28,11 +28,12 @@ from typing import Any
 
 from aurl.atomic import atomic_write_json
 from aurl.console import UserError
+from aurl.rundir import LOCK_FILE, STATE_FILE, RunDir  # noqa: F401 -- the file names, known as st.*
 
 SCHEMA_VERSION = 1
-STATE_FILE = "training_state.json"
-LOCK_FILE = "training.lock"
-STAGE_STATUSES = ("pending", "running", "stopped", "completed", "failed")
+# what StageTrainer writes: "running" while it trains, then "completed" or "stopped" (preempted, committed);
+# a killed run stays "running" (its lock is free: --status shows it not live)
+STAGE_STATUSES = ("pending", "running", "stopped", "completed")
 # recorded per stage; a resume must see the same values (a plain ZeRO/DDP checkpoint cannot change them)
 RESUME_KEYS = ("world_size", "micro_batch", "grad_accum", "seed", "data_fingerprint", "config_hash")
 # also compared when recorded: None without DeepSpeed (a ZeRO checkpoint has another layout than a DDP one)
@@ -49,7 +50,7 @@ def now() -> str:
 
 
 def state_path(out_dir: str | Path) -> Path:
-    return Path(out_dir) / STATE_FILE
+    return RunDir(out_dir).state_file
 
 
 def new_state() -> dict:
@@ -160,7 +161,7 @@ def check_resumable(entry: dict, run: dict, stage: int, checkpoint: str | Path |
 # ---------------------------------------------------------------------------------------------------------
 class RunLock:
     def __init__(self, out_dir: str | Path):
-        self.path = Path(out_dir) / LOCK_FILE
+        self.path = RunDir(out_dir).lock_file
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -186,7 +187,7 @@ class RunLock:
 
 def is_live(out_dir: str | Path) -> bool:
     """True while some process holds the run lock (a killed run's lock is free at once)."""
-    path = Path(out_dir) / LOCK_FILE
+    path = RunDir(out_dir).lock_file
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)
@@ -201,7 +202,7 @@ def is_live(out_dir: str | Path) -> bool:
 
 def holder(out_dir: str | Path) -> str:
     try:
-        info = json.loads((Path(out_dir) / LOCK_FILE).read_text())
+        info = json.loads(RunDir(out_dir).lock_file.read_text())
         return f"pid {info['pid']} on {info['host']} since {info['since']}"
     except (OSError, ValueError, KeyError):
         return "holder unknown"

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from aurl.console import warn
+from aurl.rundir import RunDir
 
 WANDB_INIT_TIMEOUT_S = 60  # a key but no network: give up after this (W&B's default is 90 s)
 
@@ -125,7 +126,7 @@ class WandbTracker(NullTracker):
             mode = "offline"
             warn("W&B: no API key (WANDB_API_KEY or `wandb login`): logging offline; upload later with "
                  "`wandb sync`, or set WANDB_MODE=disabled")
-        wandb_dir = Path(os.environ.get("WANDB_DIR") or out_dir / "logs")
+        wandb_dir = Path(os.environ.get("WANDB_DIR") or RunDir(out_dir).wandb)
         wandb_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, id=run_id, resume="allow",
                               group=group, job_type=f"stage{stage}", name=f"{group}-stage{stage}", config=config,
@@ -165,14 +166,14 @@ class Trackers(NullTracker):
     def __init__(self, kind: str, out_dir: Path, stage: int, run_id: str, project: str, config: dict,
                  enabled: bool = True, wandb_run_id: str | None = None):
         self.trackers: list = []
-        self.jsonl = out_dir / "logs" / "metrics.jsonl" if enabled else None
+        self.jsonl = RunDir(out_dir).metrics_log if enabled else None
         self.stage = stage
         self.wandb_run_id = None
         if not enabled:
             return
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
         if kind in ("tensorboard", "both"):
-            self._start(lambda: TensorBoardTracker(out_dir / "logs" / "tensorboard" / f"stage{stage}"))
+            self._start(lambda: TensorBoardTracker(RunDir(out_dir).tensorboard(stage)))
         if kind in ("wandb", "both"):
             wb = self._start(lambda: WandbTracker(project, run_id, stage, config, out_dir, wandb_run_id))
             self.wandb_run_id = wb.id if wb is not None else None
