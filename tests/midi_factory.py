@@ -38,8 +38,11 @@ def write_simple_midi(path, seed: int = 0, n_notes: int = 40, program: int = 0, 
     return path
 
 
-def random_score(seed: int, n_notes: int = 200, n_programs: int = 3, drums: bool = False) -> Score:
-    """A random Score with overlaps, several programs, tempo changes and pedal (not necessarily on grid)."""
+def random_score(seed: int, n_notes: int = 200, n_programs: int = 3, drums: bool = False,
+                 pitches: tuple[int, int] = (15, 115)) -> Score:
+    """A random Score with overlaps, several programs, tempo changes and pedal (not necessarily on grid);
+    drums: every 7th note is a drum; pitches: [low, high) of the pitches drawn (a narrow range = many
+    doublings across instruments)."""
     rng = np.random.default_rng(seed)
     start = np.sort(rng.uniform(0, 30, n_notes))
     dur = rng.exponential(0.4, n_notes) + 0.001
@@ -47,7 +50,7 @@ def random_score(seed: int, n_notes: int = 200, n_programs: int = 3, drums: bool
     notes = [
         Note(int(p), float(s), float(s + d), int(v), int(pr), bool(drums and i % 7 == 0))
         for i, (p, s, d, v, pr) in enumerate(
-            zip(rng.integers(15, 115, n_notes), start, dur, rng.integers(1, 128, n_notes), programs, strict=True)
+            zip(rng.integers(*pitches, n_notes), start, dur, rng.integers(1, 128, n_notes), programs, strict=True)
         )
     ]
     tempos = [(0.0, float(rng.uniform(40, 200))), (10.0, float(rng.uniform(40, 200)))]

@@ -10,27 +10,30 @@ from aurl import grammar, vocab
 
 
 def _piece(seed: int) -> np.ndarray:
-    """A grammatical stream with overlapping voices, several instruments, velocities, tempos and pedal."""
-    return vocab.encode(random_score(seed, n_notes=160, n_programs=3)).astype(np.int64)
+    """A grammatical stream with overlapping voices, several instruments (the same pitches on several of them
+    at once: few distinct pitches), drums, velocities, tempos and pedal."""
+    return vocab.encode(random_score(seed, n_notes=160, n_programs=3, drums=True, pitches=(55, 67))).astype(np.int64)
 
 
 def _notes_by_index(toks: np.ndarray) -> list[tuple]:
     """Every note of a grammatical stream as (pitch, on index, off index, on step, off step, vbin, family),
-    walked here independently of aurl.grammar."""
+    walked here independently of aurl.grammar (a note is (instrument in force, pitch); 16 = the drum kit)."""
     step, vb, fam, open_, out = 0, vocab.DEFAULT_VELOCITY_BIN, vocab.DEFAULT_FAMILY, {}, []
     for i, t in enumerate(toks.tolist()):
         kind = vocab.token_kind(t)
         if kind == "note_on":
-            open_[t - vocab.NOTE_ON_OFFSET] = (i, step, vb, fam)
+            open_[(fam, t - vocab.NOTE_ON_OFFSET)] = (i, step, vb)
         elif kind == "note_off":
-            j, s, v, f = open_.pop(t - vocab.NOTE_OFF_OFFSET)
-            out.append((t - vocab.NOTE_OFF_OFFSET + vocab.MIN_PITCH, j, i, s, step, v, f))
+            j, s, v = open_.pop((fam, t - vocab.NOTE_OFF_OFFSET))
+            out.append((t - vocab.NOTE_OFF_OFFSET + vocab.MIN_PITCH, j, i, s, step, v, fam))
         elif kind == "time_shift":
             step += int(vocab.shift_steps([t])[0])
         elif kind == "velocity":
             vb = t - vocab.VELOCITY_OFFSET
         elif kind == "instrument":
             fam = t - vocab.INSTRUMENT_OFFSET
+        elif kind == "drum_kit":
+            fam = 16
     assert not open_
     return out
 
@@ -50,9 +53,9 @@ def _expected_window_notes(notes, s: int, e: int, t0: int, t1: int) -> list[tupl
 def _decoded(tokens) -> list[tuple]:
     sc = vocab.decode(tokens)
     steps = lambda x: np.rint(np.asarray(x) * vocab.STEPS_PER_SECOND).astype(int).tolist()  # noqa: E731
+    fam = np.where(sc.is_drum, 16, vocab.instrument_family(sc.program))
     return sorted(zip(sc.pitch.tolist(), steps(sc.start), steps(sc.end),
-                      vocab.velocity_bin(sc.velocity).tolist(), vocab.instrument_family(sc.program).tolist(),
-                      strict=True))
+                      vocab.velocity_bin(sc.velocity).tolist(), fam.tolist(), strict=True))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -123,35 +126,39 @@ def test_the_prefix_restates_tempo_pedal_instrument_and_velocity():
 
 
 def _grammar_errors_reference(body: list[int]) -> dict[str, int]:
-    """vocab.grammar_errors' rules on an unframed body, written out with a plain set (before the walker)."""
+    """vocab.grammar_errors' rules on an unframed body, written out with a plain set of (family, NOTE_ON id)."""
     errors = dict.fromkeys(("note_off_without_on", "duplicate_note_on", "unclosed_notes", "special_inside",
                             "out_of_vocab"), 0)
-    sounding: set[int] = set()
+    sounding: set[tuple[int, int]] = set()
+    fam = 0
     for t in body:
         if t < 0 or t >= vocab.VOCAB_SIZE:
             errors["out_of_vocab"] += 1
         elif t < vocab.NOTE_ON_OFFSET:
             errors["special_inside"] += 1
         elif t < vocab.NOTE_OFF_OFFSET:
-            errors["duplicate_note_on"] += t in sounding
-            sounding.add(t)
+            errors["duplicate_note_on"] += (fam, t) in sounding
+            sounding.add((fam, t))
         elif t < vocab.TIME_SHIFT_OFFSET:
-            if t - vocab.NUM_PITCHES in sounding:
-                sounding.remove(t - vocab.NUM_PITCHES)
+            if (fam, t - vocab.NUM_PITCHES) in sounding:
+                sounding.remove((fam, t - vocab.NUM_PITCHES))
             else:
                 errors["note_off_without_on"] += 1
+        elif t == 691 or t >= 758:  # DRUM_KIT, INSTRUMENT 0..15
+            fam = 16 if t == 691 else t - 758
     errors["unclosed_notes"] = len(sounding)
     return errors
 
 
 def test_grammar_errors_on_the_walker_counts_as_before():
     """vocab.grammar_errors now walks with aurl.grammar.Walker: the same counts on random (mostly broken)
-    streams, out-of-vocabulary ids and special tokens included."""
+    streams with instrument changes, out-of-vocabulary ids and special tokens included."""
     rng = np.random.default_rng(0)
     compared = 0
     for _ in range(200):
         notes = rng.integers(vocab.NOTE_ON_OFFSET, vocab.NOTE_ON_OFFSET + 12, 40)  # few pitches: many clashes
         body = np.where(rng.random(40) < 0.5, notes, notes + vocab.NUM_PITCHES)
+        body[rng.random(40) < 0.1] = rng.choice([691, 758, 759])  # drum kit, piano, chromatic percussion
         body[rng.random(40) < 0.1] = rng.integers(-3, vocab.VOCAB_SIZE + 3, 40)[:1]
         body = [int(t) for t in body if t not in (vocab.START_ID, vocab.END_ID, vocab.PAD_ID)]
         got = vocab.grammar_errors([vocab.START_ID, 700, *body, vocab.END_ID])

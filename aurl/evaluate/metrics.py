@@ -2,8 +2,11 @@
 
 Every metric is a pure function of a piece given as an ``aurl.data.midi_io.Score`` or as any sequence of
 note objects with ``pitch``, ``start`` and ``end`` (seconds) and, optionally, ``is_drum`` (e.g.
-``Score.notes``). Drum notes are ignored everywhere (their "pitch" names an instrument). A metric that is
-undefined for a piece (no notes, fewer than two measures, ...) is NaN; aggregates skip NaNs.
+``Score.notes``). Drum notes are not harmony (their "pitch" names a drum): the pitch metrics
+(pitch_class_entropy, scale_consistency, polyphony, pitch_range) read only the pitched notes; the rhythm
+metrics (empty_beat_rate, note_density, groove_consistency) read every note, drums included, since a drum
+hit fills a beat and makes a groove. A metric that is undefined for a piece (no notes, fewer than two
+measures, ...) is NaN; aggregates skip NaNs.
 
 Definitions (MusPy's, Dong et al. 2020, unless stated):
 - pitch_class_entropy: Shannon entropy in bits of the pitch-class histogram, each NOTE counted once
@@ -60,18 +63,27 @@ for _root in range(12):
 # ----------------------------------------------------------------------------------------------------------
 # Input
 class Piece:
-    """Pitched notes of a piece as arrays (seconds) plus its tempo map; what every metric reads."""
+    """Notes of a piece as arrays (seconds, is_drum) plus its tempo map; what every metric reads."""
 
-    __slots__ = ("pitch", "start", "end", "tempo_time", "tempo_bpm")
+    __slots__ = ("pitch", "start", "end", "is_drum", "tempo_time", "tempo_bpm")
 
-    def __init__(self, pitch, start, end, tempo_time=(), tempo_bpm=()):
+    def __init__(self, pitch, start, end, tempo_time=(), tempo_bpm=(), is_drum=None):
         self.pitch = np.asarray(pitch, dtype=np.int64).reshape(-1)
         self.start = np.asarray(start, dtype=np.float64).reshape(-1)
         self.end = np.maximum(np.asarray(end, dtype=np.float64).reshape(-1), self.start)
+        self.is_drum = (np.zeros(len(self.pitch), dtype=bool) if is_drum is None
+                        else np.asarray(is_drum, dtype=bool).reshape(-1))
         self.tempo_time = np.asarray(tempo_time, dtype=np.float64).reshape(-1)
         self.tempo_bpm = np.asarray(tempo_bpm, dtype=np.float64).reshape(-1)
-        assert len(self.pitch) == len(self.start) == len(self.end)
+        assert len(self.pitch) == len(self.start) == len(self.end) == len(self.is_drum)
         assert len(self.tempo_time) == len(self.tempo_bpm)
+
+    def pitched(self) -> Piece:
+        """The piece without its drum notes: what the harmony metrics read."""
+        if not self.is_drum.any():
+            return self
+        keep = ~self.is_drum
+        return Piece(self.pitch[keep], self.start[keep], self.end[keep], self.tempo_time, self.tempo_bpm)
 
     @property
     def num_notes(self) -> int:
@@ -91,17 +103,15 @@ def as_piece(notes, tempos: Iterable[tuple[float, float]] | None = None) -> Piec
     if isinstance(notes, Piece):
         return notes
     if hasattr(notes, "tempo_time") and hasattr(notes, "pitch"):  # a Score (columnar)
-        keep = ~np.asarray(notes.is_drum, dtype=bool)
         t_time, t_bpm = notes.tempo_time, notes.tempo_bpm
         if tempos is not None:
             tempos = list(tempos)
             t_time, t_bpm = [t for t, _ in tempos], [b for _, b in tempos]
-        return Piece(np.asarray(notes.pitch)[keep], np.asarray(notes.start)[keep], np.asarray(notes.end)[keep],
-                     t_time, t_bpm)
-    pitched = [n for n in notes if not getattr(n, "is_drum", False)]
+        return Piece(notes.pitch, notes.start, notes.end, t_time, t_bpm, is_drum=notes.is_drum)
+    notes = list(notes)
     tempos = list(tempos or ())
-    return Piece([n.pitch for n in pitched], [n.start for n in pitched], [n.end for n in pitched],
-                 [t for t, _ in tempos], [b for _, b in tempos])
+    return Piece([n.pitch for n in notes], [n.start for n in notes], [n.end for n in notes],
+                 [t for t, _ in tempos], [b for _, b in tempos], [getattr(n, "is_drum", False) for n in notes])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,14 +158,14 @@ def refine_tempo(piece: Piece, tolerance: float, candidates: int = 201) -> Piece
     cost = np.abs(x - np.rint(x)).mean(1)
     best = np.flatnonzero(cost <= cost.min() + 1e-9)
     f = float(factors[best[np.argmin(np.abs(np.log(factors[best])))]])
-    return Piece(piece.pitch, piece.start, piece.end, t, b * f)
+    return Piece(piece.pitch, piece.start, piece.end, t, b * f, piece.is_drum)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Per-piece metrics
 def pitch_class_entropy(notes, tempos=None) -> float:
     """Entropy (bits) of the pitch-class histogram, one count per note. NaN without notes."""
-    p = as_piece(notes, tempos)
+    p = as_piece(notes, tempos).pitched()
     if p.num_notes == 0:
         return math.nan
     counts = np.bincount(p.pitch % 12, minlength=12).astype(np.float64)
@@ -165,7 +175,7 @@ def pitch_class_entropy(notes, tempos=None) -> float:
 
 def scale_consistency(notes, tempos=None) -> float:
     """Largest fraction of notes in one major or natural-minor scale (24 candidates). NaN without notes."""
-    p = as_piece(notes, tempos)
+    p = as_piece(notes, tempos).pitched()
     if p.num_notes == 0:
         return math.nan
     counts = np.bincount(p.pitch % 12, minlength=12)
@@ -174,7 +184,7 @@ def scale_consistency(notes, tempos=None) -> float:
 
 def polyphony(notes, tempos=None) -> float:
     """Mean number of distinct pitches sounding while at least one sounds (time-weighted). NaN if silent."""
-    p = as_piece(notes, tempos)
+    p = as_piece(notes, tempos).pitched()
     sounding = p.end > p.start
     if not sounding.any():
         return math.nan
@@ -204,7 +214,7 @@ def polyphony(notes, tempos=None) -> float:
 
 def pitch_range(notes, tempos=None) -> float:
     """Highest minus lowest pitch (semitones). NaN without notes."""
-    p = as_piece(notes, tempos)
+    p = as_piece(notes, tempos).pitched()
     if p.num_notes == 0:
         return math.nan
     return float(p.pitch.max() - p.pitch.min())
