@@ -89,7 +89,7 @@ def _bad_folder(root: Path) -> Path:
     from midi_factory import make_pretty_midi
 
     make_pretty_midi([(60, 0, 1, 80), (60, 6 * 3600, 6 * 3600 + 1, 80)]).write(str(data / "bad" / "absurd.mid"))
-    make_pretty_midi([(36, 0, 1, 80)], is_drum=True).write(str(data / "bad" / "drums_only.mid"))
+    make_pretty_midi([(10, 0, 1, 80), (120, 0, 1, 80)]).write(str(data / "bad" / "out_of_range.mid"))
     return data
 
 
@@ -103,7 +103,7 @@ def test_bad_files_are_skipped_with_reasons_and_kept_in_the_manifest(tmp_path):
     assert "unreadable" in reasons["bad/truncated.mid"]
     assert "ticks per beat is 0" in reasons["bad/tpq_zero.mid"]
     assert "absurd length" in reasons["bad/absurd.mid"]
-    assert "no usable notes" in reasons["bad/drums_only.mid"]
+    assert "no usable notes (2 out of range)" in reasons["bad/out_of_range.mid"]
     assert {e["path"] for e in TokenCache.open(cache).manifest["skipped"]} == set(reasons)
     assert all(path in s.format() for path in reasons)
     s2 = _build(data, cache)  # unchanged bad files are not retried

@@ -165,3 +165,54 @@ def test_grammar_errors_on_the_walker_counts_as_before():
         assert got == _grammar_errors_reference([700, *body])
         compared += sum(got.values())
     assert compared > 1000
+
+
+def _random_stream(seed: int, length: int) -> np.ndarray:
+    """Mostly broken streams: few pitches (clashes), instrument and drum-kit changes, shifts, a few others."""
+    rng = np.random.default_rng(seed)
+    pitch = rng.integers(0, 6, length)
+    choice = rng.random(length)
+    return np.select(
+        [choice < 0.35, choice < 0.7, choice < 0.8, choice < 0.9],
+        [vocab.NOTE_ON_OFFSET + pitch, vocab.NOTE_OFF_OFFSET + pitch, rng.choice([691, 758, 763], length),
+         vocab.TIME_SHIFT_OFFSET + pitch],
+        rng.integers(0, vocab.VOCAB_SIZE, length))
+
+
+def test_the_samplers_tensor_state_and_mask_follow_the_walker():
+    """aurl.model.sampling keeps the walker's state as tensors: _track token by token and _grammar_state over a
+    whole row equal the Walker's (instrument, pitch) sounding set and instrument in force after every token;
+    the mask forbids exactly the NOTE_ON / NOTE_OFF the walker would not take as "on" / "off", and END while
+    a note sounds."""
+    import copy
+
+    import torch
+
+    from aurl.model.sampling import _grammar_state, _mask_ungrammatical, _track
+
+    rows = [_random_stream(s, 300) for s in range(3)]
+    ids = torch.from_numpy(np.stack(rows))
+    state = _grammar_state(ids[:, :0])
+    walkers = [grammar.Walker() for _ in rows]
+    notes = list(range(vocab.NOTE_ON_OFFSET, vocab.TIME_SHIFT_OFFSET))
+    compared = masked = 0
+    for t in range(ids.shape[1]):
+        _track(state, ids[:, t])
+        for b, w in enumerate(walkers):
+            w.feed(int(ids[b, t]))
+            want = torch.zeros(vocab.NUM_FAMILIES, vocab.NUM_PITCHES, dtype=torch.bool)
+            for f, p in w.state.sounding:
+                want[f, p - vocab.MIN_PITCH] = True
+            assert torch.equal(state[0][b], want) and int(state[1][b]) == w.family, (b, t)
+            compared += 1
+        if t % 10 == 9:
+            whole = _grammar_state(ids[:, : t + 1])
+            assert torch.equal(whole[0], state[0]) and torch.equal(whole[1], state[1]), t
+            logits = torch.zeros(len(rows), vocab.VOCAB_SIZE)
+            _mask_ungrammatical(logits, state)
+            for b, w in enumerate(walkers):
+                legal = [grammar.Walker(copy.deepcopy(w.state)).feed(n) in ("on", "off") for n in notes]
+                assert (logits[b, notes] == 0).tolist() == legal, (b, t)
+                assert bool(logits[b, vocab.END_ID] == 0) == (not w.state.sounding)
+                masked += legal.count(False)
+    assert compared == 900 and masked > 1000
