@@ -147,3 +147,23 @@ def arrangement_midi(seed: int, style: str = "pop", bars: int = 24, same_instrum
         note(chord_part, 12 + k, k * beat, (k + 1) * beat)
     pm.instruments.extend(inst.values())
     return pm
+
+
+def vocab_v1_spec() -> dict:
+    """aurl.vocab's spec before the drum kit and the (instrument, pitch) note scope (version 1: 512 shifts,
+    drums dropped): what old caches and checkpoints carry."""
+    from aurl import vocab
+
+    spec = vocab.vocab_spec()
+    ranges = [dict(r, count=512) if r["kind"] == "time_shift" else r for r in spec["ranges"] if r["kind"] != "drum_kit"]
+    old = {**spec, "version": 1, "ranges": ranges, "max_shift_steps": 512,
+           "instrument": "GM program family = program // 8; drums dropped"}
+    del old["note_scope"]
+    return old
+
+
+def spec_hash(spec: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()

@@ -216,3 +216,21 @@ def test_the_samplers_tensor_state_and_mask_follow_the_walker():
                 assert bool(logits[b, vocab.END_ID] == 0) == (not w.state.sounding)
                 masked += legal.count(False)
     assert compared == 900 and masked > 1000
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_finalize_keeps_decodes_notes_and_closes_them_on_their_instrument(seed):
+    """sampling.finalize walks with the same walker: its output is grammatical and decodes to the very notes of
+    the raw row, also when the row is cut off with notes open on several instruments and the drum kit."""
+    from aurl.model.sampling import finalize
+
+    row = _random_stream(seed, 400)
+    fin = finalize([vocab.START_ID, *row.tolist()])
+    assert sum(vocab.grammar_errors(fin).values()) == 0
+    end = row.tolist().index(vocab.END_ID) if vocab.END_ID in row.tolist() else len(row)
+    want = _decoded(row[:end])  # finalize stops at the first END
+    assert _decoded(fin) == want and len(want) > 30
+    open_at_end = grammar.Walker()
+    for t in row[:end].tolist():
+        open_at_end.feed(t)
+    assert len({f for f, _ in open_at_end.state.sounding}) >= 2  # the closing needs instrument changes
