@@ -306,11 +306,10 @@ def encode(score, stats: EncodeStats | None = None) -> np.ndarray:
 
     # same-scope overlaps: order by (scope, onset, longer first, lower program, velocity)
     order = np.lexsort((vel, prog, -(qe - qs), qs, scope))
-    scope, pitch, qs, qe, vel, fam = scope[order], pitch[order], qs[order], qe[order], vel[order], fam[order]
-    dup = _same_as_prev(scope) & _same_as_prev(qs)
+    dup = _same_as_prev(scope[order]) & _same_as_prev(qs[order])
     st.merged += int(dup.sum())
-    keep = ~dup
-    scope, pitch, qs, qe, vel, fam = scope[keep], pitch[keep], qs[keep], qe[keep], vel[keep], fam[keep]
+    order = order[~dup]  # one gather per column (these small arrays cost per numpy call, not per note)
+    scope, pitch, qs, qe, vel, fam = scope[order], pitch[order], qs[order], qe[order], vel[order], fam[order]
     next_start = np.append(qs[1:], 0)[: len(qs)]
     cut = _same_as_next(scope) & (qe > next_start)
     st.truncated += int(cut.sum())
@@ -332,7 +331,7 @@ def encode(score, stats: EncodeStats | None = None) -> np.ndarray:
     steps = np.concatenate(ev_steps)
     keys = np.concatenate(ev_keys)
     toks = np.concatenate(ev_tokens)
-    o = np.lexsort((keys, steps))
+    o = np.argsort(steps * (len(keys) + 2) + keys)  # by step, then key: one int64 key, all distinct
     body = assemble(toks[o], steps[o])
     return np.concatenate([[START_ID], body, [END_ID]]).astype(np.int16)
 
@@ -340,19 +339,23 @@ def encode(score, stats: EncodeStats | None = None) -> np.ndarray:
 def _note_events(pitch, qs, qe, vbin, fam) -> tuple[np.ndarray, np.ndarray]:
     """(step, token) of every note event in stream order: by (step, family, offs before ons, pitch), with
     INSTRUMENT / DRUM_KIT where the family changes and VELOCITY before a note-on where the velocity changes."""
-    n = len(pitch)
-    step = np.concatenate([qe, qs])
-    is_on = np.r_[np.zeros(n, dtype=bool), np.ones(n, dtype=bool)]
-    f = np.concatenate([fam, fam])
-    p = np.concatenate([pitch, pitch])
-    vb = np.concatenate([vbin, vbin])
-    o = np.lexsort((p, is_on, f, step))
-    step, is_on, f, p, vb = step[o], is_on[o], f[o], p[o], vb[o]
+    # one int64 sort key per event (offs, then ons), decoded back by division: fewer numpy calls than
+    # gathering five columns, and these arrays are small (the cost is per call)
+    fp = fam * (2 * NUM_PITCHES) + pitch - MIN_PITCH
+    key = np.concatenate([qe * (2 * NUM_PITCHES * NUM_FAMILIES) + fp, qs * (2 * NUM_PITCHES * NUM_FAMILIES) + fp
+                          + NUM_PITCHES])
+    o = np.argsort(key)
+    key = key[o]
+    step, rest = np.divmod(key, 2 * NUM_PITCHES * NUM_FAMILIES)
+    f, rest = np.divmod(rest, 2 * NUM_PITCHES)
+    is_on = rest >= NUM_PITCHES
+    vb = np.concatenate([vbin, vbin])[o]
     fam_change = ~_same_as_prev(f)
     on_idx = np.flatnonzero(is_on)
     vel_change = np.zeros(len(step), dtype=bool)
     vel_change[on_idx] = ~_same_as_prev(vb[on_idx])
-    note_tok = np.where(is_on, NOTE_ON_OFFSET, NOTE_OFF_OFFSET) + p - MIN_PITCH
+    # rest = pitch index for an off, 88 + pitch index for an on
+    note_tok = np.where(is_on, NOTE_ON_OFFSET - NUM_PITCHES, NOTE_OFF_OFFSET) + rest
     fam_tok = np.where(f == DRUM_FAMILY, DRUM_KIT_ID, INSTRUMENT_OFFSET + f)
     # each event becomes [family token?, velocity token?, note token]: lay the three columns out and keep
     grid = np.stack([fam_tok, VELOCITY_OFFSET + vb, note_tok], axis=1)
