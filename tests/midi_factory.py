@@ -121,10 +121,10 @@ def arrangement_midi(seed: int, style: str = "pop", bars: int = 24, same_instrum
             note(bass_part, root - 12, t0 + 2 * k * beat, t0 + (2 * k + 1.8) * beat)
         t = t0
         while t < t0 + 4 * beat - 1e-9:  # melody in unison on two families
-            d = float(rng.choice([0.25, 0.5, 1.0])) * beat
+            d = min(float(rng.choice([0.25, 0.5, 1.0])) * beat, t0 + 4 * beat - t)  # the bar ends the phrase
             p = int(rng.choice(chord)) + 12
-            note(mel_part, p, t, t + 0.95 * d)
-            note(dbl_part, p, t, t + 0.9 * d)
+            note(mel_part, p, t, t + 0.9 * d)
+            note(dbl_part, p, t, t + 0.85 * d)
             t += d
         for k in range(8):  # drums: hat on 8ths, kick on 1 and 3, snare on 2 and 4, crash every 4 bars
             note(kit, 42, t0 + k * beat / 2, t0 + k * beat / 2 + 0.05)
