@@ -123,7 +123,7 @@ def test_drums_are_kept_under_the_drum_kit_and_counted():
     score = Score.from_notes([Note(36, 0, 1, 80, 25, True), Note(36, 0, 1, 80), Note(60, 0, 1, 80)])
     tokens = vocab.encode(score, st)
     dec = vocab.decode(tokens)
-    assert sorted(zip(dec.pitch.tolist(), dec.is_drum.tolist())) == [(36, False), (36, True), (60, False)]
+    assert sorted(zip(dec.pitch.tolist(), dec.is_drum.tolist(), strict=True)) == [(36, False), (36, True), (60, False)]
     assert st.drums_kept == 1 and st.kept == 3 and st.merged == st.truncated == 0
     assert dec.program[dec.is_drum].tolist() == [0]  # a kit is a kit: the drum program is not stored
     assert vocab.DRUM_KIT_ID in tokens.tolist()
