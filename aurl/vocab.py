@@ -7,35 +7,54 @@ Layout (774 tokens; ``VOCAB_SIZE`` is checked at import):
     1          1      start        start of a piece
     2          1      end          end of a piece
     3          1      unk          unknown (never produced by encode; decode skips it)
-    4..91      88     note_on      pitch 21..108 (A0..C8) starts, with the current velocity and instrument
-    92..179    88     note_off     pitch 21..108 ends
-    180..691   512    time_shift   advance the clock by 1..512 steps of 15.625 ms (1/64 s; up to 8 s)
+    4..91      88     note_on      pitch 21..108 (A0..C8) of the instrument in force starts, with the velocity
+                                   in force (under the drum kit: GM drum key 21..108, e.g. 36 = bass drum)
+    92..179    88     note_off     pitch 21..108 of the instrument in force ends
+    180..690   511    time_shift   advance the clock by 1..511 steps of 15.625 ms (1/64 s; up to 7.98 s)
+    691        1      drum_kit     the instrument in force is the GM drum kit (MIDI channel 10)
     692..723   32     velocity     velocity bin b covers MIDI velocities 4b..4b+3 (decoded as 4b+2)
     724..725   2      sustain      sustain pedal (CC64) on, off
     726..757   32     tempo        tempo bin, geometric from 30 to 240 BPM (metadata: times are in seconds)
     758..773   16     instrument   General MIDI program family (program // 8; decoded as family * 8)
 
+Why the drum kit took the 512-step shift (version 2; version 1 had 512 shifts and no kit): the budget stays
+774 and no musical state is lost. The longest shift drops from 8.000 s to 7.984 s, so a gap of 512 steps or
+more costs at most one TIME_SHIFT more (silences that long are rare, and were already several shifts past
+8 s); all other ids keep their values. The alternatives each lose something that is played: one of the
+16 instrument families (sound effects is the rarest, but it is used), or a velocity or tempo bin (coarser
+bins, and every piece's tokens would move). The kit reuses NOTE_ON/NOTE_OFF: a drum "pitch" names a drum
+(GM key map), so the 88 note ids cover the GM drum keys 35..81 and more.
+
+Instrument scope (version 2): a note is (instrument, pitch), where the instrument is one of the 16 GM
+families or the drum kit (``NUM_FAMILIES`` = 17, ``DRUM_FAMILY`` = 16). NOTE_ON and NOTE_OFF act on the
+pitch of the instrument in force, set by the INSTRUMENT or DRUM_KIT token before them (written only when it
+changes, before a NOTE_OFF as before a NOTE_ON). The same pitch on two instruments (a piano doubling the
+strings) is two notes; in version 1 NOTE_OFF named only a pitch, and one of them was merged or cut.
+
 Encoding rules (why, not just what):
 - Time is quantized against the absolute grid: every onset and offset is rounded to the nearest 1/64 s
   from the start of the piece, then the gaps between grid positions are written as shifts. Rounding gap
   by gap would let the error drift; this way no event is ever more than half a step off. A gap longer
-  than 512 steps is written as several shifts (never truncated).
-- Notes outside 21..108 are dropped and counted (``EncodeStats.out_of_range``), never clamped: clamping
-  piles notes up at the edges of the keyboard.
-- Drums are dropped and counted (``EncodeStats.drum_notes``): a drum "pitch" names an instrument, not a
-  pitch, and the vocabulary has no drum kit; mixing them in as pitched notes would teach false harmony.
-- NOTE_OFF names only a pitch, so at most one note per pitch may sound at a time. Overlaps of the same
-  pitch (also across instruments) are resolved deterministically: notes are ordered by (onset, longer
-  first, lower program); a second onset at the same grid step is dropped (``merged``), and a note still
-  sounding when the same pitch starts again ends there (``truncated``). A note shorter than one step
-  lasts one step.
-- At one grid position the order is: tempo, sustain, note-offs (by pitch), then note-ons ordered by
-  (instrument family, pitch), each preceded by INSTRUMENT / VELOCITY only when that state changes.
-  Tempo is always written once at time 0 (120 BPM if the file has none).
+  than 511 steps is written as several shifts (never truncated).
+- Notes outside 21..108 are dropped and counted (``EncodeStats.out_of_range``, drums included), never
+  clamped: clamping piles notes up at the edges of the keyboard.
+- Drums are kept under the drum kit (``EncodeStats.drums_kept``); their program is not stored (a kit is a
+  kit) and they decode to one drum track (is_drum, channel 10). Metrics do not count them as harmony.
+- At most one note per (instrument, pitch) may sound at a time. Overlaps within one instrument family (two
+  tracks of one family in unison, or a track re-striking a held pitch) are resolved deterministically:
+  notes are ordered by (onset, longer first, lower program); a second onset at the same grid step is dropped
+  (``merged``), and a note still sounding when the same pitch of its family starts again ends there
+  (``truncated``). A note shorter than one step lasts one step.
+- At one grid position the order is: tempo, sustain, then for each instrument (by family, the kit last) its
+  note-offs (by pitch) and then its note-ons (by pitch); INSTRUMENT / DRUM_KIT precedes the first of them
+  when the instrument changes, VELOCITY precedes a note-on when the velocity changes. Tempo is always
+  written once at time 0 (120 BPM if the file has none). A piece with one instrument family (the Bach
+  chorales) tokenizes exactly as in version 1 but for gaps of 512 steps or more.
 - encode(decode(encode(x))) == encode(x): decode places every event exactly on the grid and maps every
   bin to a representative value that falls back into the same bin.
-- decode accepts ANY sequence: special tokens are skipped, a NOTE_OFF without an open note is ignored,
-  a NOTE_ON of a pitch already sounding closes the old note first (a duplicate at the same step is
+- decode accepts ANY sequence (the one grammar walker, aurl.grammar.Walker, applies these rules): special
+  tokens are skipped, a NOTE_OFF without an open note (of that instrument) is ignored, a NOTE_ON of an
+  (instrument, pitch) already sounding closes the old note first (a duplicate at the same step is
   ignored), notes still open at the end are closed there, and every note lasts at least one step.
 """
 
@@ -55,7 +74,7 @@ NUM_SPECIAL = 4
 
 MIN_PITCH, MAX_PITCH = 21, 108
 NUM_PITCHES = MAX_PITCH - MIN_PITCH + 1  # 88
-NUM_TIME_SHIFTS = 512
+NUM_TIME_SHIFTS = 511  # 512 in version 1: the 512-step shift became DRUM_KIT (see the module docstring)
 STEPS_PER_SECOND = 64
 STEP_SECONDS = 1.0 / STEPS_PER_SECOND  # 15.625 ms, exact in binary floating point
 STEP_MS = 1000.0 * STEP_SECONDS
@@ -65,11 +84,14 @@ NUM_TEMPO_BINS = 32
 TEMPO_MIN_BPM, TEMPO_MAX_BPM = 30.0, 240.0
 DEFAULT_BPM = 120.0
 NUM_INSTRUMENTS = 16  # General MIDI program families
+DRUM_FAMILY = NUM_INSTRUMENTS  # the drum kit, as a 17th instrument of the note scope
+NUM_FAMILIES = NUM_INSTRUMENTS + 1
 
 NOTE_ON_OFFSET = NUM_SPECIAL
 NOTE_OFF_OFFSET = NOTE_ON_OFFSET + NUM_PITCHES
 TIME_SHIFT_OFFSET = NOTE_OFF_OFFSET + NUM_PITCHES
-VELOCITY_OFFSET = TIME_SHIFT_OFFSET + NUM_TIME_SHIFTS
+DRUM_KIT_ID = TIME_SHIFT_OFFSET + NUM_TIME_SHIFTS
+VELOCITY_OFFSET = DRUM_KIT_ID + 1
 SUSTAIN_OFFSET = VELOCITY_OFFSET + NUM_VELOCITY_BINS
 SUSTAIN_ON_ID = SUSTAIN_OFFSET
 SUSTAIN_OFF_ID = SUSTAIN_OFFSET + 1
@@ -88,6 +110,7 @@ RANGES: tuple[tuple[str, int, int], ...] = (
     ("note_on", NOTE_ON_OFFSET, NUM_PITCHES),
     ("note_off", NOTE_OFF_OFFSET, NUM_PITCHES),
     ("time_shift", TIME_SHIFT_OFFSET, NUM_TIME_SHIFTS),
+    ("drum_kit", DRUM_KIT_ID, 1),
     ("velocity", VELOCITY_OFFSET, NUM_VELOCITY_BINS),
     ("sustain", SUSTAIN_OFFSET, NUM_SUSTAIN),
     ("tempo", TEMPO_OFFSET, NUM_TEMPO_BINS),
@@ -152,7 +175,22 @@ def instrument_family(program):
 
 
 def program_of_family(family):
-    return np.asarray(family) * 8
+    """Program of a scope family (the drum kit: 0 on a drum track)."""
+    f = np.asarray(family)
+    return np.where(f == DRUM_FAMILY, 0, f * 8)
+
+
+def family_token(family: int) -> int:
+    """The token that puts ``family`` (0..15 a GM family, 16 the drum kit) in force."""
+    assert 0 <= family < NUM_FAMILIES, family
+    return DRUM_KIT_ID if family == DRUM_FAMILY else INSTRUMENT_OFFSET + family
+
+
+def family_of_token(tokens):
+    """Family each token puts in force (vectorized); -1 for tokens that are not INSTRUMENT / DRUM_KIT."""
+    t = np.asarray(tokens).astype(np.int64)
+    inst = (t >= INSTRUMENT_OFFSET) & (t < INSTRUMENT_OFFSET + NUM_INSTRUMENTS)
+    return np.where(inst, t - INSTRUMENT_OFFSET, np.where(t == DRUM_KIT_ID, DRUM_FAMILY, -1))
 
 
 DEFAULT_VELOCITY_BIN = int(velocity_bin(64))  # state before any VELOCITY token (malformed input only)
@@ -164,7 +202,7 @@ DEFAULT_FAMILY = 0  # acoustic piano, state before any INSTRUMENT token
 def vocab_spec() -> dict:
     """A JSON-able description of the vocabulary; checkpoints and caches store it (and its hash)."""
     return {
-        "version": 1,
+        "version": 2,
         "vocab_size": VOCAB_SIZE,
         "ranges": [{"kind": k, "offset": o, "count": n} for k, o, n in RANGES],
         "pitch_range": [MIN_PITCH, MAX_PITCH],
@@ -172,7 +210,8 @@ def vocab_spec() -> dict:
         "max_shift_steps": NUM_TIME_SHIFTS,
         "velocity": "bin = min(v // 4, 31); decoded 4 * bin + 2",
         "tempo_bpm": [TEMPO_MIN_BPM, TEMPO_MAX_BPM, "geometric"],
-        "instrument": "GM program family = program // 8; drums dropped",
+        "instrument": "GM program family = program // 8; DRUM_KIT = the GM drum kit",
+        "note_scope": "(instrument in force, pitch): NOTE_OFF ends the pitch of the instrument in force",
         "piece_framing": "START ... END",
     }
 
@@ -187,14 +226,17 @@ def vocab_hash() -> str:
 # Encoding
 @dataclass
 class EncodeStats:
-    """What encode() had to leave out or change; counted so that every loss is reported."""
+    """What encode() kept, and what it had to leave out or change: counted so that every loss is reported.
+
+    notes_in = kept + merged + out_of_range; drums_kept is the part of kept under the drum kit.
+    """
 
     notes_in: int = 0
-    notes_out: int = 0
-    out_of_range: int = 0
-    drum_notes: int = 0
+    kept: int = 0
+    drums_kept: int = 0
     merged: int = 0
     truncated: int = 0
+    out_of_range: int = 0
 
 
 def assemble(tokens: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -250,38 +292,79 @@ def encode(score, stats: EncodeStats | None = None) -> np.ndarray:
     st = stats if stats is not None else EncodeStats()
     pitch = np.asarray(score.pitch, dtype=np.int64)
     st.notes_in += len(pitch)
-    drum = np.asarray(score.is_drum, dtype=bool)
-    in_range = (pitch >= MIN_PITCH) & (pitch <= MAX_PITCH)
-    st.drum_notes += int(drum.sum())
-    st.out_of_range += int((~drum & ~in_range).sum())
-    keep = ~drum & in_range
+    keep = (pitch >= MIN_PITCH) & (pitch <= MAX_PITCH)
+    st.out_of_range += int((~keep).sum())
     pitch = pitch[keep]
     qs = np.rint(np.asarray(score.start, dtype=np.float64)[keep] * STEPS_PER_SECOND).astype(np.int64)
     qe = np.rint(np.asarray(score.end, dtype=np.float64)[keep] * STEPS_PER_SECOND).astype(np.int64)
     qs = np.maximum(qs, 0)
     qe = np.maximum(qe, qs + 1)
     vel = np.clip(np.asarray(score.velocity, dtype=np.int64)[keep], 1, 127)
-    fam = instrument_family(np.clip(np.asarray(score.program, dtype=np.int64)[keep], 0, 127))
-    prog = np.asarray(score.program, dtype=np.int64)[keep]
+    prog = np.clip(np.asarray(score.program, dtype=np.int64)[keep], 0, 127)
+    fam = np.where(np.asarray(score.is_drum, dtype=bool)[keep], DRUM_FAMILY, instrument_family(prog))
+    scope = fam * NUM_PITCHES + pitch - MIN_PITCH  # what one NOTE_OFF names: (instrument, pitch)
 
-    # same-pitch overlaps: order by (pitch, onset, longer first, lower program, velocity)
-    order = np.lexsort((vel, prog, -(qe - qs), qs, pitch))
-    pitch, qs, qe, vel, fam = pitch[order], qs[order], qe[order], vel[order], fam[order]
-    dup = _same_as_prev(pitch) & _same_as_prev(qs)
+    # same-scope overlaps: order by (scope, onset, longer first, lower program, velocity)
+    order = np.lexsort((vel, prog, -(qe - qs), qs, scope))
+    dup = _same_as_prev(scope[order]) & _same_as_prev(qs[order])
     st.merged += int(dup.sum())
-    keep = ~dup
-    pitch, qs, qe, vel, fam = pitch[keep], qs[keep], qe[keep], vel[keep], fam[keep]
-    next_same = _same_as_next(pitch)
+    order = order[~dup]  # one gather per column (these small arrays cost per numpy call, not per note)
+    scope, pitch, qs, qe, vel, fam = scope[order], pitch[order], qs[order], qe[order], vel[order], fam[order]
     next_start = np.append(qs[1:], 0)[: len(qs)]
-    cut = next_same & (qe > next_start)
+    cut = _same_as_next(scope) & (qe > next_start)
     st.truncated += int(cut.sum())
     qe = np.where(cut, next_start, qe)
-    st.notes_out += len(pitch)
+    st.kept += len(pitch)
+    st.drums_kept += int((fam == DRUM_FAMILY).sum())
 
-    # ---- events: (step, order, sub-order..., token)
+    # ---- events (step, key, token); at one step the keys order tempo (0), sustain (1), then the notes
     ev_steps, ev_keys, ev_tokens = [], [], []
+    for steps, tokens in (_tempo_events(score), _sustain_events(score)):
+        ev_steps.append(steps)
+        ev_keys.append(np.full_like(steps, len(ev_keys)))
+        ev_tokens.append(tokens)
+    n_steps, n_tokens = _note_events(pitch, qs, qe, velocity_bin(vel), fam)
+    ev_steps.append(n_steps)
+    ev_keys.append(2 + np.arange(len(n_steps)))  # already in order: a unique rank keeps it
+    ev_tokens.append(n_tokens)
 
-    # tempo: the bin in force at each grid step; written at 0 and on every change
+    steps = np.concatenate(ev_steps)
+    keys = np.concatenate(ev_keys)
+    toks = np.concatenate(ev_tokens)
+    o = np.argsort(steps * (len(keys) + 2) + keys)  # by step, then key: one int64 key, all distinct
+    body = assemble(toks[o], steps[o])
+    return np.concatenate([[START_ID], body, [END_ID]]).astype(np.int16)
+
+
+def _note_events(pitch, qs, qe, vbin, fam) -> tuple[np.ndarray, np.ndarray]:
+    """(step, token) of every note event in stream order: by (step, family, offs before ons, pitch), with
+    INSTRUMENT / DRUM_KIT where the family changes and VELOCITY before a note-on where the velocity changes."""
+    # one int64 sort key per event (offs, then ons), decoded back by division: fewer numpy calls than
+    # gathering five columns, and these arrays are small (the cost is per call)
+    fp = fam * (2 * NUM_PITCHES) + pitch - MIN_PITCH
+    key = np.concatenate([qe * (2 * NUM_PITCHES * NUM_FAMILIES) + fp, qs * (2 * NUM_PITCHES * NUM_FAMILIES) + fp
+                          + NUM_PITCHES])
+    o = np.argsort(key)
+    key = key[o]
+    step, rest = np.divmod(key, 2 * NUM_PITCHES * NUM_FAMILIES)
+    f, rest = np.divmod(rest, 2 * NUM_PITCHES)
+    is_on = rest >= NUM_PITCHES
+    vb = np.concatenate([vbin, vbin])[o]
+    fam_change = ~_same_as_prev(f)
+    on_idx = np.flatnonzero(is_on)
+    vel_change = np.zeros(len(step), dtype=bool)
+    vel_change[on_idx] = ~_same_as_prev(vb[on_idx])
+    # rest = pitch index for an off, 88 + pitch index for an on
+    note_tok = np.where(is_on, NOTE_ON_OFFSET - NUM_PITCHES, NOTE_OFF_OFFSET) + rest
+    fam_tok = np.where(f == DRUM_FAMILY, DRUM_KIT_ID, INSTRUMENT_OFFSET + f)
+    # each event becomes [family token?, velocity token?, note token]: lay the three columns out and keep
+    grid = np.stack([fam_tok, VELOCITY_OFFSET + vb, note_tok], axis=1)
+    used = np.stack([fam_change, vel_change, np.ones(len(step), dtype=bool)], axis=1)
+    return np.repeat(step, used.sum(1)), grid[used]
+
+
+def _tempo_events(score) -> tuple[np.ndarray, np.ndarray]:
+    """The tempo bin in force at each grid step: written at 0 and on every change."""
     t_time = np.asarray(score.tempo_time, dtype=np.float64)
     t_bpm = np.asarray(score.tempo_bpm, dtype=np.float64)
     if len(t_time) == 0 or np.rint(t_time.min() * STEPS_PER_SECOND) > 0:
@@ -293,111 +376,50 @@ def encode(score, stats: EncodeStats | None = None) -> np.ndarray:
     last_at_step = ~_same_as_next(t_step)
     t_step, t_bin = t_step[last_at_step], t_bin[last_at_step]
     changed = ~_same_as_prev(t_bin)
-    t_step, t_bin = t_step[changed], t_bin[changed]
-    ev_steps.append(t_step)
-    ev_keys.append(np.zeros_like(t_step))
-    ev_tokens.append(TEMPO_OFFSET + t_bin)
+    return t_step[changed], TEMPO_OFFSET + t_bin[changed]
 
-    # sustain: last state at each grid step, only changes (the pedal starts up)
+
+def _sustain_events(score) -> tuple[np.ndarray, np.ndarray]:
+    """The pedal's last state at each grid step, only changes (the pedal starts up)."""
     s_time = np.asarray(score.sustain_time, dtype=np.float64)
     s_on = np.asarray(score.sustain_on, dtype=bool)
-    if len(s_time):
-        s_step = np.maximum(np.rint(s_time * STEPS_PER_SECOND).astype(np.int64), 0)
-        o = np.argsort(s_step, kind="stable")
-        s_step, s_on = s_step[o], s_on[o]
-        last_at_step = ~_same_as_next(s_step)
-        s_step, s_on = s_step[last_at_step], s_on[last_at_step]
-        changed = s_on != np.append(False, s_on[:-1])[: len(s_on)]
-        s_step, s_on = s_step[changed], s_on[changed]
-        ev_steps.append(s_step)
-        ev_keys.append(np.ones_like(s_step))
-        ev_tokens.append(np.where(s_on, SUSTAIN_ON_ID, SUSTAIN_OFF_ID))
-
-    # note-offs, by pitch
-    ev_steps.append(qe)
-    ev_keys.append(np.full_like(qe, 2) * 1000 + pitch)
-    ev_tokens.append(NOTE_OFF_OFFSET + pitch - MIN_PITCH)
-
-    # note-ons by (step, family, pitch), with INSTRUMENT / VELOCITY on state changes
-    o = np.lexsort((pitch, fam, qs))
-    on_step, on_fam, on_pitch, on_vbin = qs[o], fam[o], pitch[o], velocity_bin(vel[o])
-    fam_change = ~_same_as_prev(on_fam)
-    vel_change = ~_same_as_prev(on_vbin)
-    # sub-order inside one note-on: instrument (0), velocity (1), note (2); a unique rank keeps them together
-    rank = np.arange(len(on_step)) * 3
-    base = 3 * 1000 * 1000 + 0  # after tempo (0), sustain (1), offs (2*1000+pitch)
-    ev_steps += [on_step[fam_change], on_step[vel_change], on_step]
-    ev_keys += [base + rank[fam_change], base + rank[vel_change] + 1, base + rank + 2]
-    ev_tokens += [
-        INSTRUMENT_OFFSET + on_fam[fam_change],
-        VELOCITY_OFFSET + on_vbin[vel_change],
-        NOTE_ON_OFFSET + on_pitch - MIN_PITCH,
-    ]
-
-    steps = np.concatenate(ev_steps)
-    keys = np.concatenate(ev_keys)
-    toks = np.concatenate(ev_tokens)
-    o = np.lexsort((keys, steps))
-    body = assemble(toks[o], steps[o])
-    return np.concatenate([[START_ID], body, [END_ID]]).astype(np.int16)
+    s_step = np.maximum(np.rint(s_time * STEPS_PER_SECOND).astype(np.int64), 0)
+    o = np.argsort(s_step, kind="stable")
+    s_step, s_on = s_step[o], s_on[o]
+    last_at_step = ~_same_as_next(s_step)
+    s_step, s_on = s_step[last_at_step], s_on[last_at_step]
+    changed = s_on != np.append(False, s_on[:-1])[: len(s_on)]
+    return s_step[changed], np.where(s_on[changed], SUSTAIN_ON_ID, SUSTAIN_OFF_ID)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Decoding
 def decode(tokens):
     """Any token sequence -> a valid Score (see the module docstring for the rules)."""
+    from aurl.grammar import Walker  # local: aurl.grammar imports this module
     from aurl.score import Score
 
-    toks = np.asarray(tokens).astype(np.int64).ravel().tolist()
-    step = 0
-    vbin = DEFAULT_VELOCITY_BIN
-    fam = DEFAULT_FAMILY
-    open_notes: dict[int, tuple[int, int, int]] = {}  # pitch -> (start step, velocity bin, family)
-    notes: list[tuple[int, int, int, int, int]] = []  # pitch, start, end, vbin, family
+    walker = Walker(collect=True)  # the one grammar walker decides what each token does
     tempos: dict[int, int] = {}
     sustain: list[tuple[int, bool]] = []
+    for t in np.asarray(tokens).astype(np.int64).ravel().tolist():
+        what = walker.feed(t)
+        if what == "tempo":
+            tempos[walker.state.step] = walker.state.tempo
+        elif what == "sustain":
+            sustain.append((walker.state.step, walker.state.sustain))
+    walker.close_all()
 
-    def close(p: int, at: int) -> None:
-        s, vb, f = open_notes.pop(p)
-        notes.append((p, s, max(at, s + 1), vb, f))
-
-    for t in toks:
-        if t < NOTE_ON_OFFSET or t >= VOCAB_SIZE:
-            continue  # special tokens (and ids outside the vocabulary) are skipped
-        if t < NOTE_OFF_OFFSET:
-            p = t - NOTE_ON_OFFSET + MIN_PITCH
-            if p in open_notes:
-                if open_notes[p][0] == step:
-                    continue  # duplicate onset at the same step
-                close(p, step)
-            open_notes[p] = (step, vbin, fam)
-        elif t < TIME_SHIFT_OFFSET:
-            p = t - NOTE_OFF_OFFSET + MIN_PITCH
-            if p in open_notes:
-                close(p, step)
-        elif t < VELOCITY_OFFSET:
-            step += t - TIME_SHIFT_OFFSET + 1
-        elif t < SUSTAIN_OFFSET:
-            vbin = t - VELOCITY_OFFSET
-        elif t < TEMPO_OFFSET:
-            sustain.append((step, t == SUSTAIN_ON_ID))
-        elif t < INSTRUMENT_OFFSET:
-            tempos[step] = t - TEMPO_OFFSET
-        else:
-            fam = t - INSTRUMENT_OFFSET
-    for p in sorted(open_notes):
-        close(p, step)
-
-    notes.sort(key=lambda n: (n[1], n[0]))
+    notes = sorted(walker.notes, key=lambda n: (n[2], n[1], n[0]))  # (family, pitch, start, end, vbin)
     arr = np.array(notes, dtype=np.int64).reshape(-1, 5)
     t_steps = np.array(sorted(tempos), dtype=np.int64)
     return Score(
-        pitch=arr[:, 0],
-        start=arr[:, 1] * STEP_SECONDS,
-        end=arr[:, 2] * STEP_SECONDS,
-        velocity=velocity_of_bin(arr[:, 3]),
-        program=program_of_family(arr[:, 4]),
-        is_drum=np.zeros(len(arr), dtype=bool),
+        pitch=arr[:, 1],
+        start=arr[:, 2] * STEP_SECONDS,
+        end=arr[:, 3] * STEP_SECONDS,
+        velocity=velocity_of_bin(arr[:, 4]),
+        program=program_of_family(arr[:, 0]),
+        is_drum=arr[:, 0] == DRUM_FAMILY,
         tempo_time=t_steps * STEP_SECONDS,
         tempo_bpm=tempo_of_bin(np.array([tempos[s] for s in t_steps.tolist()], dtype=np.int64)),
         sustain_time=np.array([s for s, _ in sustain], dtype=np.int64) * STEP_SECONDS,
@@ -410,9 +432,10 @@ def decode(tokens):
 def grammar_errors(tokens) -> dict[str, int]:
     """Counts of grammar violations in a token sequence (all zero for anything encode() produced).
 
-    note_off_without_on: NOTE_OFF of a pitch not sounding; duplicate_note_on: NOTE_ON of a pitch already
-    sounding; unclosed_notes: notes still open at the end; special_inside: START/END/PAD/UNK anywhere but
-    a leading START, a trailing END and trailing PADs; out_of_vocab: ids outside [0, VOCAB_SIZE).
+    The note scope is (instrument in force, pitch). note_off_without_on: NOTE_OFF of a pitch not sounding on
+    that instrument; duplicate_note_on: NOTE_ON of a pitch already sounding on it; unclosed_notes: notes
+    still open at the end; special_inside: START/END/PAD/UNK anywhere but a leading START, a trailing END and
+    trailing PADs; out_of_vocab: ids outside [0, VOCAB_SIZE).
     """
     toks = np.asarray(tokens).astype(np.int64).ravel().tolist()
     errors = {
@@ -434,7 +457,7 @@ def grammar_errors(tokens) -> dict[str, int]:
 
     walker = Walker()  # the one grammar walker (aurl.grammar) decides what each token does
     counted = {"out_of_vocab": "out_of_vocab", "special": "special_inside", "on_again": "duplicate_note_on",
-               "off_silent": "note_off_without_on"}
+               "on_dup": "duplicate_note_on", "off_silent": "note_off_without_on"}
     for t in toks[lo:hi]:
         what = counted.get(walker.feed(t))
         if what is not None:

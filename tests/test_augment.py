@@ -215,3 +215,55 @@ def test_swing_phase_follows_the_piece_start_clock():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, d)
     assert not np.array_equal(a, c)
+
+
+def _band_window(seed: int, start: int = 200, length: int = 700) -> np.ndarray:
+    """A loader-style window (state prefix + tokens) of a piece with drums and the same pitches on several
+    instruments at once (a narrow pitch range, six programs)."""
+    from aurl import grammar
+
+    toks = vocab.encode(random_score(seed, n_notes=400, n_programs=6, drums=True, pitches=(50, 70)))
+    prefix = grammar.state_prefix(grammar.state_at(toks, start))
+    return np.concatenate([prefix, toks[start : start + length]])
+
+
+def _notes(tokens, drums: bool) -> list[tuple]:
+    sc = vocab.decode(tokens)
+    keep = sc.is_drum == drums
+    return sorted(zip(sc.pitch[keep].tolist(), sc.start[keep].tolist(), sc.end[keep].tolist(),
+                      sc.program[keep].tolist(), strict=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_transpose_never_moves_drums(seed):
+    w = _band_window(seed)
+    out, params = augment_tokens(w, only(transpose_prob=1.0, transpose_max=5), sample_rng(seed, 0, 0))
+    s = params["transpose"]
+    drums, pitched = _notes(w, True), _notes(w, False)
+    assert len(drums) > 10 and len(pitched) > 50
+    assert _notes(out, True) == drums  # the kit's keys name drums: untouched
+    assert _notes(out, False) == sorted((p + s, a, b, pr) for p, a, b, pr in pitched)
+    errors = vocab.grammar_errors(w)  # a window cut short leaves notes open, nothing else
+    assert vocab.grammar_errors(out) == errors and errors["note_off_without_on"] == errors["duplicate_note_on"] == 0
+
+
+@pytest.mark.parametrize("mode", ["group", "any"])
+def test_instrument_substitution_is_a_permutation_that_keeps_drums_and_pitched_apart(mode):
+    """Notes are scoped by (instrument, pitch): two families mapped onto one would collide on the pitches they
+    double. The substitution permutes the families (no fixed point) and never touches the drum kit."""
+    from aurl.data.augment import _substitution
+
+    compared = 0
+    for i in range(12):
+        w = _band_window(i % 3, start=150 + 10 * i)
+        out, params = augment_tokens(w, only(instrument_prob=1.0, instrument_mode=mode), sample_rng(0, 0, i))
+        lut = params["instrument"]
+        assert sorted(lut) == list(range(16)) and all(lut[f] != f for f in range(16))
+        errors = vocab.grammar_errors(out)  # doubled pitches still pair up (the cut end leaves notes open)
+        assert errors == vocab.grammar_errors(w) and errors["note_off_without_on"] == errors["duplicate_note_on"] == 0
+        assert _notes(out, True) == _notes(w, True)  # drums stay drums, unchanged
+        pitched = [(p, a, b, 8 * lut[pr // 8]) for p, a, b, pr in _notes(w, False)]
+        assert _notes(out, False) == sorted(pitched)  # pitched parts stay pitched, moved family by family
+        compared += len(pitched)
+    assert compared > 1000
+    assert (_substitution(np.linspace(0, 1, 16), "group") != np.arange(16)).all()

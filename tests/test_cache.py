@@ -89,7 +89,7 @@ def _bad_folder(root: Path) -> Path:
     from midi_factory import make_pretty_midi
 
     make_pretty_midi([(60, 0, 1, 80), (60, 6 * 3600, 6 * 3600 + 1, 80)]).write(str(data / "bad" / "absurd.mid"))
-    make_pretty_midi([(36, 0, 1, 80)], is_drum=True).write(str(data / "bad" / "drums_only.mid"))
+    make_pretty_midi([(10, 0, 1, 80), (120, 0, 1, 80)]).write(str(data / "bad" / "out_of_range.mid"))
     return data
 
 
@@ -103,7 +103,7 @@ def test_bad_files_are_skipped_with_reasons_and_kept_in_the_manifest(tmp_path):
     assert "unreadable" in reasons["bad/truncated.mid"]
     assert "ticks per beat is 0" in reasons["bad/tpq_zero.mid"]
     assert "absurd length" in reasons["bad/absurd.mid"]
-    assert "no usable notes" in reasons["bad/drums_only.mid"]
+    assert "no usable notes (2 out of range)" in reasons["bad/out_of_range.mid"]
     assert {e["path"] for e in TokenCache.open(cache).manifest["skipped"]} == set(reasons)
     assert all(path in s.format() for path in reasons)
     s2 = _build(data, cache)  # unchanged bad files are not retried
@@ -279,3 +279,55 @@ def test_ensure_cache_on_the_bundled_corpus_subset(tmp_path, monkeypatch):
                       corpus_limit=2)
     assert len(tc.pieces) == 2 and len(tc.train_pieces) == 1 and len(tc.val_pieces) == 1
     assert all(p["path"].startswith("bwv") for p in tc.pieces)
+
+
+def test_a_cache_of_the_previous_vocabulary_is_rebuilt_not_misread(tmp_path):
+    """A cache built with vocabulary version 1 (drums dropped, NOTE_OFF by pitch alone): opening it is refused,
+    and the next build tokenizes every file again with this vocabulary (nothing reused)."""
+    from midi_factory import spec_hash, vocab_v1_spec
+
+    data, cache = _folder(tmp_path, n=4), tmp_path / "cache"
+    _build(data, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    old = vocab_v1_spec()
+    assert spec_hash(old) != vocab.vocab_hash()
+    (cache / "manifest.json").write_text(json.dumps({**manifest, "vocab_hash": spec_hash(old), "vocab_spec": old}))
+    with pytest.raises(UserError, match="built with another vocabulary; rebuild it"):
+        TokenCache.open(cache)
+    s = _build(data, cache)
+    assert (s.tokenized, s.reused, s.pieces) == (4, 0, 4)
+    tc = TokenCache.open(cache)
+    assert tc.vocab_hash == vocab.vocab_hash() and tc.manifest["vocab_spec"]["version"] == 2
+    for p in tc.pieces:
+        np.testing.assert_array_equal(tc.tokens(p), vocab.encode(read_midi(data / p["path"])))
+
+
+def test_summary_and_manifest_report_what_the_vocabulary_kept_per_file_and_in_total(tmp_path):
+    """notes kept (drums among them), merged, truncated and out of range: per file in the manifest (and in
+    `info --json`), summed in the build summary and in `info`."""
+    from midi_factory import arrangement_midi
+
+    data, cache = tmp_path / "midi", tmp_path / "cache"
+    data.mkdir()
+    for seed in range(2):
+        arrangement_midi(seed, "pop", bars=8, same_instrument_overlaps=True).write(str(data / f"band{seed}.mid"))
+    s = _build(data, cache)
+    want = {}
+    for seed in range(2):
+        st = vocab.EncodeStats()
+        vocab.encode(read_midi(data / f"band{seed}.mid"), st)
+        want[f"band{seed}.mid"] = st.__dict__
+    assert all(w["drums_kept"] > 50 and w["merged"] and w["truncated"] and w["out_of_range"] for w in want.values())
+    total = {k: sum(w[k] for w in want.values()) for k in want["band0.mid"]}
+    assert s.note_stats == total
+    line = (f"notes: {total['kept']:,} of {total['notes_in']:,} kept ({total['drums_kept']:,} drums), "
+            f"{total['merged']:,} merged, {total['truncated']:,} truncated, {total['out_of_range']:,} out of range")
+    assert line in s.format()
+    assert {p["path"]: p["stats"] for p in TokenCache.open(cache).pieces} == want
+    out = subprocess.run([sys.executable, "-m", "aurl.data", "info", "--cache", str(cache), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    info = json.loads(out)
+    assert info["notes"] == total and info["notes_per_file"] == want
+    text = subprocess.run([sys.executable, "-m", "aurl.data", "info", "--cache", str(cache)],
+                          capture_output=True, text=True, check=True).stdout
+    assert line in text

@@ -165,3 +165,30 @@ def test_refine_tempo_recovers_the_beat_grid_of_a_binned_tempo():
     assert piece.tempo_bpm[0] == pytest.approx(120.0, rel=1e-3)
     exact = as_piece(notes, tempos=[(0.0, 120.0)])
     assert refine_tempo(exact, 0.035).tempo_bpm[0] == pytest.approx(120.0, rel=1e-3)
+
+
+def test_drums_are_not_harmony_but_do_fill_beats():
+    """A C major melody with a drum kit on top, as decode gives it from the drum kit (is_drum): the harmony
+    metrics read the melody alone (a Score and note objects alike), the rhythm metrics count the drum hits."""
+    from aurl import vocab
+
+    tune = melody(C_MAJOR, dur=1.0)
+    hits = [Note(p, 0.5 * k, 0.5 * k + 0.1, 100, is_drum=True) for k, p in enumerate([36, 42, 38, 49] * 4)]
+    score = vocab.decode(vocab.encode(Score.from_notes(tune + hits)))
+    assert int(score.is_drum.sum()) == len(hits)
+    compared = 0
+    for piece in (score, score.notes):
+        alone = compute_metrics([n for n in score.notes if not n.is_drum])
+        both = compute_metrics(piece)
+        for name in ("pitch_class_entropy", "scale_consistency", "polyphony", "pitch_range"):
+            assert both[name] == alone[name], name  # drum keys (36, 42, 38, 49) would add classes and range
+            compared += 1
+        assert both["note_density"] == pytest.approx((len(tune) + len(hits)) / score.duration)
+        assert both["note_density"] > alone["note_density"]
+        compared += 1
+    assert compared == 10
+    assert pitch_class_entropy(score) == pytest.approx(math.log2(7)) and pitch_range(score) == 11
+    # drums alone: no harmony (NaN), but a groove
+    kit = [n for n in score.notes if n.is_drum]
+    assert math.isnan(pitch_class_entropy(kit)) and math.isnan(polyphony(kit))
+    assert empty_beat_rate(kit) == 0.0 and note_density(kit) > 0

@@ -129,3 +129,18 @@ def test_the_model_file_records_the_window_it_was_trained_on(tmp_path):
     assert context_length(cfg2, {k: v for k, v in meta.items() if k != "seq_len"}) == mcfg.max_seq_len
     with pytest.raises(ValueError, match="seq_len"):
         save_model_file(tmp_path / "n.pt", model, mcfg, {}, {}, seq_len=mcfg.max_seq_len + 1)
+
+
+def test_refuses_a_checkpoint_of_the_previous_vocabulary(saved, tmp_path):
+    """A model file written under vocabulary version 1 (as its vocab_spec and hash say) is refused, naming
+    what differs, not loaded onto token ids that now mean other things."""
+    import torch
+    from midi_factory import spec_hash, vocab_v1_spec
+
+    path, _ = saved
+    blob = torch.load(path, weights_only=True)
+    old = vocab_v1_spec()
+    blob.update(vocab_spec=old, vocab_hash=spec_hash(old))
+    torch.save(blob, tmp_path / "v1.pt")
+    with pytest.raises(UserError, match="vocabulary differs.*version 1, this code's 2.*instrument.*max_shift_steps.*note_scope.*version"):
+        load_model_file(tmp_path / "v1.pt")

@@ -18,15 +18,19 @@ def test_layout_sizes_and_kinds():
     assert vocab.SPECIAL_IDS == frozenset({0, 1, 2, 3})
     counts = {k: n for k, _, n in vocab.RANGES}
     assert counts == {
-        "pad": 1, "start": 1, "end": 1, "unk": 1, "note_on": 88, "note_off": 88, "time_shift": 512,
-        "velocity": 32, "sustain": 2, "tempo": 32, "instrument": 16,
+        "pad": 1, "start": 1, "end": 1, "unk": 1, "note_on": 88, "note_off": 88, "time_shift": 511,
+        "drum_kit": 1, "velocity": 32, "sustain": 2, "tempo": 32, "instrument": 16,
     }
     for kind, off, n in vocab.RANGES:
         assert vocab.token_kind(off) == kind and vocab.token_kind(off + n - 1) == kind
     with pytest.raises(ValueError):
         vocab.token_kind(774)
     assert vocab.note_on_id(21) == vocab.NOTE_ON_OFFSET and vocab.note_off_id(108) == vocab.TIME_SHIFT_OFFSET - 1
-    assert vocab.time_shift_id(512) == vocab.VELOCITY_OFFSET - 1
+    assert vocab.time_shift_id(511) == vocab.DRUM_KIT_ID - 1 and vocab.DRUM_KIT_ID == vocab.VELOCITY_OFFSET - 1
+    # version 2 took the 512-step shift for the drum kit: every other id kept its version-1 value
+    assert (vocab.DRUM_KIT_ID, vocab.VELOCITY_OFFSET, vocab.INSTRUMENT_OFFSET) == (691, 692, 758)
+    assert [vocab.family_token(f) for f in (0, 15, 16)] == [758, 773, 691]
+    assert vocab.family_of_token([758, 773, 691, 60]).tolist() == [0, 15, 16, -1]
 
 
 def test_spec_is_json_and_hash_is_stable():
@@ -54,6 +58,10 @@ def _cases():
         "same_pitch_overlap": Score.from_notes([Note(60, 0.0, 2.0, 90), Note(60, 1.0, 3.0, 70)]),
         "edges_of_range": Score.from_notes([Note(21, 0, 1, 1), Note(108, 0, 1, 127)]),
         "instruments": Score.from_notes([Note(60, 0, 1, 80, 0), Note(48, 0, 1, 80, 33), Note(72, 0.5, 1, 80, 73)]),
+        "doubling_across_instruments": Score.from_notes([Note(60, 0, 1, 80, 0), Note(60, 0.5, 2, 70, 40),
+                                                          Note(60, 1.5, 3, 60, 0)]),
+        "drums_and_piano": Score.from_notes([Note(36, 0, 0.1, 100, 0, True), Note(42, 0, 0.05, 80, 0, True),
+                                             Note(36, 0, 1, 80), Note(36, 0.5, 0.6, 90, 0, True)]),
         **{f"random_seed{s}": random_score(s, drums=s == 2) for s in range(4)},
     }
 
@@ -75,14 +83,17 @@ def test_decoded_notes_within_half_a_step(name):
     score = CASES[name]
     st = vocab.EncodeStats()
     dec = vocab.decode(vocab.encode(score, st))
-    assert dec.num_notes == st.notes_out == st.notes_in - st.out_of_range - st.drum_notes - st.merged
-    keep = ~score.is_drum & (score.pitch >= 21) & (score.pitch <= 108)
+    assert dec.num_notes == st.kept == st.notes_in - st.out_of_range - st.merged
+    assert st.drums_kept == int(dec.is_drum.sum())
+    keep = (score.pitch >= 21) & (score.pitch <= 108)
     if st.merged == 0 and st.truncated == 0:
         # every onset lies on the absolute grid within half a step: no drift, whatever the length
-        orig = sorted(zip(score.pitch[keep].tolist(), score.start[keep].tolist(), strict=True))
-        got = sorted(zip(dec.pitch.tolist(), dec.start.tolist(), strict=True))
-        for (p0, s0), (p1, s1) in zip(orig, got, strict=True):
-            assert p0 == p1 and abs(s0 - s1) <= vocab.STEP_SECONDS / 2 + 1e-9
+        orig = sorted(zip(score.pitch[keep].tolist(), score.is_drum[keep].tolist(), score.start[keep].tolist(),
+                          strict=True))
+        got = sorted(zip(dec.pitch.tolist(), dec.is_drum.tolist(), dec.start.tolist(), strict=True))
+        assert len(got) == len(orig) > 0
+        for (p0, d0, s0), (p1, d1, s1) in zip(orig, got, strict=True):
+            assert (p0, d0) == (p1, d1) and abs(s0 - s1) <= vocab.STEP_SECONDS / 2 + 1e-9
 
 
 def test_no_drift_over_a_long_piece():
@@ -107,14 +118,34 @@ def test_out_of_range_dropped_and_counted_never_clamped():
     assert st.out_of_range == 3 and dec.pitch.tolist() == [60]
 
 
-def test_drums_are_dropped_and_counted():
+def test_drums_are_kept_under_the_drum_kit_and_counted():
     st = vocab.EncodeStats()
-    score = Score.from_notes([Note(36, 0, 1, 80, 0, True), Note(60, 0, 1, 80)])
-    assert vocab.decode(vocab.encode(score, st)).pitch.tolist() == [60] and st.drum_notes == 1
+    score = Score.from_notes([Note(36, 0, 1, 80, 25, True), Note(36, 0, 1, 80), Note(60, 0, 1, 80)])
+    tokens = vocab.encode(score, st)
+    dec = vocab.decode(tokens)
+    assert sorted(zip(dec.pitch.tolist(), dec.is_drum.tolist(), strict=True)) == [(36, False), (36, True), (60, False)]
+    assert st.drums_kept == 1 and st.kept == 3 and st.merged == st.truncated == 0
+    assert dec.program[dec.is_drum].tolist() == [0]  # a kit is a kit: the drum program is not stored
+    assert vocab.DRUM_KIT_ID in tokens.tolist()
+
+
+def test_the_same_pitch_on_two_instruments_is_two_notes():
+    """A piano doubling the strings (and the same pitch on the drum kit): nothing merged or cut; a NOTE_OFF
+    ends the pitch of the instrument in force, so the piano's C4 ends at 1 s while the strings' sounds on."""
+    notes = [Note(60, 0.0, 1.0, 80, 0), Note(60, 0.5, 2.0, 70, 40), Note(60, 0.75, 0.8, 90, 0, True)]
+    st = vocab.EncodeStats()
+    tokens = vocab.encode(Score.from_notes(notes), st)
+    assert st.merged == st.truncated == 0 and st.kept == 3
+    got = sorted((n.pitch, n.start, n.end, n.program, n.is_drum) for n in vocab.decode(tokens).notes)
+    grid_08 = 51 * vocab.STEP_SECONDS  # 0.8 s on the grid
+    assert got == [(60, 0.0, 1.0, 0, False), (60, 0.5, 2.0, 40, False), (60, 0.75, grid_08, 0, True)]
+    # three NOTE_OFFs of 60 (drum, piano, strings): the piano's, at 1 s, needs the piano back in force first
+    offs = [i for i, t in enumerate(tokens.tolist()) if t == vocab.note_off_id(60)]
+    assert len(offs) == 3 and tokens[offs[1] - 1] == vocab.family_token(0)
 
 
 def test_same_pitch_overlap_is_deterministic_whatever_the_input_order():
-    notes = [Note(60, 0.0, 2.0, 90, 0), Note(60, 1.0, 3.0, 70, 40), Note(60, 1.0, 1.5, 50, 0), Note(62, 0, 1, 9)]
+    notes = [Note(60, 0.0, 2.0, 90, 0), Note(60, 1.0, 3.0, 70, 1), Note(60, 1.0, 1.5, 50, 0), Note(62, 0, 1, 9)]
     ref = vocab.encode(Score.from_notes(notes))
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -150,6 +181,10 @@ def test_decode_rules_for_malformed_input():
     step = vocab.STEP_SECONDS
     # stray off ignored; duplicate onset at one step ignored; re-onset closes; open notes closed >= 1 step
     assert notes == [(60, 0.0, 4 * step), (60, 4 * step, 5 * step), (64, 4 * step, 5 * step)]
+    # the scope is (instrument, pitch): the strings' NOTE_OFF leaves the piano's note sounding
+    inst = vocab.family_token
+    dec = vocab.decode([on(60), inst(5), on(60), sh(2), off(60), sh(2), inst(0), off(60)])
+    assert sorted((n.program, n.start, n.end) for n in dec.notes) == [(0, 0.0, 4 * step), (40, 0.0, 2 * step)]
     assert vocab.grammar_errors([vocab.START_ID, on(60), vocab.END_ID, vocab.PAD_ID])["unclosed_notes"] == 1
     assert vocab.grammar_errors([on(60), vocab.START_ID, off(60)])["special_inside"] == 1
 

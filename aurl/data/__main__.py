@@ -76,7 +76,7 @@ def _build(args) -> None:
 
 
 def _info(args) -> None:
-    from aurl.data.cache import TokenCache
+    from aurl.data.cache import TokenCache, format_note_stats, total_note_stats
 
     tc = TokenCache.open(args.cache)
     m = tc.manifest
@@ -92,6 +92,7 @@ def _info(args) -> None:
         "train_tokens": sum(p["length"] for p in tc.train_pieces),
         "val_tokens": sum(p["length"] for p in tc.val_pieces),
         "hours": round(sum(p["duration_s"] for p in tc.pieces) / 3600, 3),
+        "notes": total_note_stats(tc.pieces),
         "skipped": {s["path"]: s["reason"] for s in m["skipped"]},
     }
     if args.variety:
@@ -102,7 +103,8 @@ def _info(args) -> None:
         ds = WindowDataset(tc, "train", seq_len=args.seq_len, augment=AugmentConfig(enabled=True),
                            start_share=DataConfig.start_share)
         info["variety"] = ds.variant_report(epochs=args.epochs)
-    if args.json:
+    if args.json:  # per file too: what the vocabulary kept, merged, cut and left out of each
+        info["notes_per_file"] = {p["path"]: p["stats"] for p in tc.pieces}
         print(json.dumps(info, indent=2))
         return
     for k, v in info.items():
@@ -111,6 +113,8 @@ def _info(args) -> None:
             print0(f"{k}: {v}")
             for name, c in coverage.items():  # what each transform really did, next to what it was set to
                 print0(f"  {name:<10} configured {c['configured']:.2f}  changed {c['changed']:.3f} of windows")
+        elif k == "notes":
+            print0(f"notes: {format_note_stats(v)}")
         elif k != "skipped":
             print0(f"{k}: {v}")
     print0(f"skipped files: {len(info['skipped'])}")

@@ -3,8 +3,9 @@
 Every transform is vectorized numpy on the window and is drawn from a generator seeded by
 (seed, epoch, sample index) (``sample_rng``), so a resumed run sees exactly the same samples.
 
-- transpose: NOTE_ON/NOTE_OFF ids shift by s semitones. When the window's notes would leave 21..108, s is
-  reduced toward 0 (the window moves less); no note is ever clamped, so intervals are always kept.
+- transpose: NOTE_ON/NOTE_OFF ids of pitched instruments shift by s semitones; notes under the drum kit never
+  move (their number names a drum). When the window's pitched notes would leave 21..108, s is reduced
+  toward 0 (the window moves less); no note is ever clamped, so intervals are always kept.
 - time stretch, swing, humanize: one monotone warp of the window's grid positions, re-quantized against
   the absolute grid (position from the window start x factor, rounded), never gap by gap; positions that
   were distinct stay distinct (at least one step apart), so note order and note-on/off pairing survive.
@@ -14,7 +15,10 @@ Every transform is vectorized numpy on the window and is drawn from a generator 
 - instrument substitution: INSTRUMENT tokens (GM families) are remapped to another family, either within groups of related
   families (``instrument_mode="group"``: keyboards, guitar+bass, strings+ensemble, brass/reed/pipe,
   synths, other) or to any family (``"any"``). The vocabulary stores families, not programs, so "within a
-  family" at the token level means within a group of related families.
+  family" at the token level means within a group of related families. The remap is a permutation (a
+  random cycle through each group, or through all 16): notes are scoped by (instrument, pitch), so two
+  families mapped onto one would collide (a NOTE_ON of a sounding note). The drum kit is not a family of
+  any group: a pitched part never becomes drums, nor drums a pitched part.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from aurl import vocab
+from aurl import grammar, vocab
 from aurl.console import UserError
 
 INSTRUMENT_GROUPS: tuple[tuple[int, ...], ...] = (
@@ -105,9 +109,6 @@ def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.
 
 _VEL_REP = vocab.velocity_of_bin(np.arange(vocab.NUM_VELOCITY_BINS)).astype(np.float64)
 _BINS = np.arange(vocab.NUM_VELOCITY_BINS)
-# substitution targets of each family: the other members of its group, or any other family
-_OTHER_IN_GROUP = [[g for g in _GROUP_OF[f] if g != f] for f in range(vocab.NUM_INSTRUMENTS)]
-_OTHER_ANY = [[g for g in range(vocab.NUM_INSTRUMENTS) if g != f] for f in range(vocab.NUM_INSTRUMENTS)]
 _ON, _OFF, _TS = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET, vocab.TIME_SHIFT_OFFSET
 
 
@@ -146,12 +147,14 @@ def augment_tokens(
 
     t = np.asarray(tokens).astype(np.int64)
     if u[0] < cfg.transpose_prob and transpose != 0:
-        is_on = (t >= _ON) & (t < _TS)
-        if is_on.any():
-            pitch = np.where(t < _OFF, t - _ON, t - _OFF)[is_on]  # 0..87
+        is_note = (t >= _ON) & (t < _TS)
+        if is_note.any():
+            is_note &= grammar.family_at(t) != vocab.DRUM_FAMILY  # drums never move
+        if is_note.any():
+            pitch = np.where(t < _OFF, t - _ON, t - _OFF)[is_note]  # 0..87
             s = int(np.clip(transpose, -int(pitch.min()), vocab.NUM_PITCHES - 1 - int(pitch.max())))
             if s:
-                t = np.where(is_on, t + s, t)
+                t = np.where(is_note, t + s, t)
                 params["transpose"] = s
     if u[1] < cfg.velocity_prob:
         is_vel = (t >= vocab.VELOCITY_OFFSET) & (t < vocab.SUSTAIN_OFFSET)
@@ -164,8 +167,7 @@ def augment_tokens(
     if u[2] < cfg.instrument_prob:
         is_inst = t >= vocab.INSTRUMENT_OFFSET
         if is_inst.any():
-            lut = _OTHER_ANY if cfg.instrument_mode == "any" else _OTHER_IN_GROUP
-            lut = np.array([lut[f][int(inst_pick[f] * len(lut[f]))] for f in range(vocab.NUM_INSTRUMENTS)])
+            lut = _substitution(inst_pick, cfg.instrument_mode)
             t = np.where(is_inst, vocab.INSTRUMENT_OFFSET + lut[np.where(is_inst, t - vocab.INSTRUMENT_OFFSET, 0)], t)
             params["instrument"] = lut.tolist()
     do_stretch = u[3] < cfg.stretch_prob
@@ -184,6 +186,17 @@ def augment_tokens(
         if do_humanize:
             params["humanize"] = hum_seed
     return t.astype(np.int16), params
+
+
+def _substitution(pick: np.ndarray, mode: str) -> np.ndarray:
+    """The family permutation of one substitution: each group ("any": all 16 families) in the random order of
+    `pick` (one uniform per family), each member mapped to the next one in that order, the last to the first.
+    A single cycle: no family maps to itself, no two map to one."""
+    lut = np.arange(vocab.NUM_INSTRUMENTS)
+    for group in ((tuple(range(vocab.NUM_INSTRUMENTS)),) if mode == "any" else INSTRUMENT_GROUPS):
+        order = np.asarray(group)[np.argsort(pick[list(group)], kind="stable")]
+        lut[order] = np.roll(order, -1)
+    return lut
 
 
 def _warp_time(t: np.ndarray, factor: float, swing: float, beat: int, phase0: int, humanize: int,

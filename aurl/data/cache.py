@@ -64,9 +64,9 @@ def _tokenize_file(path: str, reader, max_seconds: float) -> tuple:
         return ("skip", f"reader error ({type(e).__name__}: {str(e)[:120]})")
     st = vocab.EncodeStats()
     tokens = vocab.encode(score, st)
-    if st.notes_out == 0:
-        return ("skip", f"no usable notes ({st.drum_notes} drum, {st.out_of_range} out of range)")
-    return ("ok", tokens, st.notes_out, score.duration, asdict(st))
+    if st.kept == 0:
+        return ("skip", f"no usable notes ({st.out_of_range} out of range)")
+    return ("ok", tokens, st.kept, score.duration, asdict(st))
 
 
 def _die_with_parent() -> None:
@@ -179,7 +179,7 @@ class BuildSummary:
     removed: int = 0
     new_skipped: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)
+    note_stats: dict[str, int] = field(default_factory=dict)  # EncodeStats summed over the pieces
     seconds: float = 0.0
 
     def format(self) -> str:
@@ -191,11 +191,22 @@ class BuildSummary:
             f" val: {self.val_pieces} pieces / {self.val_tokens:,} tokens",
             f"  this build: {self.tokenized} files tokenized, {self.reused} unchanged, {self.removed} removed,"
             f" {self.new_skipped} newly skipped, {self.seconds:.1f} s ({rate:.0f} files/s)",
-            "  notes left out: " + ", ".join(f"{k} {v}" for k, v in self.dropped.items()),
+            "  notes: " + format_note_stats(self.note_stats),
             f"  skipped files: {len(self.skipped)}",
         ]
         lines += [f"    {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
+
+
+def total_note_stats(pieces: list[dict]) -> dict[str, int]:
+    """The manifest's per-piece encode stats (aurl.vocab.EncodeStats), summed."""
+    return {k: sum(p["stats"][k] for p in pieces) for k in vocab.EncodeStats.__dataclass_fields__}
+
+
+def format_note_stats(s: dict[str, int]) -> str:
+    """One line: what the vocabulary kept of the notes read, and what it merged, cut or left out."""
+    return (f"{s['kept']:,} of {s['notes_in']:,} kept ({s['drums_kept']:,} drums), {s['merged']:,} merged, "
+            f"{s['truncated']:,} truncated, {s['out_of_range']:,} out of range")
 
 
 def _sha256(path: Path) -> str:
@@ -413,8 +424,7 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     summary.train_tokens = sum(p["length"] for p in tc.train_pieces)
     summary.val_tokens = sum(p["length"] for p in tc.val_pieces)
     summary.skipped = [(s["path"], s["reason"]) for s in sorted(skipped, key=lambda s: s["path"])]
-    for key in ("out_of_range", "drum_notes", "merged", "truncated"):
-        summary.dropped[key] = sum(p["stats"][key] for p in pieces)
+    summary.note_stats = total_note_stats(pieces)
     summary.seconds = time.monotonic() - t0
     return summary
 

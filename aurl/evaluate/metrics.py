@@ -2,8 +2,11 @@
 
 Every metric is a pure function of a piece given as an ``aurl.score.Score`` or as any sequence of
 note objects with ``pitch``, ``start`` and ``end`` (seconds) and, optionally, ``is_drum`` (e.g.
-``Score.notes``). Drum notes are ignored everywhere (their "pitch" names an instrument). A metric that is
-undefined for a piece (no notes, fewer than two measures, ...) is NaN; aggregates skip NaNs.
+``Score.notes``). Drum notes are not harmony (their "pitch" names a drum): the pitch metrics
+(pitch_class_entropy, scale_consistency, polyphony, pitch_range) read only the pitched notes; the rhythm
+metrics (empty_beat_rate, note_density, groove_consistency) read every note, drums included, since a drum
+hit fills a beat and makes a groove. A metric that is undefined for a piece (no notes, fewer than two
+measures, ...) is NaN; aggregates skip NaNs.
 
 Definitions (MusPy's, Dong et al. 2020, unless stated):
 - pitch_class_entropy: Shannon entropy in bits of the pitch-class histogram, each NOTE counted once
@@ -62,21 +65,38 @@ for _root in range(12):
 
 # ----------------------------------------------------------------------------------------------------------
 # Input
-def _pitched(pitch, start, end, tempo_time, tempo_bpm) -> Score:
-    """What every metric reads: a Score of pitched notes whose ends are not before their starts."""
+def _score(pitch, start, end, tempo_time, tempo_bpm, is_drum) -> Score:
+    """What every metric reads: a Score whose note ends are not before their starts."""
     start = np.asarray(start, dtype=np.float64).reshape(-1)
     n = len(start)
     return Score(pitch=np.asarray(pitch, dtype=np.int64).reshape(-1), start=start,
                  end=np.maximum(np.asarray(end, dtype=np.float64).reshape(-1), start),
-                 velocity=np.zeros(n, np.int64), program=np.zeros(n, np.int64), is_drum=np.zeros(n, bool),
-                 tempo_time=tempo_time, tempo_bpm=tempo_bpm)
+                 velocity=np.zeros(n, np.int64), program=np.zeros(n, np.int64),
+                 is_drum=np.asarray(is_drum, dtype=bool).reshape(-1), tempo_time=tempo_time, tempo_bpm=tempo_bpm)
+
+
+def pitched(piece: Score) -> Score:
+    """The piece without its drum notes: what the harmony metrics read."""
+    if not piece.is_drum.any():
+        return piece
+    keep = ~piece.is_drum
+    return _score(piece.pitch[keep], piece.start[keep], piece.end[keep], piece.tempo_time, piece.tempo_bpm,
+                  piece.is_drum[keep])
 
 
 def as_piece(notes, tempos: Iterable[tuple[float, float]] | None = None) -> Score:
-    """The pitched notes and tempo map of a Score or of note objects (+ optional (time s, bpm) tempo
+    """The notes (drums flagged) and tempo map of a Score or of note objects (+ optional (time s, bpm) tempo
     changes), as a Score. A Score brings its own tempo map unless `tempos` is given."""
     if isinstance(notes, Score):
-        keep = ~notes.is_drum
+        t_time, t_bpm = notes.tempo_time, notes.tempo_bpm
+        if tempos is not None:
+            tempos = list(tempos)
+            t_time, t_bpm = [t for t, _ in tempos], [b for _, b in tempos]
+        return _score(notes.pitch, notes.start, notes.end, t_time, t_bpm, notes.is_drum)
+    notes = list(notes)
+    tempos = list(tempos or ())
+    return _score([n.pitch for n in notes], [n.start for n in notes], [n.end for n in notes],
+                  [t for t, _ in tempos], [b for _, b in tempos], [getattr(n, "is_drum", False) for n in notes])
         t_time, t_bpm = notes.tempo_time, notes.tempo_bpm
         if tempos is not None:
             tempos = list(tempos)
@@ -139,7 +159,7 @@ def refine_tempo(piece: Score, tolerance: float, candidates: int = 201) -> Score
 # Per-piece metrics
 def pitch_class_entropy(notes, tempos=None) -> float:
     """Entropy (bits) of the pitch-class histogram, one count per note. NaN without notes."""
-    p = as_piece(notes, tempos)
+    p = pitched(as_piece(notes, tempos))
     if p.num_notes == 0:
         return math.nan
     counts = np.bincount(p.pitch % 12, minlength=12).astype(np.float64)
@@ -149,7 +169,7 @@ def pitch_class_entropy(notes, tempos=None) -> float:
 
 def scale_consistency(notes, tempos=None) -> float:
     """Largest fraction of notes in one major or natural-minor scale (24 candidates). NaN without notes."""
-    p = as_piece(notes, tempos)
+    p = pitched(as_piece(notes, tempos))
     if p.num_notes == 0:
         return math.nan
     counts = np.bincount(p.pitch % 12, minlength=12)
@@ -158,7 +178,7 @@ def scale_consistency(notes, tempos=None) -> float:
 
 def polyphony(notes, tempos=None) -> float:
     """Mean number of distinct pitches sounding while at least one sounds (time-weighted). NaN if silent."""
-    p = as_piece(notes, tempos)
+    p = pitched(as_piece(notes, tempos))
     sounding = p.end > p.start
     if not sounding.any():
         return math.nan
@@ -188,7 +208,7 @@ def polyphony(notes, tempos=None) -> float:
 
 def pitch_range(notes, tempos=None) -> float:
     """Highest minus lowest pitch (semitones). NaN without notes."""
-    p = as_piece(notes, tempos)
+    p = pitched(as_piece(notes, tempos))
     if p.num_notes == 0:
         return math.nan
     return float(p.pitch.max() - p.pitch.min())

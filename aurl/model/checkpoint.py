@@ -131,9 +131,11 @@ def load_model_state(path: str | Path, map_location="cpu") -> tuple[dict[str, to
         raise UserError(f"checkpoint {path}: format version {blob.get('format_version')!r}, this code reads "
                         f"{FORMAT_VERSION}")
     if blob.get("vocab_hash") != vocab_hash():
-        differs = _diff_keys(blob.get("vocab_spec") or {}, vocab_spec())
-        raise UserError(f"checkpoint {path}: vocabulary differs from this code's (vocab_spec fields: "
-                        f"{', '.join(differs) or 'hash only'}); it was trained on other token ids")
+        saved_spec = blob.get("vocab_spec") or {}
+        differs = _diff_keys(saved_spec, vocab_spec())
+        raise UserError(f"checkpoint {path}: vocabulary differs from this code's (vocabulary version "
+                        f"{saved_spec.get('version', '?')}, this code's {vocab_spec().get('version', '?')}; vocab_spec "
+                        f"fields: {', '.join(differs) or 'hash only'}); it was trained on other token ids")
     saved = dict(blob.get("config") or {})
     known = set(ModelConfig.field_names())
     unknown = sorted(set(saved) - known)

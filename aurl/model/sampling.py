@@ -13,8 +13,9 @@ PAD, START and UNK are never sampled; END only when ``stop_at_end`` (a row that 
 Every sequence decodes to a valid Score: aurl.vocab.decode closes hanging notes and skips special tokens.
 
 Grammar-constrained decoding (``grammar=True``, the default): before each draw, the tokens that would break
-the event grammar of the row so far get no probability: a NOTE_ON of a pitch already sounding, a NOTE_OFF of
-a pitch not sounding, and END while a note still sounds. The model's own distribution is renormalised over
+the event grammar of the row so far get no probability: a NOTE_ON of a pitch already sounding on the
+instrument in force, a NOTE_OFF of a pitch not sounding on it, and END while a note still sounds (the note
+scope is (instrument, pitch), aurl.vocab; the rules are aurl.grammar.Walker's, kept here as tensors). The model's own distribution is renormalised over
 the legal tokens, so a sample is grammatical by construction (only notes still open when the length budget
 cuts a row off remain open; aurl.model.sampling.finalize closes those). ``grammar=False`` samples the raw
 distribution, which is how aurl.evaluate measures how much the model itself has learned the grammar.
@@ -29,7 +30,21 @@ import torch.nn.functional as F
 
 from aurl.console import UserError
 from aurl.model.sounding import sounding_states
-from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES, PAD_ID, START_ID, UNK_ID
+from aurl.vocab import (
+    DEFAULT_FAMILY,
+    DRUM_FAMILY,
+    DRUM_KIT_ID,
+    END_ID,
+    INSTRUMENT_OFFSET,
+    NOTE_OFF_OFFSET,
+    NOTE_ON_OFFSET,
+    NUM_FAMILIES,
+    NUM_INSTRUMENTS,
+    NUM_PITCHES,
+    PAD_ID,
+    START_ID,
+    UNK_ID,
+)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -91,7 +106,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
     before = _sounding(seq[:, :win])
     logits = model.decode(seq[:, win:], z, cache, sounding=before)[:, -1]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    sounding = _sounding(seq) if grammar else None
+    sounding = _grammar_state(seq) if grammar else None
     for _ in range(max_new_tokens):
         logits[:, banned] = float("-inf")
         if grammar:
@@ -128,32 +143,78 @@ def context_note(context: int, max_seq_len: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Grammar constraint: which pitches sound in each row, and the tokens that are illegal given that
-def _track(sounding: torch.Tensor, tok: torch.Tensor) -> None:
-    """Update sounding [B, 88] (bool) in place with one token per row."""
+# Grammar constraint: the notes sounding in each row, the instrument in force, and the tokens illegal given them.
+# The state is aurl.grammar.Walker's as tensors (tests/test_grammar.py feeds both the same tokens):
+# GrammarState = (sounding [B, 17, 88] bool: (instrument, pitch) sounding, family [B] long: instrument in force)
+GrammarState = tuple[torch.Tensor, torch.Tensor]
+
+
+def _family_of(tok: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """The instrument in force after each token: INSTRUMENT / DRUM_KIT set it, anything else keeps `current`."""
+    inst = (tok >= INSTRUMENT_OFFSET) & (tok < INSTRUMENT_OFFSET + NUM_INSTRUMENTS)
+    return torch.where(inst, tok - INSTRUMENT_OFFSET, torch.where(tok == DRUM_KIT_ID, DRUM_FAMILY, current))
+
+
+def _note_column(tok: torch.Tensor, family: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(is NOTE_ON, is NOTE_OFF, column family * 88 + pitch index in the flat [B, 17 * 88] state)."""
+    on = (tok >= NOTE_ON_OFFSET) & (tok < NOTE_ON_OFFSET + NUM_PITCHES)
+    off = (tok >= NOTE_OFF_OFFSET) & (tok < NOTE_OFF_OFFSET + NUM_PITCHES)
+    pitch = torch.where(on, tok - NOTE_ON_OFFSET, tok - NOTE_OFF_OFFSET).clamp(0, NUM_PITCHES - 1)
+    return on, off, family * NUM_PITCHES + pitch
+
+
+def _track(state: GrammarState, tok: torch.Tensor) -> None:
+    """Update the grammar state (in place) with one token per row [B]: the walker's rules (a NOTE_ON keeps its
+    note sounding, a NOTE_OFF silences it, an instrument token changes the instrument in force)."""
+    sounding, family = state
     # gather/scatter on one column per row (no boolean indexing: no data-dependent shapes, no device sync)
-    on = ((tok >= NOTE_ON_OFFSET) & (tok < NOTE_ON_OFFSET + NUM_PITCHES))[:, None]
-    off = ((tok >= NOTE_OFF_OFFSET) & (tok < NOTE_OFF_OFFSET + NUM_PITCHES))[:, None]
-    col = torch.where(on, tok[:, None] - NOTE_ON_OFFSET, tok[:, None] - NOTE_OFF_OFFSET).clamp(0, NUM_PITCHES - 1)
-    sounding.scatter_(1, col, (sounding.gather(1, col) | on) & ~off)
+    family.copy_(_family_of(tok, family))
+    on, off, col = _note_column(tok, family)
+    flat = sounding.view(sounding.shape[0], -1)
+    col = col[:, None]
+    flat.scatter_(1, col, (flat.gather(1, col) | on[:, None]) & ~off[:, None])
+
+
+def _grammar_state(seq: torch.Tensor) -> GrammarState:
+    """The grammar state at the end of each row: _track's rule over the whole row, vectorized (the latest
+    NOTE_ON / NOTE_OFF of each (instrument, pitch) decides; O(B * T), no Python loop)."""
+    B, T = seq.shape
+    seq = seq.long()
+    family = torch.full((B,), DEFAULT_FAMILY, dtype=torch.long, device=seq.device)
+    flat = NUM_FAMILIES * NUM_PITCHES
+    if T == 0:
+        return torch.zeros(B, NUM_FAMILIES, NUM_PITCHES, dtype=torch.bool, device=seq.device), family
+    time = torch.arange(T, device=seq.device).expand(B, T)
+    fam_of = _family_of(seq, torch.full_like(seq, -1))
+    latest = torch.where(fam_of >= 0, time, -1).cummax(dim=1).values
+    fam_at = torch.where(latest >= 0, fam_of.gather(1, latest.clamp(min=0)), DEFAULT_FAMILY)
+    on, off, col = _note_column(seq, fam_at)
+    last = []
+    for is_event in (on, off):  # one spare column takes every other token
+        idx = torch.where(is_event, col, flat)
+        last.append(torch.full((B, flat + 1), -1, dtype=torch.long, device=seq.device)
+                    .scatter_reduce_(1, idx, torch.where(is_event, time, -1), reduce="amax"))
+    sounding = (last[0] > last[1])[:, :flat].view(B, NUM_FAMILIES, NUM_PITCHES)
+    return sounding, fam_at[:, -1].clone()
 
 
 def _sounding(seq: torch.Tensor) -> torch.Tensor:
-    """The pitches still sounding at the end of each row [B, 88]: _track's rule over the whole row, vectorized
-    (aurl.model.sounding, the same rule the model's sounding-notes feature uses)."""
+    """The pitches sounding at the end of each row [B, 88], as the model's sounding-notes feature sees them
+    (aurl.model.sounding: any instrument; the latest NOTE_ON / NOTE_OFF of a pitch decides)."""
     if seq.shape[1] == 0:
         return torch.zeros(seq.shape[0], NUM_PITCHES, dtype=torch.bool, device=seq.device)
     return sounding_states(seq)[:, -1]
 
 
-def _mask_ungrammatical(logits: torch.Tensor, sounding: torch.Tensor) -> None:
-    """-inf (in place) on NOTE_ON of sounding pitches, NOTE_OFF of silent ones, END while any note sounds."""
+def _mask_ungrammatical(logits: torch.Tensor, state: GrammarState) -> None:
+    """-inf (in place) on NOTE_ON of a pitch sounding on the instrument in force, NOTE_OFF of a pitch silent
+    on it, and END while any note sounds."""
+    sounding, family = state
     ninf = float("-inf")
-    on = logits[:, NOTE_ON_OFFSET : NOTE_ON_OFFSET + NUM_PITCHES]
-    on.masked_fill_(sounding, ninf)
-    off = logits[:, NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES]
-    off.masked_fill_(~sounding, ninf)
-    logits[:, END_ID].masked_fill_(sounding.any(-1), ninf)
+    here = sounding.gather(1, family.view(-1, 1, 1).expand(-1, 1, NUM_PITCHES)).squeeze(1)  # [B, 88]
+    logits[:, NOTE_ON_OFFSET : NOTE_ON_OFFSET + NUM_PITCHES].masked_fill_(here, ninf)
+    logits[:, NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES].masked_fill_(~here, ninf)
+    logits[:, END_ID].masked_fill_(sounding.flatten(1).any(-1), ninf)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,10 +262,11 @@ def finalize(tokens) -> list[int]:
     """A grammatical piece with the same notes as aurl.vocab.decode(tokens): START, the events up to the first
     END, each NOTE_ON closed (hanging notes closed at the end), no special token inside, then END.
 
-    Mirrors decode's rules: a NOTE_OFF of a silent pitch is dropped, a repeated NOTE_ON of a sounding pitch
-    at the same step is dropped and at a later step is preceded by that pitch's NOTE_OFF.
+    The walker's rules (aurl.grammar.Walker, decode's): a NOTE_OFF of a silent (instrument, pitch) is dropped,
+    a repeated NOTE_ON of a sounding one at the same step is dropped and at a later step is preceded by its
+    NOTE_OFF; the notes still open at the end are closed by instrument and pitch.
     """
-    from aurl.vocab import NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_TIME_SHIFTS, TIME_SHIFT_OFFSET, VOCAB_SIZE
+    from aurl.grammar import Walker
 
     toks = [int(t) for t in tokens]
     if toks and toks[0] == START_ID:
@@ -212,27 +274,15 @@ def finalize(tokens) -> list[int]:
     if END_ID in toks:
         toks = toks[: toks.index(END_ID)]
     out = [START_ID]
-    sounding: dict[int, int] = {}  # NOTE_ON id -> the step it started at
-    step = 0
+    walker = Walker()
     for t in toks:
-        if t < NOTE_ON_OFFSET or t >= VOCAB_SIZE:
+        what = walker.feed(t)
+        if what in ("special", "out_of_vocab", "on_dup", "off_silent"):
             continue
-        if t < NOTE_OFF_OFFSET:
-            if t in sounding:
-                if sounding[t] == step:
-                    continue
-                out.append(t - NOTE_ON_OFFSET + NOTE_OFF_OFFSET)
-            sounding[t] = step
-        elif t < TIME_SHIFT_OFFSET:
-            on = t - NOTE_OFF_OFFSET + NOTE_ON_OFFSET
-            if on not in sounding:
-                continue
-            del sounding[on]
-        elif t < TIME_SHIFT_OFFSET + NUM_TIME_SHIFTS:
-            step += 1  # any shift moves to a new step; only "same step or not" matters here
+        if what == "on_again":
+            out.append(t - NOTE_ON_OFFSET + NOTE_OFF_OFFSET)
         out.append(t)
-    out += [on - NOTE_ON_OFFSET + NOTE_OFF_OFFSET for on in sorted(sounding)]
-    return out + [END_ID]
+    return out + walker.close_all() + [END_ID]
 
 
 def check_sampling_options(temperature: float, top_k: int, top_p: float) -> None:

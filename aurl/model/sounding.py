@@ -7,9 +7,14 @@ instead of being learned: a multi-hot [B, T, 88] projected by Linear(88, d_model
 the token embedding.
 
 The rule for any input, grammatical or not: pitch p sounds after token t when the latest NOTE_ON/NOTE_OFF of p
-at or before t is a NOTE_ON (or, with none, when p sounded in the state before the sequence). It is what
-aurl.grammar.Walker keeps in ``state.sounding`` ("on_again" leaves the pitch sounding, "off_silent" leaves it
-silent) and what the sampler's grammar tracking (aurl.model.sampling._track) keeps.
+at or before t is a NOTE_ON (or, with none, when p sounded in the state before the sequence). Instruments are
+ignored: it is the pitches of aurl.grammar.Walker's ``state.sounding`` on the stream without its INSTRUMENT /
+DRUM_KIT tokens. The grammar scopes notes by (instrument, pitch) (aurl.vocab, version 2), so with the same pitch
+on two instruments at once the feature follows that pitch's latest event (a NOTE_OFF of one instrument shows
+the pitch silent while the other holds it); with one instrument, as in the Bach chorales, the two agree
+exactly. Kept per pitch because a per-(instrument, pitch) multi-hot would be 17 times larger at every position
+and change the model's input (old checkpoints); the sampler keeps the exact scoped state for its grammar mask
+(aurl.model.sampling._grammar_state).
 
 Vectorized: the index of each pitch's latest NOTE_ON and latest NOTE_OFF by a running maximum over time
 (O(B * T * 88), no Python loop), so it costs nothing next to attention.
