@@ -97,15 +97,6 @@ def as_piece(notes, tempos: Iterable[tuple[float, float]] | None = None) -> Scor
     tempos = list(tempos or ())
     return _score([n.pitch for n in notes], [n.start for n in notes], [n.end for n in notes],
                   [t for t, _ in tempos], [b for _, b in tempos], [getattr(n, "is_drum", False) for n in notes])
-        t_time, t_bpm = notes.tempo_time, notes.tempo_bpm
-        if tempos is not None:
-            tempos = list(tempos)
-            t_time, t_bpm = [t for t, _ in tempos], [b for _, b in tempos]
-        return _pitched(notes.pitch[keep], notes.start[keep], notes.end[keep], t_time, t_bpm)
-    pitched = [n for n in notes if not getattr(n, "is_drum", False)]
-    tempos = list(tempos or ())
-    return _pitched([n.pitch for n in pitched], [n.start for n in pitched], [n.end for n in pitched],
-                    [t for t, _ in tempos], [b for _, b in tempos])
 
 
 # ----------------------------------------------------------------------------------------------------------
