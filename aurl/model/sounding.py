@@ -24,7 +24,18 @@ from __future__ import annotations
 
 import torch
 
-from aurl.vocab import NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES
+from aurl.vocab import (
+    DEFAULT_FAMILY,
+    DRUM_FAMILY,
+    DRUM_KIT_ID,
+    INSTRUMENT_OFFSET,
+    NOTE_OFF_OFFSET,
+    NOTE_ON_OFFSET,
+    NUM_FAMILIES,
+    NUM_INSTRUMENTS,
+    NUM_PITCHES,
+    PAD_ID,
+)
 
 
 def sounding_states(input_ids: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,3 +57,53 @@ def sounding_states(input_ids: torch.Tensor, before: torch.Tensor | None = None)
         untouched = (last_on < 0) & (last_off < 0)
         states = states | (untouched & before.bool().unsqueeze(1))
     return states
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The grammar's own scope: (instrument, pitch)
+GrammarState = tuple[torch.Tensor, torch.Tensor]  # sounding [B, 17, 88] bool, instrument in force [B] long
+
+
+def empty_state(batch: int, device=None) -> GrammarState:
+    """Nothing sounding, the default instrument in force: the state before a piece."""
+    return (torch.zeros(batch, NUM_FAMILIES, NUM_PITCHES, dtype=torch.bool, device=device),
+            torch.full((batch,), DEFAULT_FAMILY, dtype=torch.long, device=device))
+
+
+def family_after(tokens: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """The instrument in force after each token: INSTRUMENT / DRUM_KIT set it, anything else keeps `current`."""
+    inst = (tokens >= INSTRUMENT_OFFSET) & (tokens < INSTRUMENT_OFFSET + NUM_INSTRUMENTS)
+    return torch.where(inst, tokens - INSTRUMENT_OFFSET, torch.where(tokens == DRUM_KIT_ID, DRUM_FAMILY, current))
+
+
+def scoped_states(input_ids: torch.Tensor, before: GrammarState | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, GrammarState]:
+    """The grammar state after each token, in the grammar's (instrument, pitch) scope (aurl.grammar.Walker's
+    rules, vectorized):
+
+    - here [B, T, 88] bool: the pitches sounding on the instrument in force after each token (what decides
+      whether the next NOTE_ON / NOTE_OFF is legal);
+    - anything [B, T] bool: any note sounding, on any instrument (whether END is legal);
+    - the state after the last token (sounding [B, 17, 88], instrument [B]), to continue from.
+
+    One pass of sounding_states per instrument that occurs (one for a single-instrument piece): each sees only
+    the note events of its own instrument, so the cost stays O(B * T * 88) per instrument, never 17 * 88 wide.
+    """
+    B, T = input_ids.shape
+    device = input_ids.device
+    sounding0, family0 = before if before is not None else empty_state(B, device)
+    time = torch.arange(T, device=device).expand(B, T)
+    set_here = family_after(input_ids, torch.full_like(input_ids, -1))
+    latest = torch.where(set_here >= 0, time, -1).cummax(dim=1).values
+    family = torch.where(latest >= 0, set_here.gather(1, latest.clamp(min=0)), family0.view(B, 1))
+    here = torch.zeros(B, T, NUM_PITCHES, dtype=torch.bool, device=device)
+    anything = torch.zeros(B, T, dtype=torch.bool, device=device)
+    after = sounding0.clone()
+    held = sounding0.any(-1).any(0).nonzero().flatten()  # instruments holding notes from before
+    for f in torch.cat([family.unique(), held]).unique().tolist():
+        mine = family == f
+        states = sounding_states(torch.where(mine, input_ids, PAD_ID), sounding0[:, f])
+        here = torch.where(mine.unsqueeze(-1), states, here)
+        anything |= states.any(-1)
+        after[:, f] = states[:, -1] if T else sounding0[:, f]
+    return here, anything, (after, family[:, -1].clone() if T else family0.clone())
