@@ -326,14 +326,14 @@ def validate(cfg: StageConfig) -> None:
     if lg.log_every_steps < 1:
         bad("logging.log_every_steps", lg.log_every_steps, "must be >= 1")
     ev = cfg.eval
-    for key, v in (("eval.num_samples", ev.num_samples), ("eval.max_val_tokens", ev.max_val_tokens),
-                   ("eval.temperature", ev.temperature)):
+    for key, v in (("eval.num_samples", ev.num_samples), ("eval.max_val_tokens", ev.max_val_tokens)):
         if v < 0:
             bad(key, v, "must be >= 0")
     if ev.length < 1:
         bad("eval.length", ev.length, "must be >= 1")
-    if not 0.0 < ev.top_p <= 1.0:
-        bad("eval.top_p", ev.top_p, "must be in (0, 1]")
+    from aurl.model.sampling import check_sampling_options  # the one check of sampling options
+
+    check_sampling_options(ev.temperature, 0, ev.top_p, names=("eval.temperature", "eval.top_k", "eval.top_p"))
 
 
 def read_yaml(path: Path) -> Any:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from aurl.console import ArgParser, UserError, check_writable_folder, print0, report_error
+from aurl.rundir import RunDir
 from aurl.vocab import END_ID, PAD_ID, START_ID, decode, encode
 
 VAE_MODES = ("prior", "posterior", "interpolate")
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-end", action="store_true", help="let the model end a piece early with END")
     p.add_argument("--no-grammar", action="store_true",
                    help="sample the raw distribution (default: grammar-constrained decoding, see aurl.model.sampling)")
-    p.add_argument("--out", type=Path, default=Path("outputs/samples"), help="folder for the MIDI files")
+    p.add_argument("--out", type=Path, default=RunDir("outputs").samples,
+                   help="folder for the MIDI files (default: outputs/samples)")
     p.add_argument("--audio", action="store_true",
                    help="also render each file to WAV beside it (FluidSynth; see aurl.evaluate.audio)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")

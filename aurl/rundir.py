@@ -9,6 +9,7 @@
     RUN/checkpoints/best_model.pt      the production model: the best of the most advanced stage reached
     RUN/logs/metrics.jsonl             every tracked record; logs/tensorboard/stageN, logs/wandb, logs/slurm
     RUN/eval/stageN/                   the stage-end evaluation (eval.json, samples, pictures)
+    RUN/samples/                       python -m aurl.generate's default output folder
     RUN/report.html                    the run report (aurl.evaluate.report)
 
 A model file knows its run by where it lies (RunDir.holding): RUN/checkpoints/*.pt or
@@ -99,6 +100,10 @@ class RunDir:
     def eval(self, name: int | str) -> Path:
         """RUN/eval/stageN for a stage number, RUN/eval/<name> for a model file's stem."""
         return self.root / "eval" / (f"stage{name}" if isinstance(name, int) else name)
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
 
     def cleared(self) -> list[Path]:
         """What --clear deletes: the state, checkpoints, logs and lock (the cache and evaluations stay)."""

@@ -49,3 +49,12 @@ def ensure_debian_packages(packages: list[str], commands: list[str]) -> None:
             pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     _updated = True
     print(f"installed {' '.join(packages)} in {time.time() - t0:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """The config-key probes' real runs of the tiny stage 1 (tests/config_probes.py), shared by every
+    test_config_keys_<section>.py so that a run they all compare with (the baseline) runs once."""
+    from config_probes import Lab
+
+    return Lab(tmp_path_factory.mktemp("config_keys"))

@@ -285,11 +285,13 @@ def finalize(tokens) -> list[int]:
     return out + walker.close_all() + [END_ID]
 
 
-def check_sampling_options(temperature: float, top_k: int, top_p: float) -> None:
-    """Refuse sampling options that generate() cannot honour, naming the flag (for every sampling CLI)."""
+def check_sampling_options(temperature: float, top_k: int, top_p: float,
+                           names: tuple[str, str, str] = ("--temperature", "--top-k", "--top-p")) -> None:
+    """Refuse sampling options that generate() cannot honour, naming them as the user wrote them (`names`:
+    the CLI flags by default, the config keys for a stage's eval section): every sampling CLI and the config."""
     if temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {temperature}")
+        raise UserError(f"{names[0]} must be >= 0, got {temperature}")
     if top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {top_k}")
+        raise UserError(f"{names[1]} must be >= 0 (0 = off), got {top_k}")
     if not 0 < top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+        raise UserError(f"{names[2]} must be in (0, 1], got {top_p}")

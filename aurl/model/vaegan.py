@@ -256,17 +256,7 @@ class MusicTransformerVAEGAN(nn.Module):
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
 
         if phase == "discriminator":
-            with torch.no_grad():
-                fake = self._fakes(self.decode(inp, z), input_ids, tgt_mask)
-            d_real = self.disc(input_ids, real)
-            d_fake = self.disc(fake, real)
-            loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-            metrics["d/loss"] = loss.detach()
-            metrics["d/real"] = torch.sigmoid(d_real).mean().detach()  # D's P(real) on real windows
-            metrics["d/fake"] = torch.sigmoid(d_fake).mean().detach()  # D's P(real) on fakes
-            acc_real, acc_fake = (d_real > 0).float().mean().detach(), (d_fake < 0).float().mean().detach()
-            metrics.update({"d/acc": 0.5 * (acc_real + acc_fake), "d/acc_real": acc_real, "d/acc_fake": acc_fake})
-            return ModelOutput(loss, metrics)
+            return self._discriminator_phase(input_ids, real, inp, z, tgt_mask)
 
         logits = self.decode(inp, z, word_dropout=cfg.word_dropout if cfg.is_vae and self.training else 0.0)
         ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
@@ -282,34 +272,55 @@ class MusicTransformerVAEGAN(nn.Module):
             metrics["grammar/illegal_mass"] = illegal_mass  # the model's mean P(a forbidden next token)
 
         if cfg.is_vae:
-            kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)  # nats per dim, batch mean
-            kl = kl_dim.sum()
-            kl_fb = torch.clamp(kl_dim, min=cfg.free_bits).sum()
-            beta = self.kl_beta(step)
             # KL is per window, CE per token: put both on the per-token scale of the ELBO
-            tokens_per_window = n_tok / input_ids.shape[0]
-            loss = loss + beta * kl_fb / tokens_per_window
-            active = (mu.var(0, unbiased=False) > cfg.active_unit_threshold).sum() if mu.shape[0] > 1 \
-                else torch.zeros((), device=mu.device, dtype=torch.long)
-            metrics.update({
-                "kl": kl.detach(),
-                "kl/beta": torch.tensor(beta, device=kl.device),
-                "kl/free_bits_loss": kl_fb.detach(),
-                "kl/dim_mean": kl_dim.mean().detach(),
-                "kl/dim_min": kl_dim.min().detach(),
-                "kl/dim_max": kl_dim.max().detach(),
-                "kl/active_units": active.float(),
-            })
-
+            loss = loss + self._kl_term(mu, logvar, step, metrics) / (n_tok / input_ids.shape[0])
         if cfg.is_gan:
-            w = self.adv_weight(step)
-            fake = self._fakes(logits, input_ids, tgt_mask)
-            frozen = {n: p.detach() for n, p in self.disc.named_parameters()}
-            d_fake = functional_call(self.disc, frozen, (fake, real))
-            g_adv = F.softplus(-d_fake).mean()  # non-saturating generator loss
-            loss = loss + w * g_adv
-            metrics["g/adv"] = g_adv.detach()
-            metrics["g/adv_weight"] = torch.tensor(w, device=g_adv.device)
-
+            loss = loss + self._adversarial_term(logits, input_ids, real, tgt_mask, step, metrics)
         metrics["loss"] = loss.detach()
         return ModelOutput(loss, metrics, logits if return_logits else None)
+
+    def _discriminator_phase(self, input_ids, real, inp, z, tgt_mask) -> ModelOutput:
+        """D's loss on real windows and on the generator's fakes (G frozen: no gradient reaches it)."""
+        with torch.no_grad():
+            fake = self._fakes(self.decode(inp, z), input_ids, tgt_mask)
+        d_real = self.disc(input_ids, real)
+        d_fake = self.disc(fake, real)
+        loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        metrics = {"d/loss": loss.detach(),
+                   "d/real": torch.sigmoid(d_real).mean().detach(),  # D's P(real) on real windows
+                   "d/fake": torch.sigmoid(d_fake).mean().detach()}  # D's P(real) on fakes
+        acc_real, acc_fake = (d_real > 0).float().mean().detach(), (d_fake < 0).float().mean().detach()
+        metrics.update({"d/acc": 0.5 * (acc_real + acc_fake), "d/acc_real": acc_real, "d/acc_fake": acc_fake})
+        return ModelOutput(loss, metrics)
+
+    def _kl_term(self, mu, logvar, step: int, metrics: dict) -> torch.Tensor:
+        """beta x the free-bits KL of the batch (nats per window); its figures into metrics."""
+        cfg = self.cfg
+        kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)  # nats per dim, batch mean
+        kl = kl_dim.sum()
+        kl_fb = torch.clamp(kl_dim, min=cfg.free_bits).sum()
+        beta = self.kl_beta(step)
+        active = (mu.var(0, unbiased=False) > cfg.active_unit_threshold).sum() if mu.shape[0] > 1 \
+            else torch.zeros((), device=mu.device, dtype=torch.long)
+        metrics.update({
+            "kl": kl.detach(),
+            "kl/beta": torch.tensor(beta, device=kl.device),
+            "kl/free_bits_loss": kl_fb.detach(),
+            "kl/dim_mean": kl_dim.mean().detach(),
+            "kl/dim_min": kl_dim.min().detach(),
+            "kl/dim_max": kl_dim.max().detach(),
+            "kl/active_units": active.float(),
+        })
+        return beta * kl_fb
+
+    def _adversarial_term(self, logits, input_ids, real, tgt_mask, step: int, metrics: dict) -> torch.Tensor:
+        """The weighted non-saturating generator loss against a frozen D (its gradient reaches G only)."""
+        w = self.adv_weight(step)
+        fake = self._fakes(logits, input_ids, tgt_mask)
+        frozen = {n: p.detach() for n, p in self.disc.named_parameters()}
+        d_fake = functional_call(self.disc, frozen, (fake, real))
+        g_adv = F.softplus(-d_fake).mean()
+        metrics["g/adv"] = g_adv.detach()
+        metrics["g/adv_weight"] = torch.tensor(w, device=g_adv.device)
+        return w * g_adv
+

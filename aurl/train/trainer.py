@@ -146,7 +146,9 @@ class StageTrainer:
             self.total_steps = min(self.total_steps, t.max_steps)
 
     def setup_model(self) -> None:
-        """The model (seeded init, or the previous stage's best weights), its optimizers, and the Engine."""
+        """The model (seeded init, or the previous stage's best weights), its optimizers, and the Engine.
+        Whatever wraps the model itself (compile, activation checkpointing) goes between the model and
+        Engine.prepare; what differs between DDP and DeepSpeed goes into the Engine."""
         o = self.cfg.optim
         torch.manual_seed(self.cfg.train.seed + 1000 * self.stage)  # init and dropout: the same on every rank
         model = MusicTransformerVAEGAN(self.cfg.model)
