@@ -1,6 +1,6 @@
 """Data pipeline benchmark (not a test): ingest and loader throughput, side by side with MidiTok.
 
-    python bench/bench_data.py [--data DIR] [--seq-len 512] [--samples 4000]
+    python bench/bench_data.py [--data DIR] [--seq-len 512] [--samples 4000] [--rounds 1]
 
 Prints, in one run on the same files and this machine's cores:
 - ingest: files/s and tokens/s of our cache build (all cores, and one worker process) next to MidiTok's
@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--data", default=None, help="MIDI folder (default: the bundled Bach chorales)")
     p.add_argument("--seq-len", type=int, default=512, help="loader window length, tokens")
     p.add_argument("--samples", type=int, default=4000, help="loader samples per measurement")
+    p.add_argument("--rounds", type=int, default=1, help="ingest runs per side, interleaved; the best is shown")
     args = p.parse_args()
 
     from aurl.data.augment import AugmentConfig
@@ -83,12 +84,19 @@ def main() -> None:
     cores = os.cpu_count() or 1
     print(f"data: {data} ({len(files)} files), {cores} cores")
 
-    rows = []
-    mt = bench_miditok(files)
-    for label, workers in ((f"aurl build, {cores} workers", cores), ("aurl build, 1 worker", 1)):
-        dt, n, tok = bench_ours(data, workers)
-        rows.append((label, n / dt, tok / dt))
-    rows.append(("MidiTok REMI (symusic), 1 process", mt[1] / mt[0], mt[2] / mt[0]))
+    # each side `rounds` times, interleaved, keeping its best: on a shared machine the load moves between
+    # runs, and the best of a few is the closest to what the code itself costs
+    best: dict[str, tuple[float, int, int]] = {}
+    for _ in range(args.rounds):
+        runs = [("MidiTok REMI (symusic), 1 process", lambda: bench_miditok(files))]
+        runs += [(f"aurl build, {w} worker{'s' if w > 1 else ''}", lambda w=w: bench_ours(data, w))
+                 for w in dict.fromkeys((cores, 1))]
+        for label, run in runs:
+            res = run()
+            if label not in best or res[0] < best[label][0]:
+                best[label] = res
+    rows = [(label, n / dt, tok / dt) for label, (dt, n, tok) in best.items()]
+    rows.append(rows.pop(0))  # MidiTok last: the baseline
     print(f"\n{'ingest':40s} {'files/s':>10s} {'tokens/s':>12s} {'files/s vs MidiTok':>20s}")
     for label, fps, tps in rows:
         print(f"{label:40s} {fps:10.0f} {tps:12,.0f} {fps / rows[-1][1]:19.2f}x")

@@ -15,9 +15,10 @@ Every sequence decodes to a valid Score: aurl.vocab.decode closes hanging notes 
 Grammar-constrained decoding (``grammar=True``, the default): before each draw, the tokens that would break
 the event grammar of the row so far get no probability: a NOTE_ON of a pitch already sounding on the
 instrument in force, a NOTE_OFF of a pitch not sounding on it, and END while a note still sounds (the note
-scope is (instrument, pitch), aurl.vocab; the rules are aurl.grammar.Walker's, kept here as tensors). The model's own distribution is renormalised over
-the legal tokens, so a sample is grammatical by construction (only notes still open when the length budget
-cuts a row off remain open; aurl.model.sampling.finalize closes those). ``grammar=False`` samples the raw
+scope is (instrument, pitch), aurl.vocab; the rules are aurl.grammar.Walker's, kept here as tensors). The
+model's own distribution is renormalised over the legal tokens, so a sample is grammatical by construction
+(only notes still open when the length budget cuts a row off remain open; aurl.model.sampling.finalize
+closes those). ``grammar=False`` samples the raw
 distribution, which is how aurl.evaluate measures how much the model itself has learned the grammar.
 """
 

@@ -12,9 +12,9 @@ ignored: it is the pitches of aurl.grammar.Walker's ``state.sounding`` on the st
 DRUM_KIT tokens. The grammar scopes notes by (instrument, pitch) (aurl.vocab, version 2), so with the same pitch
 on two instruments at once the feature follows that pitch's latest event (a NOTE_OFF of one instrument shows
 the pitch silent while the other holds it); with one instrument, as in the Bach chorales, the two agree
-exactly. Kept per pitch because a per-(instrument, pitch) multi-hot would be 17 times larger at every position
-and change the model's input (old checkpoints); the sampler keeps the exact scoped state for its grammar mask
-(aurl.model.sampling._grammar_state).
+exactly. Kept per pitch because a per-(instrument, pitch) multi-hot would be 17 times wider at every position
+(and in the KV cache's carried state) for a hint the model only needs per pitch; the sampler keeps the exact
+scoped state for its grammar mask (aurl.model.sampling._grammar_state).
 
 Vectorized: the index of each pitch's latest NOTE_ON and latest NOTE_OFF by a running maximum over time
 (O(B * T * 88), no Python loop), so it costs nothing next to attention.
