@@ -28,6 +28,7 @@ from aurl.model.checkpoint import init_from_model_file, save_model_file
 from aurl.train import checkpoint as ckpt
 from aurl.train import state as st
 from aurl.train.distributed import (
+    apply_speed_options,
     average_gradients,
     configure_deepspeed,
     detach_discriminator,
@@ -146,6 +147,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
         configure_deepspeed(accelerator, d.batch_size, o.grad_accum, o.grad_clip)
         if gan:
             disc = detach_discriminator(model).to(accelerator.device)
+    apply_speed_options(model, t, accelerator)  # DDP's unused-parameter search, checkpointing, compile
     if gan and not ds:
         model, opt_g, opt_d = accelerator.prepare(model, opt_g, opt_d)
     else:
