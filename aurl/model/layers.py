@@ -36,7 +36,7 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, base: float, max_len: int):
         super().__init__()
         self.head_dim, self.base, self.max_len = head_dim, base, max_len
-        self.cos = self.sin = torch.empty(0)
+        self.cos = self.sin = torch.empty(0, head_dim // 2)  # rank 2 from the start: one compiled graph
 
     def _build(self, length: int, device: torch.device) -> None:
         inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
