@@ -106,11 +106,13 @@ class MusicTransformerVAEGAN(nn.Module):
         self.chunked_loss = False  # see set_activation_checkpointing
 
     def set_activation_checkpointing(self, on: bool) -> None:
-        """train.activation_checkpointing: every stack (decoder, encoder, discriminator) recomputes its blocks
-        in the backward pass, and the training loss never holds the whole logits (aurl.model.head_loss)."""
-        for module in self.modules():
-            if isinstance(module, Stack):
-                module.checkpointing = on
+        """train.activation_checkpointing: the decoder's and the encoder's blocks are recomputed in the backward
+        pass, and the training loss never holds the whole logits (aurl.model.head_loss). Not the
+        discriminator's: the generator phase calls it with detached weights (functional_call), which a
+        recomputation in the backward pass would not see (it would recompute with, and reach, D's own)."""
+        for stack in (self.decoder, getattr(self, "encoder", None)):
+            if stack is not None:
+                stack.checkpointing = on
         self.chunked_loss = on
 
     # ------------------------------------------------------------------------------------------------------
