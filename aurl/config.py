@@ -98,6 +98,10 @@ class TrainConfig:
     (0 = all); each window is scored once, so the value does not depend on the number of processes."""
     stop_margin_s: float = 120.0
     """Stop (save, exit 75) this many seconds before SLURM_JOB_END_TIME, when that is set."""
+    compile: bool = False
+    """torch.compile the model's forward (in place: checkpoints unchanged); refused under DeepSpeed ZeRO-3."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass, and the loss over the head in chunks (less memory, more time)."""
 
 
 @dataclass

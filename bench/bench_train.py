@@ -1,7 +1,8 @@
 """Training benchmark (not a test): aurl's train step against a bare PyTorch loop, per stage, in one run.
 
     python bench/bench_train.py [--config configs/training_configs/quickstart] [--stages 1,2,3]
-                                [--steps 20] [--warmup 3] [--device cpu]
+                                [--steps 20] [--warmup 3] [--device cpu] [--override KEY=VALUE ...]
+                                [--variants compile,bf16,fp32,checkpointing] [--launch "accelerate launch ..."]
 
 For each stage: (a) the real trainer, `python -m aurl.train --stage N` on the stage's config for
 `warmup + steps` optimizer steps (periodic validation, checkpoints, trackers and the stage-end evaluation
@@ -11,10 +12,14 @@ logs/metrics.jsonl with log_every_steps=1; (b) a bare loop in this process on th
 same cache, windows, batch and accumulation and the same thread count: forward, backward, clip, AdamW step
 (and the discriminator's step in vae_gan), nothing else, timed the same way. Both sum the steps after the
 warm-up. Prints the tokens/s of both and aurl's overhead (target: at most 5 %), by the mean and by the median
-step (the median is less sensitive to other jobs on a shared machine).
+step (the median is less sensitive to other jobs on a shared machine). --variants: the trainer again with
+train.compile=true, train.mixed_precision=bf16 / no or train.activation_checkpointing=true, each against the
+plain trainer of the same run (a compiled run's warm-up steps hold the compilation: raise --warmup until the
+timed steps are past it). --launch: the trainer runs under that launcher (e.g. `accelerate launch
+--config_file accelerate_configs/single_gpu.yaml`) instead of `python`.
 
 On a CUDA device the bare loop also reports model FLOPs utilisation:
-    MFU = tokens/s x (6 N + 12 L d T) / peak,  N = parameters in the forward pass, L layers, d = d_model,
+    MFU = tokens/s x (6 N + 12 L d T) / peak (and the trainer variants likewise),  N = parameters in the forward pass, L layers, d = d_model,
     T = seq_len (attention score and value matmuls, forward + backward), peak = the device's dense bf16 FLOP/s.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,15 +40,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # dense bf16 peak FLOP/s by device name substring (vendor data sheets, SXM parts)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+# --variants: the trainer's overrides of each, timed against the plain trainer in the same run
+VARIANTS = {"compile": ("train.compile=true",), "bf16": ("train.mixed_precision=bf16",),
+            "fp32": ("train.mixed_precision=no",), "checkpointing": ("train.activation_checkpointing=true",)}
 
 
-def run_aurl(config: Path, stage: int, out: Path, n_steps: int, cache: Path) -> list[float]:
-    """The trainer's own wall seconds per optimizer step of `python -m aurl.train --stage N` (fresh run)."""
-    cmd = [sys.executable, "-m", "aurl.train", "--stage", str(stage), "--config", str(config),
+def run_aurl(config: Path, stage: int, out: Path, n_steps: int, cache: Path, overrides: tuple[str, ...] = (),
+             launch: tuple[str, ...] = ()) -> list[float]:
+    """The trainer's own wall seconds per optimizer step of `python -m aurl.train --stage N` (fresh run), with
+    config overrides, or through a launcher: `launch` is the command before `-m aurl.train`
+    (e.g. accelerate launch --config_file ...); default: this Python."""
+    cmd = [*(launch or (sys.executable,)), "-m", "aurl.train", "--stage", str(stage), "--config", str(config),
            "--output-dir", str(out), "--from-scratch", "--tracker", "none",
            f"train.max_steps={n_steps}", "train.epochs=1000", "train.val_every_steps=0",
            "train.patience=0", "checkpoint.every_steps=0", "logging.progress_bar=false",
-           "logging.log_every_steps=1", "eval.enabled=false", f"data.cache_dir={cache}"]
+           "logging.log_every_steps=1", "eval.enabled=false", f"data.cache_dir={cache}", *overrides]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"aurl.train failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -140,9 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device of the bare loop (the trainer picks CUDA itself when present)")
     p.add_argument("--compile", action="store_true", help="also time the bare loop under torch.compile")
+    p.add_argument("--variants", default="",
+                   help="comma-separated trainer variants timed against the plain trainer in the same run: "
+                        "compile (train.compile=true), bf16 (train.mixed_precision=bf16), "
+                        "fp32 (train.mixed_precision=no), checkpointing (train.activation_checkpointing=true)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run (trainer and bare loop), e.g. train.mixed_precision=bf16")
+    p.add_argument("--launch", default="", help="launcher command for the trainer runs, before `-m aurl.train`")
     args = p.parse_args(argv)
+    launch = tuple(shlex.split(args.launch))
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("error: --steps must be >= 1 and --warmup >= 0")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: --variants {','.join(unknown)}: unknown (known: {', '.join(VARIANTS)})")
 
     from aurl.config import load_config, stage_config_path
 
@@ -155,13 +179,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{'overhead':>9} {'(median)':>9}" + (f" {'bare MFU':>9}" if peak else ""))
     for stage in [int(s) for s in args.stages.split(",")]:
         path = stage_config_path(args.config, stage)
-        cfg = load_config(path)
+        cfg = load_config(path, args.override)
+        n = args.warmup + args.steps
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            aurl_s = run_aurl(path, stage, tmp / "aurl", args.warmup + args.steps, tmp / "cache")[args.warmup:]
+            aurl_s = run_aurl(path, stage, tmp / "aurl", n, tmp / "cache", tuple(args.override), launch)[args.warmup:]
             tokens, bare_s = run_bare(cfg, tmp / "cache", args.steps, args.warmup, device)
             compiled = (run_bare(cfg, tmp / "cache", args.steps, args.warmup, device, compile_model=True)
                         if args.compile else None)
+            variant_s = {v: run_aurl(path, stage, tmp / v, n, tmp / "cache", (*args.override, *VARIANTS[v]), launch)
+                         [args.warmup:] for v in variants}
         # the same batches in both loops: equal target tokens, so the ratio of times is the ratio of rates
         aurl_rate, bare_rate = tokens / sum(aurl_s), tokens / sum(bare_s)
         median_overhead = 1 - statistics.median(bare_s) / statistics.median(aurl_s)
@@ -174,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             c_mfu = f", MFU {100 * c_rate * flops_per_token(cfg) / peak:.1f}%" if peak else ""
             print(f"{'':<6} bare loop under torch.compile: {c_rate:,.0f} tok/s "
                   f"({c_rate / bare_rate:.2f}x eager){c_mfu}", flush=True)
+        for v, secs in variant_s.items():
+            rate = tokens / sum(secs)
+            v_mfu = f", MFU {100 * rate * flops_per_token(cfg) / peak:.1f}%" if peak else ""
+            print(f"{'':<6} aurl with {' '.join(VARIANTS[v])}: {rate:,.0f} tok/s ({rate / aurl_rate:.2f}x the "
+                  f"plain trainer; median step {statistics.median(aurl_s) / statistics.median(secs):.2f}x){v_mfu}",
+                  flush=True)
     print("overhead = 1 - aurl/bare tokens/s (target <= 5 %); the same batches in both, each step timed from "
           "the end of the previous one")
     if peak:

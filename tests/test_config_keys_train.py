@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from config_probes import (
+    Run,
     keys_of,
     probe,
     rejects,
@@ -93,3 +95,50 @@ def _(lab, key):
 @pytest.mark.parametrize("key", keys_of("train"))
 def test_key_is_used(key, lab):
     run_probe(key, lab)
+
+
+def step_weights(run: Run, step: int) -> dict[str, torch.Tensor]:
+    """The model weights of run's committed checkpoint at `step` (accelerate's model.safetensors)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(run.out / "checkpoints" / "stage1" / f"step_{step:08d}" / "model.safetensors"))
+
+
+@probe("train.compile")
+def _(lab, key):
+    """The real trainer compiles the model (dynamo's graph counter moves), trains, and commits checkpoints with
+    the eager model's keys (nn.Module.compile in place: no `_orig_mod.`). The slowest probe (inductor
+    compiles the forward and backward graphs: ~20 s on 2 idle cores, cached by torch across runs); it is the
+    one end-to-end run of train.compile."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    r = lab.run(f"{key}=true", "train.max_steps=2")
+    assert r.rc == 0 and r.state["step"] == 2, r.stderr[-2000:]
+    assert counters["stats"]["unique_graphs"] >= 1
+    base = lab.base()
+    assert sorted(step_weights(r, 2)) == sorted(step_weights(base, 4)) and len(step_weights(base, 4)) > 10
+    # the same function: the first step's loss as the eager run's up to the compiled kernels' rounding
+    assert abs(r.train()[1] - base.train()[1]) < 1e-4, (r.train()[1], base.train()[1])
+    rejects(key, "yes")
+
+
+@probe("train.activation_checkpointing")
+def _(lab, key):
+    """Through the real trainer: the bytes the autograd graph keeps for backward passes over a 1-step run
+    (validation runs without grad), at most half with the key on (measured 0.1x on the tiny stage 1)."""
+    kept = {}
+    for on in ("false", "true"):
+        sizes = []
+
+        def pack(t, sizes=sizes):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            r = lab.run(f"{key}={on}", "train.max_steps=1")
+        assert r.rc == 0
+        kept[on] = sum(sizes)
+    assert 0 < kept["true"] <= 0.5 * kept["false"], kept
+    rejects(key, 1)

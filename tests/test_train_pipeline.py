@@ -277,7 +277,20 @@ def two_process_reference(tmp_path_factory) -> Path:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "accelerate_configs/cpu.yaml, 2 process(es)" in r.stderr  # run.sh's pick without a GPU
     assert "ProcessGroup" not in r.stderr and "abort" not in r.stderr.lower()  # end_training: a clean exit
+    (out.parent / f"{out.name}_output.txt").write_text(r.stdout + r.stderr)  # for test_ddp_searches_unused_...
     return out
+
+
+def test_ddp_searches_unused_parameters_only_in_vae_gan(two_process_reference):
+    """DDP's find_unused_parameters is on only in stage 3 (vae_gan: each phase leaves the other network's
+    weights without a gradient); stages 1 and 2 use every parameter, so with the search on DDP warned on every
+    rank at their first step (and paid a graph traversal per step). Stage 3 completing at all shows the search
+    is on there: without it DDP stops at the second step with "Expected to have finished reduction"."""
+    output = (two_process_reference.parent / f"{two_process_reference.name}_output.txt").read_text()
+    assert "[stage 3]" in output and "[stage 1]" in output  # the log of all three stages
+    assert "find_unused_parameters=True was specified in DDP constructor, but did not find any unused" \
+        not in output
+    assert read_state(two_process_reference)["stages"]["3"]["status"] == "completed"
 
 
 def test_two_processes_accelerate_launch(two_process_reference):

@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 class RMSNorm(nn.Module):
@@ -35,7 +36,7 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, base: float, max_len: int):
         super().__init__()
         self.head_dim, self.base, self.max_len = head_dim, base, max_len
-        self.cos = self.sin = torch.empty(0)
+        self.cos = self.sin = torch.empty(0, head_dim // 2)  # rank 2 from the start: one compiled graph
 
     def _build(self, length: int, device: torch.device) -> None:
         inv_freq = 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
@@ -114,7 +115,7 @@ def key_padding_mask(pad_mask: torch.Tensor) -> torch.Tensor | None:
     too). A batch without PAD passes None, which keeps the flash kernel (it takes no mask at all). Every row
     keeps at least its first key (a window has >= 1 real token), so no query row is all -inf (NaN).
     """
-    if bool(pad_mask.all()):
+    if not torch.compiler.is_compiling() and bool(pad_mask.all()):  # compiled: always the mask (no graph break)
         return None
     keep = pad_mask.bool().clone()
     keep[:, 0] = True  # an all-PAD row (never produced by the loaders) would otherwise give NaN, not zeros
@@ -157,6 +158,9 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
         self.norm = RMSNorm(d_model)
         self.rotary = Rotary(d_model // n_heads, rope_base, max_len)
+        # train.activation_checkpointing: keep only each block's input, recompute the block in the backward
+        # pass (dropout masks come back the same: checkpoint restores the RNG state)
+        self.checkpointing = False
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None,
                 pad_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,8 +169,12 @@ class Stack(nn.Module):
         start = cache.length if cache is not None else 0
         cos, sin = self.rotary(start, x.shape[1], x.device)
         key_mask = key_padding_mask(pad_mask) if pad_mask is not None and not self.causal else None
+        recompute = self.checkpointing and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, self.causal, cache, i, key_mask)
+            if recompute:
+                x = checkpoint(block, x, cos, sin, self.causal, None, i, key_mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, self.causal, cache, i, key_mask)
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)

@@ -18,7 +18,7 @@
   cache carries that state on, so incremental decoding sees what the full forward sees.
 
 No distribution code here: the trainer wraps the model (one forward signature for DDP/DeepSpeed).
-With DDP, vae_gan leaves some parameters unused per phase: wrap with find_unused_parameters=True.
+With DDP, vae_gan (only) leaves some parameters unused per phase: wrap it with find_unused_parameters=True.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from torch.func import functional_call
 from aurl.model.config import ModelConfig
 from aurl.model.elbo import validation_sums
 from aurl.model.grammar_loss import unlikelihood
+from aurl.model.head_loss import chunked_ce_sum
 from aurl.model.layers import KVCache, Stack, init_weights
 from aurl.model.sounding import sounding_states
 from aurl.vocab import NUM_PITCHES, PAD_ID
@@ -103,6 +104,17 @@ class MusicTransformerVAEGAN(nn.Module):
         if cfg.is_gan:
             self.disc = Discriminator(cfg)
             init_weights(self.disc, cfg.disc_layers)
+        self.chunked_loss = False  # see set_activation_checkpointing
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """train.activation_checkpointing: the decoder's and the encoder's blocks are recomputed in the backward
+        pass, and the training loss never holds the whole logits (aurl.model.head_loss). Not the
+        discriminator's: the generator phase calls it with detached weights (functional_call), which a
+        recomputation in the backward pass would not see (it would recompute with, and reach, D's own)."""
+        for stack in (self.decoder, getattr(self, "encoder", None)):
+            if stack is not None:
+                stack.checkpointing = on
+        self.chunked_loss = on
 
     # ------------------------------------------------------------------------------------------------------
     # Parameters
@@ -134,10 +146,12 @@ class MusicTransformerVAEGAN(nn.Module):
             batch_stats = self.training and mu.shape[0] > 1
             bn = self.mu_bn
             if batch_stats:
-                if int(bn.num_batches_tracked) == 0:  # start the running statistics at the first batch's, not
-                    with torch.no_grad():  # at (0, 1): a fresh encoder's spread is ~1e-4, eval mu would be ~0
-                        bn.running_mean.copy_(mu.mean(0))
-                        bn.running_var.copy_(mu.var(0))
+                # start the running statistics at the first batch's, not at (0, 1): a fresh encoder's spread
+                # is ~1e-4, eval mu would be ~0 (torch.where, not an if on the count: no graph break compiled)
+                with torch.no_grad():
+                    first = bn.num_batches_tracked == 0
+                    bn.running_mean.copy_(torch.where(first, mu.mean(0), bn.running_mean))
+                    bn.running_var.copy_(torch.where(first, mu.var(0), bn.running_var))
                 bn.num_batches_tracked.add_(1)
             mu = F.batch_norm(mu, self.mu_bn.running_mean, self.mu_bn.running_var, training=batch_stats,
                               momentum=self.mu_bn.momentum, eps=self.mu_bn.eps) * self.cfg.mu_bn_gamma
@@ -182,6 +196,12 @@ class MusicTransformerVAEGAN(nn.Module):
         word_dropout: share of input tokens whose embedding is zeroed (training only, see model.word_dropout);
         it zeroes the token embedding only: the sounding-notes feature stays (it is state, not content).
         sounding: the pitches sounding before input_ids[:, 0] (see sounding_feature)."""
+        return F.linear(self.decode_hidden(input_ids, z, cache, word_dropout, sounding), self.tok_emb.weight)
+
+    def decode_hidden(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
+                      cache: KVCache | None = None, word_dropout: float = 0.0,
+                      sounding: torch.Tensor | None = None) -> torch.Tensor:
+        """decode() before the tied output head: the decoder's final hidden states [B, T, d_model]."""
         x = self.tok_emb(input_ids)
         if word_dropout > 0:
             x = x * (torch.rand(x.shape[:2], device=x.device) >= word_dropout).unsqueeze(-1).to(x.dtype)
@@ -190,8 +210,7 @@ class MusicTransformerVAEGAN(nn.Module):
             x = x + feature.to(x.dtype)
         if z is not None:
             x = x + self.latent_proj(z.to(x.dtype)).unsqueeze(1)
-        h = self.decoder(x, cache)
-        return F.linear(h, self.tok_emb.weight)
+        return self.decoder(x, cache)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight
@@ -258,9 +277,20 @@ class MusicTransformerVAEGAN(nn.Module):
         if phase == "discriminator":
             return self._discriminator_phase(input_ids, real, inp, z, tgt_mask)
 
-        logits = self.decode(inp, z, word_dropout=cfg.word_dropout if cfg.is_vae and self.training else 0.0)
-        ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
-        ce_sum = (ce * tgt_mask.reshape(-1)).sum()
+        word_dropout = cfg.word_dropout if cfg.is_vae and self.training else 0.0
+        chunked = self.chunked_loss and self.training
+        # the logits are never whole (head_loss), unless the fakes or the grammar term need them
+        if chunked and not cfg.is_gan and not return_logits and not cfg.grammar_unlikelihood:
+            logits = None
+            h = self.decode_hidden(inp, z, word_dropout=word_dropout)
+            ce_sum = chunked_ce_sum(tgt, tgt_mask, hidden=h, weight=self.tok_emb.weight)
+        else:
+            logits = self.decode(inp, z, word_dropout=word_dropout)
+            if chunked:  # vae_gan's fakes need the logits: only the loss's own copies are chunked
+                ce_sum = chunked_ce_sum(tgt, tgt_mask, logits=logits)
+            else:
+                ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
+                ce_sum = (ce * tgt_mask.reshape(-1)).sum()
         recon = ce_sum / n_tok
         metrics["recon"] = recon.detach()  # nats per target token
         metrics["tokens"] = n_tok.detach().float()  # targets in this batch: weights for averaging recon

@@ -88,3 +88,36 @@ def export_weights(accelerator, model, disc: torch.nn.Module | None):
     if disc is not None:
         state.update({f"disc.{k}": v.detach().float() for k, v in disc.state_dict().items()})
     return state
+
+
+def set_find_unused_parameters(accelerator, model_cfg) -> None:
+    """Before prepare: DDP looks for unused parameters only in vae_gan, whose generator phase leaves D's
+    weights out (they enter detached) and whose discriminator phase leaves G's out (no-grad fakes). In the
+    other modes every parameter gets a gradient at every step, and the search would cost a traversal of the
+    autograd graph per step and warn on every rank. One Accelerator serves all stages of a process, so
+    the setting is made per stage, on its DDP kwargs handler."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if is_deepspeed(accelerator):  # no DDP wrapper
+        return
+    accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=model_cfg.is_gan)
+
+
+def apply_speed_options(model: torch.nn.Module, train_cfg, accelerator) -> None:
+    """Before prepare, on the bare model: DDP's unused-parameter search where the mode needs it
+    (set_find_unused_parameters), train.activation_checkpointing, then train.compile. The compile is
+    in place (nn.Module.compile): the module and its state dict keep their names (no `_orig_mod.` prefix),
+    so checkpoints, resume and the best-model export do not change, and DDP / the DeepSpeed engine wrap the
+    compiled module like any other."""
+    from aurl.console import UserError
+
+    set_find_unused_parameters(accelerator, model.cfg)
+    model.set_activation_checkpointing(train_cfg.activation_checkpointing)
+    if not train_cfg.compile:
+        return
+    if is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        # ZeRO-3 gathers and frees each parameter in hooks around every submodule's forward, which a
+        # compiled forward does not run in order
+        raise UserError("train.compile = true is not supported under DeepSpeed ZeRO-3 "
+                        "(accelerate_configs/deepspeed_zero3*.yaml): set train.compile=false or use ZeRO-2")
+    model.compile()

@@ -88,8 +88,8 @@ def make_accelerator(mixed_precision: str = "no"):
         warn(f"train.mixed_precision = {mixed_precision} (the stage config) is used; the launcher's mixed "
              f"precision {launcher} (--mixed_precision or the accelerate config) is not")
     deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
-    # stage 3's D/G phases leave parameters unused; DeepSpeed has no DDP wrapper to tell
-    handlers = [] if deepspeed else [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    # find_unused_parameters is set per stage (aurl.train.distributed.set_find_unused_parameters)
+    handlers = [] if deepspeed else [DistributedDataParallelKwargs()]
     cuda = torch.cuda.is_available()
     if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a launcher started several CPU processes
         handlers.append(InitProcessGroupKwargs(backend="gloo"))

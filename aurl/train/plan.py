@@ -40,8 +40,9 @@ for the backward pass plus the transients at the start of the backward pass, in 
   disc_d_model with feed-forward 4 x disc_d_model. (The discriminator phase runs after the generator phase has
   freed its activations and holds less: a no-grad generator forward and the discriminator's blocks.)
 Activation memory = B x T x (sum of the above) + the bf16 weight copies. Checked against a measured CPU peak
-(tests/test_plan.py) in fp32 and bf16. The model has no activation checkpointing, so there is no "with
-checkpointing" figure.
+(tests/test_plan.py) in fp32 and bf16. With train.activation_checkpointing the figure stays the one without it
+(an upper bound, said so in the plan): what checkpointing saves is measured by bench/bench_memory.py, not
+modelled here.
 
 ETA = total steps x tokens per step / (recorded tokens/s x N / recorded processes): linear scaling in GPUs (an
 assumption, optimistic across nodes); the recorded rate counts real tokens and a step counts full windows, so
@@ -207,7 +208,10 @@ def stage_report(stage: int, cfg: StageConfig, gpus: int, gpu_mem_gib: float, ca
              f"  parameters: generator {counts.generator:,} (encoder {counts.encoder:,}), discriminator "
              f"{counts.discriminator:,}; largest module {counts.largest_module:,}"]
     act = activation_bytes(cfg)
-    lines.append(f"  activations per micro-batch: {_gib(act)} (no activation checkpointing in this model); "
+    ckpt = ("train.activation_checkpointing is on: this figure is without it, an upper bound; "
+            "bench/bench_memory.py measures both" if cfg.train.activation_checkpointing
+            else "train.activation_checkpointing off")
+    lines.append(f"  activations per micro-batch: {_gib(act)} ({ckpt}); "
                  f"verdicts against {HEADROOM:.0%} of {gpu_mem_gib:g} GiB")
     budget = HEADROOM * gpu_mem_gib * GiB
     for mode, s in model_states(counts, gpus, bf16).items():

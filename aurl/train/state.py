@@ -12,7 +12,8 @@ and a resume with another value is refused, naming the key and both values (trai
 train.max_steps set the cosine schedule's length; lr, warmup, batch, accumulation, seq_len, seed, model,
 augmentation, patience and validation likewise change the run). What may change (RESUME_FREE_KEYS): where the
 data and cache live (the data fingerprint still guards their content), DataLoader workers, the SLURM stop
-margin, and the logging, checkpoint and eval sections (output, when commits happen, the stage-end report).
+margin, train.compile and train.activation_checkpointing (how, not what, it computes: the same function up to
+float rounding), and the logging, checkpoint and eval sections (output, when commits happen, the stage-end report).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ RESUME_KEYS = ("world_size", "micro_batch", "grad_accum", "seed", "data_fingerpr
 LAYOUT_KEYS = ("zero_stage",)
 # config keys (a whole section by its name) a resume may change: they do not change what the run computes
 RESUME_FREE_KEYS = ("data.data_dir", "data.cache_dir", "data.num_workers", "train.stop_margin_s",
-                    "logging", "checkpoint", "eval")
+                    "train.compile", "train.activation_checkpointing", "logging", "checkpoint", "eval")
 # replaced by a stage's recorded settings, which name the key that differs
 NAMED_BY_SETTINGS = ("config_hash",)
 

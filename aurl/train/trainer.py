@@ -35,6 +35,7 @@ from aurl.rundir import RunDir
 from aurl.train import checkpoint as ckpt
 from aurl.train import resume
 from aurl.train import state as st
+from aurl.train.distributed import apply_speed_options
 from aurl.train.engine import Engine
 from aurl.train.preemption import StopFlag
 from aurl.train.schedule import lr_at, set_lr
@@ -157,6 +158,8 @@ class StageTrainer:
             print0(f"[stage {self.stage}] starting from {self.init_from}: {report.summary()}")
         opt_g = _adamw(model.generator_parameters(), o.lr, o)
         opt_d = _adamw(model.discriminator_parameters(), o.disc_lr, o) if self.cfg.model.is_gan else None
+        # DDP's unused-parameter search, activation checkpointing, compile: on the bare model, before prepare
+        apply_speed_options(model, self.cfg.train, self.accelerator)
         self.engine = Engine.prepare(self.accelerator, model, opt_g, opt_d, self.cfg)
 
     # ----------------------------------------------------------------------------------------------- resume
