@@ -166,6 +166,33 @@ def test_discriminator_step_reports_accuracy_on_real_and_fake():
     assert float(m["d/acc_real"]) == 1.0 and float(m["d/acc_fake"]) == 0.0 and float(m["d/acc"]) == 0.5
 
 
+def test_validation_discriminator_accuracy_is_on_the_decoders_fakes():
+    """Validation's d/acc_fake scores D on the fakes (samples of the decoder's next-token distributions), not
+    on the real windows again. D here says "real" exactly when most of a window is token R (its blocks add
+    nothing: D = the final norm of the embeddings, +e for R and -e for any other token, mean-pooled, read
+    along e); the windows are all R and the fresh decoder samples other tokens: D is right on all 4 real
+    windows and all 4 fakes, which no constant D can be."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny()).eval()
+    R = vocab.NOTE_ON_OFFSET + 40
+    with torch.no_grad():
+        for block in model.disc.stack.blocks:
+            block.attn.o.weight.zero_()
+            block.mlp.down.weight.zero_()
+        e = torch.zeros(32)
+        e[0] = 1.0
+        model.disc.emb.weight.copy_(-e.expand_as(model.disc.emb.weight))
+        model.disc.emb.weight[R] = e
+        model.disc.head.weight.zero_()
+        model.disc.head.weight[0, 0] = 1.0
+        model.disc.head.bias.zero_()
+        ids = torch.full((4, 30), R)
+        sums = model(ids, ids != PAD, phase="validate").metrics
+    assert float(sums["windows"]) == 4
+    f = figures(sums, 0.01)
+    assert f["d/acc_real"] == 1.0 and f["d/acc_fake"] == 1.0, f
+
+
 @pytest.fixture(scope="module")
 def vae_stage(tmp_path_factory):
     """A real tiny stage 3 (vae_gan, 2 epochs, every validation window scored) through python -m aurl.train."""
