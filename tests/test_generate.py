@@ -191,3 +191,51 @@ def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(c
         assert errors.pop("unclosed_notes") >= 0 and sum(errors.values()) == 0, errors
     assert main(["--checkpoint", str(path), "--length", "60", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     assert "context: at most 24 tokens" in capsys.readouterr().out
+
+
+def test_the_cli_generates_within_the_trained_window(tmp_path):
+    """python -m aurl.generate hands generate() the window the model file records: its file is the one
+    generate() gives at context 24, which differs from the one at the model's max_seq_len 64 (the decoder's
+    weights drawn at std 1, so what it is fed shows in what it draws: measured, 21 of the 80 tokens differ)."""
+    from aurl.generate import tokens_to_midi
+    from aurl.model.checkpoint import load_model_file
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=1.0)
+        model.tok_emb.weight.mul_(3)
+    path = save_model_file(tmp_path / "w24.pt", model, tiny("transformer"), {}, {}, seq_len=24)
+    model, _, _ = load_model_file(path)
+    assert main(["--checkpoint", str(path), "--length", "80", "--seed", "3", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 0
+    (got,) = (tmp_path / "o").glob("*.mid")
+    for context in (24, 64):
+        row = generate(model, torch.full((1, 1), START_ID), 80, generator=make_generator(3), context=context)[0]
+        tokens_to_midi(row.tolist(), tmp_path / f"context{context}.mid")
+    assert got.read_bytes() == (tmp_path / "context24.mid").read_bytes() != (tmp_path / "context64.mid").read_bytes()
+
+
+def test_a_long_prompt_is_fed_as_its_end_behind_its_state():
+    """A prompt longer than half the context is fed as its last tokens behind the state prefix (aurl.grammar):
+    at most half the context, ending as the prompt ends, and no NOTE_OFF whose NOTE_ON was cut away."""
+    import numpy as np
+    from midi_factory import random_score
+
+    from aurl import vocab
+    from aurl.generate import model_prompt
+
+    compared = with_prefix = 0
+    for seed in range(8):
+        prompt = vocab.encode(random_score(seed, n_notes=60, n_programs=2)).astype(np.int64)
+        prompt = prompt[prompt != vocab.END_ID]
+        fed = model_prompt(prompt, 64)
+        assert 8 <= len(fed) <= 32 < len(prompt), (seed, len(fed))
+        np.testing.assert_array_equal(fed[-8:], prompt[-8:])
+        errors = vocab.grammar_errors(fed)
+        assert errors["note_off_without_on"] == errors["duplicate_note_on"] == 0, (seed, errors)
+        with_prefix += vocab.token_kind(int(fed[0])) == "tempo"  # the state prefix opens with the tempo
+        compared += 1
+    assert compared == 8 and with_prefix == 8
