@@ -193,6 +193,26 @@ def test_validation_discriminator_accuracy_is_on_the_decoders_fakes():
     assert f["d/acc_real"] == 1.0 and f["d/acc_fake"] == 1.0, f
 
 
+@pytest.mark.parametrize("mode", ["vae", "vae_gan"])
+def test_word_dropout_acts_in_training_of_both_vae_modes(mode):
+    """model.word_dropout zeroes a share of the decoder's input embeddings in training, in vae and vae_gan
+    alike: twins with the very same weights that differ only in it reconstruct differently in training (the
+    same seed, so the same z), and exactly alike in eval."""
+    twins = []
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        twins.append(MusicTransformerVAEGAN(tiny(mode, word_dropout=p)))
+    twins[1].load_state_dict(twins[0].state_dict())
+    ids = real_windows(3, 40)
+    recon = {}
+    for train in (True, False):
+        for i, m in enumerate(twins):
+            torch.manual_seed(1)
+            with torch.no_grad():
+                recon[train, i] = float(m.train(train)(ids, ids != PAD).metrics["recon"])
+    assert recon[True, 0] != recon[True, 1] and recon[False, 0] == recon[False, 1], recon
+
+
 @pytest.fixture(scope="module")
 def vae_stage(tmp_path_factory):
     """A real tiny stage 3 (vae_gan, 2 epochs, every validation window scored) through python -m aurl.train."""
