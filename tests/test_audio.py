@@ -94,6 +94,24 @@ def test_evaluation_renders_every_sample_and_reference_excerpts(synth, tiny_run,
     assert r["timings"]["listening_s"] > 0
 
 
+def test_evaluation_cuts_every_file_at_its_cap(synth, tiny_run, tmp_path, monkeypatch):
+    """Evaluation caps each WAV at EVAL_MAX_SECONDS (lowered here to 0.5 s): a file whose MIDI lasts longer
+    than the cap plus the release tail is exactly 0.5 s long, not 0.5 s plus the tail, nor the whole MIDI.
+    Measured MIDI lengths here: sample 52 s, reference excerpts 1.25 s, 2.0 s and 1.75 s: 3 files capped."""
+    monkeypatch.setattr(audio, "EVAL_MAX_SECONDS", 0.5)
+    cfg = EvalConfig(num_samples=1, length=24, seed=1, max_val_tokens=100, pictures=False)
+    r = evaluate_checkpoint(tiny_run / "checkpoints" / "best_model.pt", tiny_run / "cache", cfg, out_dir=tmp_path)
+    wavs = r["listening"]["samples"] + [e["audio"] for e in r["listening"]["reference"]]
+    midis = r["samples"]["files"] + [e["midi"] for e in r["listening"]["reference"]]
+    capped = 0
+    for midi, wav in zip(midis, wavs, strict=True):
+        x, rate = audio.read_wav(wav)
+        if audio.midi_seconds(midi) > 0.5 + audio.TAIL_SECONDS:  # uncut, it would be longer than cap + tail
+            assert len(x) == rate // 2, (wav, len(x) / rate)
+            capped += 1
+    assert capped == 3, capped
+
+
 def test_without_a_synthesizer_evaluation_warns_once_and_goes_on(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AURL_FLUIDSYNTH", str(tmp_path / "no-such-fluidsynth"))
     monkeypatch.setattr(audio, "_warned", set())

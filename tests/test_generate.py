@@ -191,3 +191,78 @@ def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(c
         assert errors.pop("unclosed_notes") >= 0 and sum(errors.values()) == 0, errors
     assert main(["--checkpoint", str(path), "--length", "60", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     assert "context: at most 24 tokens" in capsys.readouterr().out
+
+
+def test_the_cli_generates_within_the_trained_window(tmp_path):
+    """python -m aurl.generate hands generate() the window the model file records: its file is the one
+    generate() gives at context 24, which differs from the one at the model's max_seq_len 64 (the decoder's
+    weights drawn at std 1, so what it is fed shows in what it draws: measured, 21 of the 80 tokens differ)."""
+    from aurl.generate import tokens_to_midi
+    from aurl.model.checkpoint import load_model_file
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=1.0)
+        model.tok_emb.weight.mul_(3)
+    path = save_model_file(tmp_path / "w24.pt", model, tiny("transformer"), {}, {}, seq_len=24)
+    model, _, _ = load_model_file(path)
+    assert main(["--checkpoint", str(path), "--length", "80", "--seed", "3", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 0
+    (got,) = (tmp_path / "o").glob("*.mid")
+    for context in (24, 64):
+        row = generate(model, torch.full((1, 1), START_ID), 80, generator=make_generator(3), context=context)[0]
+        tokens_to_midi(row.tolist(), tmp_path / f"context{context}.mid")
+    assert got.read_bytes() == (tmp_path / "context24.mid").read_bytes() != (tmp_path / "context64.mid").read_bytes()
+
+
+def test_a_long_prompt_is_fed_as_its_end_behind_its_state():
+    """A prompt longer than half the context is fed as its last tokens behind the state prefix (aurl.grammar):
+    at most half the context, ending as the prompt ends, and no NOTE_OFF whose NOTE_ON was cut away."""
+    import numpy as np
+    from midi_factory import random_score
+
+    from aurl import vocab
+    from aurl.generate import model_prompt
+
+    compared = with_prefix = 0
+    for seed in range(8):
+        prompt = vocab.encode(random_score(seed, n_notes=60, n_programs=2)).astype(np.int64)
+        prompt = prompt[prompt != vocab.END_ID]
+        fed = model_prompt(prompt, 64)
+        assert 8 <= len(fed) <= 32 < len(prompt), (seed, len(fed))
+        np.testing.assert_array_equal(fed[-8:], prompt[-8:])
+        errors = vocab.grammar_errors(fed)
+        assert errors["note_off_without_on"] == errors["duplicate_note_on"] == 0, (seed, errors)
+        with_prefix += vocab.token_kind(int(fed[0])) == "tempo"  # the state prefix opens with the tempo
+        compared += 1
+    assert compared == 8 and with_prefix == 8
+
+
+def test_the_latent_modes_read_their_sources(tmp_path):
+    """--mode posterior samples around the source's posterior: another source, other files at the same seed.
+    --mode interpolate ends at the second source's mean: with the second source replaced by the first, the
+    last file differs. The encoder is made to tell pieces apart (a fresh one gives every piece mu ~ 0 and
+    sigma ~ 1, so z would be the seed's noise whatever the source) and the decoder to read z."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae_gan"))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.to_mu.weight, std=1.0)
+        model.to_logvar.bias.fill_(-8.0)  # sigma ~ 0.02: z ~ mu
+        torch.nn.init.normal_(model.latent_proj.weight, std=1.0)
+    path = save_model_file(tmp_path / "vae_gan.pt", model, tiny("vae_gan"), {}, {})
+    a = write_simple_midi(tmp_path / "a.mid", seed=0)
+    b = write_simple_midi(tmp_path / "b.mid", seed=1)
+
+    def files(mode, *sources):
+        out = tmp_path / f"{mode}-{'-'.join(s.stem for s in sources)}"
+        assert main(["--checkpoint", str(path), "--mode", mode, "--num", "3", "--length", "40",
+                     "--seed", "2", "--out", str(out), "--device", "cpu", "--source", *map(str, sources)]) == 0
+        return [p.read_bytes() for p in sorted(out.glob("*.mid"))]
+
+    from_a, from_b = files("posterior", a), files("posterior", b)
+    assert len(from_a) == len(from_b) == 3 and from_a != from_b
+    a_to_b, a_to_a = files("interpolate", a, b), files("interpolate", a, a)
+    assert len(a_to_b) == len(a_to_a) == 3 and a_to_b[-1] != a_to_a[-1]

@@ -199,7 +199,7 @@ def test_cli_bad_values(capsys, tmp_path, args, needle):
 
 def test_steps_per_epoch_on_a_cache(capsys, tmp_path):
     """On a built cache, steps per epoch = train windows // GPUs // micro-batch // accumulation, counted here
-    from the manifest's piece lengths."""
+    from the manifest's piece lengths (accumulation 2, so each of the three divisors is one that matters)."""
     from aurl.data.cache import TokenCache, build
 
     data = tmp_path / "midi"
@@ -207,12 +207,12 @@ def test_steps_per_epoch_on_a_cache(capsys, tmp_path):
         write_simple_midi(data / f"p{i:02d}.mid", seed=i, n_notes=60 + 10 * i)
     build(data, tmp_path / "cache", val_fraction=0.1, workers=1, progress=False)
     pieces = TokenCache.open(tmp_path / "cache").train_pieces
-    seq_len, batch, gpus = 32, 2, 2
+    seq_len, batch, gpus, accum = 32, 2, 2, 2
     windows = sum(max(1, -(-p["length"] // seq_len)) for p in pieces)
-    expected = windows // gpus // batch // 1
-    assert expected >= 2
+    expected = windows // gpus // batch // accum
+    assert expected >= 2 and expected != windows // gpus // batch  # accumulation changes the count
     code, out, _ = run_plan(capsys, "--gpus", str(gpus), f"data.cache_dir={tmp_path / 'cache'}",
-                            f"data.seq_len={seq_len}", f"data.batch_size={batch}", "optim.grad_accum=1",
+                            f"data.seq_len={seq_len}", f"data.batch_size={batch}", f"optim.grad_accum={accum}",
                             "--output-dir", str(tmp_path / "o"))
     assert code == 0
     lines = [line for line in out.splitlines() if "steps per epoch:" in line]
@@ -226,7 +226,8 @@ def test_steps_per_epoch_on_a_cache(capsys, tmp_path):
 
 def test_eta_from_recorded_tokens_per_s(capsys, tmp_path):
     """Quickstart stage 1 stops at max_steps 300 of 16 x 256 tokens: at 8,192 tokens/s recorded on one
-    process, 300 steps take 150 s, at any --gpus (linear scaling). No state file: no ETA."""
+    process, 300 steps take 150 s, at any --gpus (linear scaling). The same 8,192 tokens/s recorded on two
+    processes is 4,096 per GPU: 300 s, at any --gpus. No state file: no ETA."""
     out_dir = tmp_path / "o"
     code, out, _ = run_plan(capsys, "--output-dir", str(out_dir))
     assert code == 0 and out.count("ETA: - (no tokens/s recorded") == 3
@@ -244,3 +245,9 @@ def test_eta_from_recorded_tokens_per_s(capsys, tmp_path):
         assert eta[1].startswith("  ETA: - ") and eta[2].startswith("  ETA: - ")
     code, out, _ = run_plan(capsys, "--output-dir", str(out_dir), "--stage", "1")  # --stage narrows the plan
     assert code == 0 and out.count("ETA: ") == 1 and "stage 2:" not in out, out
+    state["stages"]["1"]["world_size"] = 2  # the rate was the sum over two processes
+    st.write_state(out_dir, state)
+    for gpus in ("1", "4"):
+        code, out, _ = run_plan(capsys, "--output-dir", str(out_dir), "--gpus", gpus, "--stage", "1")
+        eta = [line for line in out.splitlines() if "ETA:" in line]
+        assert code == 0 and len(eta) == 1 and eta[0].startswith("  ETA: 5 min 00 s for 300 steps"), (gpus, eta)

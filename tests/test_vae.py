@@ -166,6 +166,53 @@ def test_discriminator_step_reports_accuracy_on_real_and_fake():
     assert float(m["d/acc_real"]) == 1.0 and float(m["d/acc_fake"]) == 0.0 and float(m["d/acc"]) == 0.5
 
 
+def test_validation_discriminator_accuracy_is_on_the_decoders_fakes():
+    """Validation's d/acc_fake scores D on the fakes (samples of the decoder's next-token distributions), not
+    on the real windows again. D here says "real" exactly when most of a window is token R (its blocks add
+    nothing: D = the final norm of the embeddings, +e for R and -e for any other token, mean-pooled, read
+    along e); the windows are all R and the fresh decoder samples other tokens: D is right on all 4 real
+    windows and all 4 fakes, which no constant D can be."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny()).eval()
+    R = vocab.NOTE_ON_OFFSET + 40
+    with torch.no_grad():
+        for block in model.disc.stack.blocks:
+            block.attn.o.weight.zero_()
+            block.mlp.down.weight.zero_()
+        e = torch.zeros(32)
+        e[0] = 1.0
+        model.disc.emb.weight.copy_(-e.expand_as(model.disc.emb.weight))
+        model.disc.emb.weight[R] = e
+        model.disc.head.weight.zero_()
+        model.disc.head.weight[0, 0] = 1.0
+        model.disc.head.bias.zero_()
+        ids = torch.full((4, 30), R)
+        sums = model(ids, ids != PAD, phase="validate").metrics
+    assert float(sums["windows"]) == 4
+    f = figures(sums, 0.01)
+    assert f["d/acc_real"] == 1.0 and f["d/acc_fake"] == 1.0, f
+
+
+@pytest.mark.parametrize("mode", ["vae", "vae_gan"])
+def test_word_dropout_acts_in_training_of_both_vae_modes(mode):
+    """model.word_dropout zeroes a share of the decoder's input embeddings in training, in vae and vae_gan
+    alike: twins with the very same weights that differ only in it reconstruct differently in training (the
+    same seed, so the same z), and exactly alike in eval."""
+    twins = []
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        twins.append(MusicTransformerVAEGAN(tiny(mode, word_dropout=p)))
+    twins[1].load_state_dict(twins[0].state_dict())
+    ids = real_windows(3, 40)
+    recon = {}
+    for train in (True, False):
+        for i, m in enumerate(twins):
+            torch.manual_seed(1)
+            with torch.no_grad():
+                recon[train, i] = float(m.train(train)(ids, ids != PAD).metrics["recon"])
+    assert recon[True, 0] != recon[True, 1] and recon[False, 0] == recon[False, 1], recon
+
+
 @pytest.fixture(scope="module")
 def vae_stage(tmp_path_factory):
     """A real tiny stage 3 (vae_gan, 2 epochs, every validation window scored) through python -m aurl.train."""
