@@ -9,9 +9,10 @@ al. 2020, "Neural text generation with unlikelihood training") adds, per scored 
     -log(1 - P_illegal)
 
 where P_illegal is the model's total probability of the tokens the grammar forbids there. The set is exact,
-computed from the window's own tokens by the grammar's rule (aurl.model.sounding: the pitches sounding before
-each target): a NOTE_ON of a sounding pitch, a NOTE_OFF of a silent one, END while a note sounds, and
-PAD / START / UNK (never legal inside a piece). The term is zero when the model puts no mass there, so it does
+computed from the window's own tokens by the grammar's rule in its (instrument, pitch) scope
+(aurl.model.sounding.scoped_states: the state before each target): a NOTE_ON of a pitch sounding on the
+instrument in force, a NOTE_OFF of a pitch silent on it, END while any note sounds, and PAD / START / UNK
+(never legal inside a piece). The term is zero when the model puts no mass there, so it does
 not fight the likelihood of real data; its gradient only moves mass off forbidden tokens.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from aurl.model.sounding import sounding_states
+from aurl.model.sounding import scoped_states
 from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES, PAD_ID, START_ID, UNK_ID, VOCAB_SIZE
 
 _ALWAYS_ILLEGAL = (PAD_ID, START_ID, UNK_ID)
@@ -29,11 +30,11 @@ def illegal_mask(inputs: torch.Tensor) -> torch.Tensor:
     """[B, T] input ids -> [B, T, 774-wide] bool: the tokens the grammar forbids as the NEXT token after each
     input position (the state after inputs[:, :t+1]; a window carries its state as a prefix, so the window's
     own tokens give the whole state)."""
-    sounding = sounding_states(inputs)  # [B, T, 88]: pitches sounding after each input token
+    here, anything, _ = scoped_states(inputs)  # pitches sounding on the instrument in force; any note at all
     mask = torch.zeros(*inputs.shape, VOCAB_SIZE, dtype=torch.bool, device=inputs.device)
-    mask[..., NOTE_ON_OFFSET:NOTE_ON_OFFSET + NUM_PITCHES] = sounding
-    mask[..., NOTE_OFF_OFFSET:NOTE_OFF_OFFSET + NUM_PITCHES] = ~sounding
-    mask[..., END_ID] = sounding.any(-1)
+    mask[..., NOTE_ON_OFFSET:NOTE_ON_OFFSET + NUM_PITCHES] = here
+    mask[..., NOTE_OFF_OFFSET:NOTE_OFF_OFFSET + NUM_PITCHES] = ~here
+    mask[..., END_ID] = anything
     mask[..., list(_ALWAYS_ILLEGAL)] = True
     return mask
 
