@@ -77,29 +77,33 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
     L = min(int(context or cfg.max_seq_len), cfg.max_seq_len)
     keep = L - max(1, L // 4)
     win = 0 if n <= L else n - keep  # the context is seq[:, win:n]
-    cache = model.new_cache(B, L) if use_cache else None
+    # one slot more than the window ever holds: a slice of the cache is then never the whole buffer, which a
+    # compiled step would otherwise specialise a third graph for
+    cache = model.new_cache(B, L + 1) if use_cache else None
     # the pitches sounding before the context window (model.sounding_embedding: a window that slides past a
     # NOTE_ON still sees the note sounding); the cache carries the state on from there
     before = _sounding(seq[:, :win])
-    logits = model.decode(seq[:, win:n], z, cache, sounding=before)[:, -1]
+    logits = model.decode(seq[:, win:n], z, cache, sounding=before)[:, -1].clone()
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     step = Stepper(model, z, GrammarMask(prompt, grammar, stop_at_end), finished, temperature, top_k, top_p,
                    compile=compile and use_cache)
     for _ in range(max_new_tokens):
         noise = exp_noise(B, logits.shape[-1], generator, device) if temperature > 0 else None
-        tok = step.pick(logits, noise)
+        restart = n + 1 - win > L  # the window is full after this token: the oldest quarter drops out
+        if use_cache and not restart:
+            tok, logits = step.step(logits, noise, cache)
+        else:
+            tok = step.pick(logits, noise)
         seq[:, n] = tok
         n += 1
         if stop_at_end and bool(finished.all()):
             break
-        if n - win > L:  # the window is full: the oldest quarter drops out
+        if restart:
             win = n - keep
             before = _sounding(seq[:, :win])
             if use_cache:
-                cache = model.new_cache(B, L)
-                logits = model.decode(seq[:, win:n], z, cache, sounding=before)[:, -1]
-        elif use_cache:
-            logits = step.advance(tok, cache)
+                cache = model.new_cache(B, L + 1)
+                logits = model.decode(seq[:, win:n], z, cache, sounding=before)[:, -1].clone()
         if not use_cache:
             logits = model.decode(seq[:, win:n], z, sounding=before)[:, -1]
     model.train(was_training)
@@ -126,7 +130,9 @@ class GrammarMask:
     def __init__(self, prompt: torch.Tensor, grammar: bool, stop_at_end: bool):
         banned = [PAD_ID, START_ID, UNK_ID] + ([] if stop_at_end else [END_ID])
         self.banned = torch.tensor(banned, dtype=torch.long, device=prompt.device)
-        self.state = _sounding(prompt) if grammar else None
+        # its own storage (not a view of the prompt's states): updated in place, and a compiled step's
+        # guards then do not depend on the prompt's length
+        self.state = _sounding(prompt).clone(memory_format=torch.contiguous_format) if grammar else None
 
     def apply(self, logits: torch.Tensor) -> None:
         """-inf (in place) on every token the rows may not draw next."""

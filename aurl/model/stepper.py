@@ -55,25 +55,28 @@ def exp_noise(batch: int, vocab: int, generator: torch.Generator | None, device)
 
 
 class Stepper:
-    """pick / advance for one generate() call (see the module docstring), compiled or eager.
+    """The per-token work of one generate() call (see the module docstring), compiled or eager.
 
-    grammar: the sampler's GrammarMask (apply(logits) in place, update(token)); finished [B] bool, updated
-    in place: rows that drew END (stop_at_end) get PAD from then on.
+    pick(logits, noise) -> token [B]; step(logits, noise, cache) -> (token, the next logits [B, V]) is pick
+    then the cached decode of that token, one compiled graph (one dispatch per token). grammar: the
+    sampler's GrammarMask (apply(logits) in place, update(token)); finished [B] bool, updated in place: rows
+    that drew END (stop_at_end) get PAD from then on.
     """
 
     def __init__(self, model, z, grammar, finished: torch.Tensor, temperature: float, top_k: int,
                  top_p: float, compile: bool = False):
-        self.model, self.grammar, self.finished = model, grammar, finished
+        self.model, self.z, self.grammar, self.finished = model, z, grammar, finished
         self.sampling = (temperature, top_k, top_p)
-        self.z = z
-        self.pick = self._pick
-        self.advance = self._advance
+        self.step = self._step
         if compile:
-            # dynamic: the cache length grows by one per token; one graph serves every length
-            self.pick = torch.compile(self._pick, dynamic=False)
-            self.advance = torch.compile(self._advance, dynamic=True)
+            # automatic dynamic shapes: the first graph is for one cache length, the second (compiled at the
+            # second token) takes the length as a symbol and serves every later length. On CPU the
+            # C++ wrapper calls the graph's kernels without a Python line per kernel (1.6x fewer ms per
+            # token than the Python wrapper, bench/RESULTS.md)
+            cpu = model.tok_emb.weight.device.type == "cpu"
+            self.step = torch.compile(self._step, options={"cpp_wrapper": True} if cpu else None)
 
-    def _pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         self.grammar.apply(logits)
         tok = draw(logits, *self.sampling, noise)
         tok = torch.where(self.finished, torch.full_like(tok, PAD_ID), tok)
@@ -81,5 +84,7 @@ class Stepper:
         self.grammar.update(tok)
         return tok
 
-    def _advance(self, tok: torch.Tensor, cache) -> torch.Tensor:
-        return self.model.decode(tok[:, None], self.z, cache)[:, -1]
+    def _step(self, logits: torch.Tensor, noise: torch.Tensor | None, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.pick(logits, noise)
+        # a fresh tensor, not a view: a view's base would be guarded too (one more graph)
+        return tok, self.model.decode(tok[:, None], self.z, cache)[:, -1].clone()
