@@ -16,7 +16,7 @@ def test_draw_is_torch_multinomial_with_the_same_generator():
     leaves the generator where multinomial leaves it (so later draws agree too)."""
     g = torch.Generator().manual_seed(0)
     compared = 0
-    for trial in range(60):
+    for trial in range(24):
         logits = torch.randn(3, VOCAB_SIZE, generator=g) * (1 + trial % 5)
         logits[:, : trial % 7] = float("-inf")
         temperature, top_k, top_p = (0.7, 1.0, 1.3)[trial % 3], (0, 5, 50)[trial % 3], (1.0, 0.9, 0.5)[trial % 3]
@@ -27,7 +27,7 @@ def test_draw_is_torch_multinomial_with_the_same_generator():
             assert torch.equal(ref, got)
             compared += ref.numel()
         assert torch.equal(torch.rand(4, generator=ref_gen), torch.rand(4, generator=gen))
-    assert compared == 60 * 4 * 3
+    assert compared == 24 * 4 * 3
 
 
 def test_fast_decoding_gives_the_tokens_of_the_full_recompute_path():
