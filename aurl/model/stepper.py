@@ -14,7 +14,10 @@ The draw is torch.multinomial's own algorithm for one sample, made explicit: mul
 argmax(p / q) with q ~ Exp(1) drawn by ``exponential_`` on the same generator (ATen's fast path for
 n_sample == 1), so the noise is drawn eagerly (one op, the generator stays outside the graph) and the
 tokens are those torch.multinomial draws at the same seed. No step reads a tensor back to Python (no
-``.item()``, no device sync), so on CUDA the compiled step can run as CUDA graphs.
+``.item()``, no device sync; only stop_at_end checks once per token whether every row ended). Not done yet:
+CUDA graphs on GPU (torch.compile's "reduce-overhead"): they need fixed shapes, i.e. attention over the whole
+pre-allocated cache with a position mask instead of the growing slice the CPU path reads; on CUDA the step is
+compiled as on CPU, without the C++ wrapper and untested on a GPU.
 """
 
 from __future__ import annotations
