@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", action="store_true",
                    help="also render each file to WAV beside it (FluidSynth; see aurl.evaluate.audio)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:i]")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token step: the same files, several times more tokens/s at "
+                        "batch 1, after a one-off compilation (seconds to minutes on CPU; pays off for long --length)")
     return p
 
 
@@ -160,7 +163,7 @@ def run(args) -> list[Path]:
     prompts = torch.from_numpy(fed).unsqueeze(0).expand(args.num, -1)
     new = generate(model, prompts, args.length, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, generator=gen, z=z, stop_at_end=args.stop_at_end,
-                   grammar=not args.no_grammar, context=context).cpu()[:, len(fed):]
+                   grammar=not args.no_grammar, context=context, compile=args.compile).cpu()[:, len(fed):]
     tokens = torch.cat([torch.from_numpy(prompt).unsqueeze(0).expand(args.num, -1), new], dim=1)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.checkpoint).stem

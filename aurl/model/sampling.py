@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from aurl.console import UserError
 from aurl.model.sounding import sounding_states
+from aurl.model.stepper import Stepper, exp_noise, filter_logits
 from aurl.vocab import (
     DEFAULT_FAMILY,
     DRUM_FAMILY,
@@ -54,20 +55,6 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return g
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Scaled, top-k / nucleus-filtered logits [B, V] (float32; removed entries are -inf)."""
-    x = logits.float() / max(temperature, 1e-8)
-    if top_k and top_k < x.shape[-1]:
-        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_x, idx = torch.sort(x, dim=-1, descending=True)
-        probs = F.softmax(sorted_x, dim=-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
-        x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
-    return x
-
-
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: torch.Generator | None) -> torch.Tensor:
     """One token per row [B]; temperature 0 = greedy."""
@@ -81,58 +68,60 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: torch.Generator | None = None, z: torch.Tensor | None = None,
              use_cache: bool = True, stop_at_end: bool = False, grammar: bool = True,
-             context: int | None = None) -> torch.Tensor:
+             context: int | None = None, compile: bool = False) -> torch.Tensor:
     """prompt [B, T0] (T0 >= 1, e.g. START) -> [B, T0 + max_new_tokens] tokens.
 
     In vae modes z [B, latent_dim] conditions the decoder (None = a prior sample drawn from `generator`).
     grammar: constrain each draw to the tokens that keep the row grammatical (see the module docstring).
     context: the most tokens the model sees at once (None = max_seq_len); see the module docstring.
+    compile: torch.compile the one-token step (aurl.model.stepper; with the cache only): the same tokens,
+    several times faster per token at batch 1, after a one-off compilation (seconds to minutes on CPU).
     """
     cfg = model.cfg
     was_training = model.training
     model.eval()
     device = model.tok_emb.weight.device
-    seq = prompt.to(device=device, dtype=torch.long)
-    B = seq.shape[0]
-    assert seq.shape[1] >= 1, "the prompt needs at least one token (START)"
+    prompt = prompt.to(device=device, dtype=torch.long)
+    B, T0 = prompt.shape
+    assert T0 >= 1, "the prompt needs at least one token (START)"
     if cfg.is_vae and z is None:
         z = sample_prior(model, B, generator)
-    banned = [PAD_ID, START_ID, UNK_ID] + ([] if stop_at_end else [END_ID])
+    # the whole output, allocated once: each step writes one column (no growing copy of the sequence)
+    seq = torch.full((B, T0 + max_new_tokens), PAD_ID, dtype=torch.long, device=device)
+    seq[:, :T0] = prompt
+    n = T0  # tokens so far
     L = min(int(context or cfg.max_seq_len), cfg.max_seq_len)
     keep = L - max(1, L // 4)
-    win = 0 if seq.shape[1] <= L else seq.shape[1] - keep  # the context is seq[:, win:]
-    cache = model.new_cache(B, L) if use_cache else None
+    win = 0 if n <= L else n - keep  # the context is seq[:, win:n]
+    # one slot more than the window ever holds: a slice of the cache is then never the whole buffer, which a
+    # compiled step would otherwise specialise a third graph for
+    cache = model.new_cache(B, L + 1) if use_cache else None
     # the pitches sounding before the context window (model.sounding_embedding: a window that slides past a
     # NOTE_ON still sees the note sounding); the cache carries the state on from there
     before = _sounding(seq[:, :win])
-    logits = model.decode(seq[:, win:], z, cache, sounding=before)[:, -1]
+    logits = model.decode(seq[:, win:n], z, cache, sounding=before)[:, -1].clone()
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    sounding = _grammar_state(seq) if grammar else None
+    step = Stepper(model, z, GrammarMask(prompt, grammar, stop_at_end), finished, temperature, top_k, top_p,
+                   compile=compile and use_cache)
     for _ in range(max_new_tokens):
-        logits[:, banned] = float("-inf")
-        if grammar:
-            _mask_ungrammatical(logits, sounding)
-        tok = sample_next(logits, temperature, top_k, top_p, generator)
-        tok = torch.where(finished, torch.full_like(tok, PAD_ID), tok)
-        finished |= tok == END_ID
-        if grammar:
-            _track(sounding, tok)
-        seq = torch.cat([seq, tok[:, None]], dim=1)
-        if finished.all():
+        noise = exp_noise(B, logits.shape[-1], generator, device) if temperature > 0 else None
+        restart = n + 1 - win > L  # the window is full after this token: the oldest quarter drops out
+        if use_cache and not restart:
+            tok, logits = step.step(logits, noise, cache)
+        else:
+            tok = step.pick(logits, noise)
+        seq[:, n] = tok
+        n += 1
+        if stop_at_end and bool(finished.all()):
             break
-        if seq.shape[1] - win > L:  # the window is full: the oldest quarter drops out
-            win = seq.shape[1] - keep
+        if restart:
+            win = n - keep
             before = _sounding(seq[:, :win])
             if use_cache:
-                cache = model.new_cache(B, L)
-                logits = model.decode(seq[:, win:], z, cache, sounding=before)[:, -1]
-        elif use_cache:
-            logits = model.decode(seq[:, -1:], z, cache)[:, -1]
+                cache = model.new_cache(B, L + 1)
+                logits = model.decode(seq[:, win:n], z, cache, sounding=before)[:, -1].clone()
         if not use_cache:
-            logits = model.decode(seq[:, win:], z, sounding=before)[:, -1]
-    pad = prompt.shape[1] + max_new_tokens - seq.shape[1]
-    if pad > 0:
-        seq = F.pad(seq, (0, pad), value=PAD_ID)
+            logits = model.decode(seq[:, win:n], z, sounding=before)[:, -1]
     model.train(was_training)
     return seq
 
@@ -144,6 +133,36 @@ def context_note(context: int, max_seq_len: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Grammar constraint: the sampler's one seam (GrammarMask), then the rules it calls
+class GrammarMask:
+    """The tokens each row may draw next. The sampler calls only apply(logits) before a draw and update(tok)
+    after it; the rules live in _grammar_state / _track / _mask_ungrammatical below.
+
+    Per batch row, the state (tensors) is computed once from the prompt and then updated in place with each
+    drawn token: constant work per token however long the row, and no tensor read back to Python. With
+    grammar off only the special tokens are banned (PAD, START, UNK always; END unless stop_at_end).
+    """
+
+    def __init__(self, prompt: torch.Tensor, grammar: bool, stop_at_end: bool):
+        banned = [PAD_ID, START_ID, UNK_ID] + ([] if stop_at_end else [END_ID])
+        self.banned = torch.tensor(banned, dtype=torch.long, device=prompt.device)
+        # its own storage (not a view of the prompt's states): updated in place, and a compiled step's
+        # guards then do not depend on the prompt's length
+        self.state = tuple(t.clone(memory_format=torch.contiguous_format) for t in _grammar_state(prompt)) \
+            if grammar else None
+
+    def apply(self, logits: torch.Tensor) -> None:
+        """-inf (in place) on every token the rows may not draw next."""
+        logits.index_fill_(1, self.banned, float("-inf"))
+        if self.state is not None:
+            _mask_ungrammatical(logits, self.state)
+
+    def update(self, tok: torch.Tensor) -> None:
+        """Advance each row's state by its drawn token [B] (PAD, after a row's END, changes nothing)."""
+        if self.state is not None:
+            _track(self.state, tok)
+
+
 # Grammar constraint: the notes sounding in each row, the instrument in force, and the tokens illegal given them.
 # The state is aurl.grammar.Walker's as tensors (tests/test_grammar.py feeds both the same tokens):
 # GrammarState = (sounding [B, 17, 88] bool: (instrument, pitch) sounding, family [B] long: instrument in force)

@@ -178,8 +178,8 @@ class MusicTransformerVAEGAN(nn.Module):
             return None
         before = sounding if sounding is not None or cache is None else cache.sounding
         states = sounding_states(input_ids, before)
-        if cache is not None:
-            cache.sounding = states[:, -1]
+        if cache is not None:  # in place: the cache's tensors keep their storage (a compiled step's inputs)
+            cache.sounding.copy_(states[:, -1])
         w = self.sound_proj.weight
         return self.sound_proj(states.to(w.dtype))
 

@@ -1,0 +1,93 @@
+"""One decoding step at a cost that does not grow with the sequence (attention over the cache aside).
+
+Why this exists: at batch 1, the full-size stage-1 decoder (3.35 M parameters) does ~7 MFLOP per token, a
+fraction of a millisecond of arithmetic, yet eager PyTorch took 5.7 ms per token: ~300 small op dispatches
+and ~80 nn.Module calls per token (bench/RESULTS.md, "decoding"). The step is therefore written as two
+functions of tensors with fixed shapes, which torch.compile (``compile=True``) turns into a few fused
+kernels each:
+
+- ``pick(logits, noise)`` -> token [B]: the grammar mask (aurl.model.sampling.GrammarMask), the temperature
+  / top-k / nucleus filter, the draw, PAD after END, and the grammar state's update with the new token;
+- ``advance(token)`` -> next logits [B, V]: the model's KV-cached decode of that one token.
+
+The draw is torch.multinomial's own algorithm for one sample, made explicit: multinomial(p, 1) is
+argmax(p / q) with q ~ Exp(1) drawn by ``exponential_`` on the same generator (ATen's fast path for
+n_sample == 1), so the noise is drawn eagerly (one op, the generator stays outside the graph) and the
+tokens are those torch.multinomial draws at the same seed. No step reads a tensor back to Python (no
+``.item()``, no device sync; only stop_at_end checks once per token whether every row ended). Not done yet:
+CUDA graphs on GPU (torch.compile's "reduce-overhead"): they need fixed shapes, i.e. attention over the whole
+pre-allocated cache with a position mask instead of the growing slice the CPU path reads; on CUDA the step is
+compiled as on CPU, without the C++ wrapper and untested on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from aurl.vocab import END_ID, PAD_ID
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Scaled, top-k / nucleus-filtered logits [B, V] (float32; removed entries are -inf)."""
+    x = logits.float() / max(temperature, 1e-8)
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, idx = torch.sort(x, dim=-1, descending=True)
+        probs = F.softmax(sorted_x, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return x
+
+
+def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+         noise: torch.Tensor | None) -> torch.Tensor:
+    """One token per row [B] from logits [B, V]; temperature 0 = greedy (noise unused). noise [B, V]: Exp(1)
+    draws (exp_noise): the token is the one torch.multinomial(softmax(filtered), 1) draws with that noise."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return (probs / noise).argmax(-1)
+
+
+def exp_noise(batch: int, vocab: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """The Exp(1) noise torch.multinomial draws for one sample per row: same generator calls, same values."""
+    return torch.empty(batch, vocab, device=device).exponential_(1, generator=generator)
+
+
+class Stepper:
+    """The per-token work of one generate() call (see the module docstring), compiled or eager.
+
+    pick(logits, noise) -> token [B]; step(logits, noise, cache) -> (token, the next logits [B, V]) is pick
+    then the cached decode of that token, one compiled graph (one dispatch per token). grammar: the
+    sampler's GrammarMask (apply(logits) in place, update(token)); finished [B] bool, updated in place: rows
+    that drew END (stop_at_end) get PAD from then on.
+    """
+
+    def __init__(self, model, z, grammar, finished: torch.Tensor, temperature: float, top_k: int,
+                 top_p: float, compile: bool = False):
+        self.model, self.z, self.grammar, self.finished = model, z, grammar, finished
+        self.sampling = (temperature, top_k, top_p)
+        self.step = self._step
+        if compile:
+            # automatic dynamic shapes: the first graph is for one cache length, the second (compiled at the
+            # second token) takes the length as a symbol and serves every later length. On CPU the
+            # C++ wrapper calls the graph's kernels without a Python line per kernel (1.6x fewer ms per
+            # token than the Python wrapper, bench/RESULTS.md)
+            cpu = model.tok_emb.weight.device.type == "cpu"
+            self.step = torch.compile(self._step, options={"cpp_wrapper": True} if cpu else None)
+
+    def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        self.grammar.apply(logits)
+        tok = draw(logits, *self.sampling, noise)
+        tok = torch.where(self.finished, torch.full_like(tok, PAD_ID), tok)
+        self.finished |= tok == END_ID
+        self.grammar.update(tok)
+        return tok
+
+    def _step(self, logits: torch.Tensor, noise: torch.Tensor | None, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.pick(logits, noise)
+        # a fresh tensor, not a view: a view's base would be guarded too (one more graph)
+        return tok, self.model.decode(tok[:, None], self.z, cache)[:, -1].clone()

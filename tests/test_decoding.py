@@ -1,0 +1,56 @@
+"""Fast decoding (aurl.model.stepper): the same tokens as torch.multinomial and as the full-recompute path."""
+
+from __future__ import annotations
+
+import torch
+from test_model import _real_windows, tiny
+
+from aurl.model import MusicTransformerVAEGAN
+from aurl.model.sampling import generate, make_generator, sample_next
+from aurl.model.stepper import draw, exp_noise
+from aurl.vocab import VOCAB_SIZE
+
+
+def test_draw_is_torch_multinomial_with_the_same_generator():
+    """draw(softmax / Exp(1) noise) picks the token torch.multinomial picks from the same generator state, and
+    leaves the generator where multinomial leaves it (so later draws agree too)."""
+    g = torch.Generator().manual_seed(0)
+    compared = 0
+    for trial in range(24):
+        logits = torch.randn(3, VOCAB_SIZE, generator=g) * (1 + trial % 5)
+        logits[:, : trial % 7] = float("-inf")
+        temperature, top_k, top_p = (0.7, 1.0, 1.3)[trial % 3], (0, 5, 50)[trial % 3], (1.0, 0.9, 0.5)[trial % 3]
+        ref_gen, gen = make_generator(trial), make_generator(trial)
+        for _ in range(4):
+            ref = sample_next(logits, temperature, top_k, top_p, ref_gen)
+            got = draw(logits, temperature, top_k, top_p, exp_noise(3, VOCAB_SIZE, gen, "cpu"))
+            assert torch.equal(ref, got)
+            compared += ref.numel()
+        assert torch.equal(torch.rand(4, generator=ref_gen), torch.rand(4, generator=gen))
+    assert compared == 24 * 4 * 3
+
+
+def test_fast_decoding_gives_the_tokens_of_the_full_recompute_path():
+    """Grammar on, top-k and nucleus on, the sounding-notes input on, a prompt with notes sounding and enough
+    tokens for three context restarts: the KV-cached step, eager and torch.compile'd, draws token for token
+    what the uncached path draws (every token recomputed from the whole window). The compiled step takes two
+    graphs in all (one for the first cache length, one for every later length), not one per length."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer", max_seq_len=32, sounding_embedding=True)).eval()
+    with torch.no_grad():
+        model.sound_proj.weight.normal_(0, 0.5)
+        model.tok_emb.weight.mul_(4)  # peaked distributions: a token then depends on what the model was fed
+    prompt = _real_windows(n_pieces=1, per_piece=2, length=30)[:, :12]
+    kw = dict(temperature=1.0, top_k=40, top_p=0.95, grammar=True)
+    ref = generate(model, prompt, 90, generator=make_generator(5), use_cache=False, **kw)
+    compared = 0
+    for compile in (False, True):
+        graphs = counters["stats"]["unique_graphs"]
+        out = generate(model, prompt, 90, generator=make_generator(5), use_cache=True, compile=compile, **kw)
+        if compile:
+            assert counters["stats"]["unique_graphs"] - graphs == 2
+        assert torch.equal(out, ref)
+        compared += int((out[:, 12:] != 0).sum())
+    assert compared == 2 * 2 * 90
