@@ -18,6 +18,7 @@ from aurl import vocab
 from aurl.console import UserError
 from aurl.data.augment import AugmentConfig
 from aurl.data.cache import TokenCache, assign_split, build, ensure_cache
+from aurl.data.manifest import load as load_manifest
 from aurl.data.midi_io import read_midi
 
 TESTS_DIR = Path(__file__).parent
@@ -193,11 +194,9 @@ def test_killed_build_keeps_what_was_flushed_and_the_next_build_continues(tmp_pa
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                if len(json.loads((cache / "manifest.json").read_text())["pieces"]) == 5:
-                    break
-            except (OSError, ValueError):
-                pass
+            m = load_manifest(cache)  # the snapshot with the journal the flushes appended
+            if m is not None and len(m["pieces"]) == 5:
+                break
             time.sleep(0.1)
         else:
             pytest.fail("the build never flushed its first pieces")

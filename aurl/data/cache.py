@@ -3,6 +3,7 @@
 Layout of a cache folder:
 
     manifest.json        vocab hash + spec, build options, one entry per piece and per skipped file
+    manifest.journal     entries added since manifest.json was written whole (aurl/data/manifest.py)
     shards/NNNNNN.bin    raw int16 tokens of many pieces back to back (a piece = offset + length in a shard)
     .lock                held while a build runs (several ranks calling ensure_cache wait for the first)
 
@@ -14,9 +15,11 @@ How a build works, and why:
 - Files are read and tokenized in worker processes, one file per message, each with a timeout: a reader
   crash (even a segfault) or hang costs only that file, which is skipped with the reason; the worker is
   replaced. Skipped files are kept in the manifest with their reason (and are not retried until changed).
-- Results are flushed every few seconds: the new shard is written atomically first, then the manifest
-  (atomically, through aurl.atomic). An interrupted build (Ctrl-C, kill -9) therefore loses at most the
-  last few seconds of work, never anything the manifest already lists; the next build goes on from there.
+- Results are flushed every few seconds: the new shard is written atomically first, then the entries it
+  holds are appended to the manifest's journal (fsynced); the manifest is written whole only by the first
+  build (or one with other options) and once at the end of a build that added many entries, and not at all
+  by a build that changed nothing. An interrupted build (Ctrl-C, kill -9) therefore loses at most the last
+  few seconds of work, never anything the manifest already lists; the next build goes on from there.
 - A folder without one usable file is refused (NoUsableFile, a UserError naming the folder and the number of
   skipped files) and leaves no cache: the folders this build created are removed again, and an existing cache
   (of other data) is left exactly as it was (no manifest is written while there is no piece to list).
@@ -42,11 +45,12 @@ from pathlib import Path
 import numpy as np
 
 from aurl import vocab
-from aurl.atomic import atomic_write_bytes, atomic_write_json
+from aurl.atomic import atomic_write_bytes
 from aurl.console import UserError, check_writable_folder, one_line
+from aurl.data import manifest as manifest_io
 from aurl.data.midi_io import MAX_SECONDS, MidiReadError, read_midi
 
-MANIFEST = "manifest.json"
+MANIFEST = manifest_io.MANIFEST
 FORMAT_VERSION = 1
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_TIMEOUT_S = 60.0
@@ -211,30 +215,32 @@ def _split_score(seed: int, rel: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def piece_split(seed: int, rel: str, val_fraction: float) -> str:
+    """A piece's split by a hash of (seed, path): adding or removing other files never moves it."""
+    return "val" if _split_score(seed, rel) < val_fraction else "train"
+
+
+def ensure_both_splits(pieces: list[dict], val_fraction: float, seed: int) -> None:
+    """When every piece fell into one split, move the one whose hash is nearest the other (in place); a
+    no-op but for tiny folders. Applied when the cache is opened, so the stored splits stay per piece."""
+    if len(pieces) < 2 or val_fraction <= 0:
+        return
+    for want, pick in (("val", min), ("train", max)):
+        if not any(p["split"] == want for p in pieces):
+            pick(pieces, key=lambda p: _split_score(seed, p["path"]))["split"] = want
+
+
 def assign_split(pieces: list[dict], val_fraction: float, seed: int) -> None:
     """Set piece["split"] in place: by a hash of (seed, path); both splits non-empty when that is possible."""
-    scores = [_split_score(seed, p["path"]) for p in pieces]
-    for p, s in zip(pieces, scores, strict=True):
-        p["split"] = "val" if s < val_fraction else "train"
-    if len(pieces) >= 2 and val_fraction > 0:
-        order = np.argsort(scores)
-        if not any(p["split"] == "val" for p in pieces):
-            pieces[order[0]]["split"] = "val"
-        if not any(p["split"] == "train" for p in pieces):
-            pieces[order[-1]]["split"] = "train"
+    for p in pieces:
+        p["split"] = piece_split(seed, p["path"], val_fraction)
+    ensure_both_splits(pieces, val_fraction, seed)
 
 
 def scan_midi_files(data_dir: Path) -> list[Path]:
     return sorted(
         p for p in data_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()
     )
-
-
-def _load_manifest(cache_dir: Path) -> dict | None:
-    try:
-        return json.loads((cache_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def build(
@@ -303,21 +309,13 @@ def _first_missing_folder(path: Path) -> Path | None:
     return missing
 
 
-def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
-                  progress, reader, t0) -> BuildSummary:
-    from tqdm import tqdm
-
-    old = _load_manifest(cache)
-    if old is not None and (old.get("format") != FORMAT_VERSION or old.get("vocab_hash") != vocab.vocab_hash()):
-        old = None  # another vocabulary: tokens are worthless, start over
-    same_dir = old is not None and old["options"].get("data_dir") == str(data)
-    old_entries = {e["path"]: e for e in (old["pieces"] + old["skipped"])} if old else {}
-
-    files = scan_midi_files(data)
+def _diff(files: list[Path], data: Path, old_entries: dict, same_dir: bool, summary: BuildSummary):
+    """Sort the folder's files against the old manifest: -> (pieces and skipped kept, each entry as it is
+    or with new size/mtime, the entries among them whose size/mtime changed, files to tokenize)."""
     pieces: list[dict] = []
     skipped: list[dict] = []
+    touched: list[dict] = []
     todo: list[tuple[str, dict]] = []
-    summary = BuildSummary(cache_dir=str(cache), data_dir=str(data), files=len(files))
     for f in files:
         rel = f.relative_to(data).as_posix()
         st = f.stat()
@@ -329,37 +327,49 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
             continue
         meta["sha256"] = _sha256(f)
         if prev is not None and prev["sha256"] == meta["sha256"]:
-            (skipped if "reason" in prev else pieces).append({**prev, **meta})
+            entry = {**prev, **meta}
+            (skipped if "reason" in prev else pieces).append(entry)
+            touched.append(entry)
             summary.reused += 1
             continue
         todo.append((rel, meta))
-    seen = {f.relative_to(data).as_posix() for f in files}
-    summary.removed = sum(1 for rel in old_entries if rel not in seen)
+    summary.removed = len(set(old_entries) - {f.relative_to(data).as_posix() for f in files})
+    return pieces, skipped, touched, todo
 
+
+def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
+                  progress, reader, t0) -> BuildSummary:
+    from tqdm import tqdm
+
+    old = manifest_io.load(cache)
+    if old is not None and (old.get("format") != FORMAT_VERSION or old.get("vocab_hash") != vocab.vocab_hash()):
+        old = None  # another vocabulary: tokens are worthless, start over
+    same_dir = old is not None and old["options"].get("data_dir") == str(data)
+    old_entries = {e["path"]: e for e in (old["pieces"] + old["skipped"])} if old else {}
+
+    files = scan_midi_files(data)
+    summary = BuildSummary(cache_dir=str(cache), data_dir=str(data), files=len(files))
+    pieces, skipped, touched, todo = _diff(files, data, old_entries, same_dir, summary)
+    kept = {e["path"] for e in pieces} | {e["path"] for e in skipped}
     options = {"data_dir": str(data), "val_fraction": val_fraction, "split_seed": split_seed,
                "max_seconds": max_seconds, "timeout_s": timeout_s}
-
-    def write_manifest() -> None:
-        if not pieces:  # nothing worth keeping yet: a folder of unusable files leaves no (empty) cache
-            return
-        assign_split(pieces, val_fraction, split_seed)
-        atomic_write_json(cache / MANIFEST, {
-            "format": FORMAT_VERSION,
-            "vocab_hash": vocab.vocab_hash(),
-            "vocab_spec": vocab.vocab_spec(),
-            "options": options,
-            "pieces": sorted(pieces, key=lambda p: p["path"]),
-            "skipped": sorted(skipped, key=lambda p: p["path"]),
-        })
-
+    writer = manifest_io.ManifestWriter(cache, {"format": FORMAT_VERSION, "vocab_hash": vocab.vocab_hash(),
+                                                "vocab_spec": vocab.vocab_spec(), "options": options}, old)
+    if writer.rewrites:  # other options (or none before): every piece's split is computed again
+        for p in pieces:
+            p["split"] = piece_split(split_seed, p["path"], val_fraction)
+    # what the journal must say before the new entries: old entries gone (removed or changed files), touched ones
+    backlog = {"removed": [rel for rel in old_entries if rel not in kept], "entries": touched}
+    fresh: list[dict] = []  # entries tokenized or skipped since the last flush, journaled at the next one
     pending: list[tuple[dict, np.ndarray]] = []
     last_flush = time.monotonic()
+    existing = [int(p.stem) for p in (cache / "shards").glob("*.bin") if p.stem.isdigit()]
+    next_shard = max(existing, default=0) + 1
 
     def flush() -> None:
-        nonlocal last_flush
-        if pending:
-            existing = [int(p.stem) for p in (cache / "shards").glob("*.bin") if p.stem.isdigit()]
-            shard = f"{max(existing, default=0) + 1:06d}.bin"
+        nonlocal last_flush, next_shard
+        if pending:  # the shard first: a manifest never lists tokens that are not on disk
+            shard, next_shard = f"{next_shard:06d}.bin", next_shard + 1
             offset = 0
             for entry, toks in pending:
                 entry.update(shard=shard, offset=offset, length=len(toks))
@@ -367,8 +377,15 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
             atomic_write_bytes(cache / "shards" / shard, np.concatenate([t for _, t in pending]).astype("<i2").tobytes())
             pieces.extend(e for e, _ in pending)
             pending.clear()
-        write_manifest()
         last_flush = time.monotonic()
+        if not pieces:  # nothing worth keeping yet: a folder of unusable files leaves no (empty) cache
+            return
+        if writer.rewrites:
+            writer.write_snapshot(pieces, skipped)
+        else:
+            writer.append(backlog["entries"] + fresh, removed=backlog["removed"])
+            backlog["entries"], backlog["removed"] = [], []
+        fresh.clear()
 
     by_rel = dict(todo)
     n_workers = (os.cpu_count() or 1) if workers is None else workers
@@ -384,10 +401,14 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
                 meta = by_rel[Path(path).relative_to(data).as_posix()]
                 if res[0] == "ok":
                     _, toks, n_notes, duration, stats = res
-                    pending.append(({**meta, "notes": n_notes, "duration_s": round(duration, 3), "stats": stats}, toks))
+                    entry = {**meta, "notes": n_notes, "duration_s": round(duration, 3), "stats": stats,
+                             "split": piece_split(split_seed, meta["path"], val_fraction)}
+                    pending.append((entry, toks))
+                    fresh.append(entry)
                     summary.tokenized += 1
                 else:
                     skipped.append({**meta, "reason": res[1]})
+                    fresh.append(skipped[-1])
                     summary.new_skipped += 1
                 bar.update(1)
                 if time.monotonic() - last_flush >= flush_seconds:
@@ -398,13 +419,27 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
             results.close()
 
     if not pieces:  # before the shard reclaim below: an existing cache of other data stays as it was
+        writer.close()
         raise NoUsableFile(_no_usable_file_message(data, len(files), skipped))
-    # reclaim shards no piece refers to any more
-    live = {p["shard"] for p in pieces}
+    if not writer.rewrites and writer.wants_compaction():
+        writer.write_snapshot(pieces, skipped)
+    writer.close()
+    _reclaim_shards(cache, {p["shard"] for p in pieces})
+    tc = TokenCache(cache, {**writer.header, "pieces": sorted(pieces, key=lambda p: p["path"]), "skipped": skipped})
+    _summarize(summary, tc, skipped)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _reclaim_shards(cache: Path, live: set[str]) -> None:
+    """Delete the shards no piece refers to any more (also those of an interrupted build)."""
     for shard in (cache / "shards").glob("*.bin"):
         if shard.name not in live:
             shard.unlink()
-    tc = TokenCache.open(cache)
+
+
+def _summarize(summary: BuildSummary, tc: TokenCache, skipped: list[dict]) -> None:
+    pieces = tc.pieces
     summary.pieces = len(pieces)
     summary.tokens = sum(p["length"] for p in pieces)
     summary.notes = sum(p["notes"] for p in pieces)
@@ -415,8 +450,6 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     summary.skipped = [(s["path"], s["reason"]) for s in sorted(skipped, key=lambda s: s["path"])]
     for key in ("out_of_range", "drum_notes", "merged", "truncated"):
         summary.dropped[key] = sum(p["stats"][key] for p in pieces)
-    summary.seconds = time.monotonic() - t0
-    return summary
 
 
 def _no_usable_file_message(data: Path, n_files: int, skipped: list[dict]) -> str:
@@ -438,6 +471,8 @@ class TokenCache:
         self.manifest = manifest
         self.vocab_hash: str = manifest["vocab_hash"]
         self.pieces: list[dict] = manifest["pieces"]
+        options = manifest["options"]
+        ensure_both_splits(self.pieces, options["val_fraction"], options["split_seed"])
         self.train_pieces = [p for p in self.pieces if p["split"] == "train"]
         self.val_pieces = [p for p in self.pieces if p["split"] == "val"]
         content = [(p["path"], p["sha256"], p["split"], p["length"]) for p in self.pieces]
@@ -447,7 +482,7 @@ class TokenCache:
 
     @classmethod
     def open(cls, cache_dir: str | os.PathLike) -> TokenCache:
-        manifest = _load_manifest(Path(cache_dir))
+        manifest = manifest_io.load(Path(cache_dir))
         if manifest is None:
             raise UserError(f"no token cache in {cache_dir} (build one: python -m aurl.data build --cache {cache_dir})")
         if manifest.get("vocab_hash") != vocab.vocab_hash():
