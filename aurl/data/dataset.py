@@ -82,7 +82,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self.paths = [p["path"] for p in pieces]
         shard_names = sorted({p["shard"] for p in pieces})
         self._shard_names = shard_names
-        self._shard_of = np.array([shard_names.index(p["shard"]) for p in pieces], dtype=np.int64)
+        shard_number = {name: i for i, name in enumerate(shard_names)}  # not list.index: pieces x shards
+        self._shard_of = np.array([shard_number[p["shard"]] for p in pieces], dtype=np.int64)
         self._offset = np.array([p["offset"] for p in pieces], dtype=np.int64)
         self._length = np.array([p["length"] for p in pieces], dtype=np.int64)
         self._end_starts: dict[int, int] = {}  # piece -> start of its window that ends with END (lazy)
