@@ -278,3 +278,60 @@ def test_ensure_cache_on_the_bundled_corpus_subset(tmp_path, monkeypatch):
                       corpus_limit=2)
     assert len(tc.pieces) == 2 and len(tc.train_pieces) == 1 and len(tc.val_pieces) == 1
     assert all(p["path"].startswith("bwv") for p in tc.pieces)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scale: the bench's synthetic corpus (bench/corpus_factory.py), built, rebuilt unchanged, one file changed
+def _corpus_factory():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("corpus_factory", REPO / "bench" / "corpus_factory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _manifest_state(cache: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in cache.glob("manifest.*")}
+
+
+def test_synthetic_corpus_builds_incrementally_with_corrupt_files_named(tmp_path):
+    """200 generated files (transposed, re-timed, re-orchestrated chorales, drum parts, 2 corrupt): the build
+    names exactly the corrupt files; an unchanged rebuild tokenizes nothing and writes no manifest; one changed
+    file is the only one tokenized and only appended to the journal; the journal-replayed cache equals a fresh
+    build of the same folder."""
+    from aurl.data.corpus import ensure_bach_midi
+
+    factory = _corpus_factory()
+    bach = ensure_bach_midi(progress=False)
+    data, cache = tmp_path / "corpus", tmp_path / "cache"
+    stamp = factory.generate(data, bach, 200, seed=3)
+    s = _build(data, cache, workers=2)
+    assert (s.files, s.pieces, s.tokenized) == (200, 198, 198)
+    assert sorted(p for p, _ in s.skipped) == sorted(stamp["corrupt"]) and len(stamp["corrupt"]) == 2
+    assert s.dropped["drum_notes"] > 0  # the drum parts are there (dropped by today's vocabulary)
+    written = _manifest_state(cache)
+    assert set(written) == {"manifest.json"}  # compacted at the end of the first build
+
+    s = _build(data, cache, workers=2)
+    assert (s.tokenized, s.new_skipped, s.reused) == (0, 0, 200)
+    assert _manifest_state(cache) == written  # nothing rewritten
+
+    before = {p["path"]: p for p in TokenCache.open(cache).pieces}
+    changed = factory.file_path(data, 5)
+    changed.write_bytes(factory.variant_bytes(factory.load_chorales(bach), 4, 5))
+    s = _build(data, cache, workers=2)
+    assert (s.tokenized, s.reused) == (1, 199)
+    after = {p["path"]: p for p in TokenCache.open(cache).pieces}
+    compared = before.keys() | after.keys()
+    assert len(compared) == 198
+    assert [p for p in sorted(compared) if before.get(p) != after.get(p)] == [changed.relative_to(data).as_posix()]
+    assert _manifest_state(cache)["manifest.json"] == written["manifest.json"]  # the snapshot stays
+    assert (cache / "manifest.journal").read_text().count("\n") == 3  # base, remove the old entry, the new one
+
+    fresh = _build(data, tmp_path / "fresh", workers=0)
+    assert fresh.pieces == 198
+    assert TokenCache.open(cache).fingerprint == TokenCache.open(tmp_path / "fresh").fingerprint
+    tc = TokenCache.open(cache)
+    np.testing.assert_array_equal(tc.tokens(after[changed.relative_to(data).as_posix()]),
+                                  vocab.encode(read_midi(changed)))
