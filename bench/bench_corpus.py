@@ -144,10 +144,11 @@ def bench(args) -> dict:
                               "compared": len(before.keys() | after.keys()),
                               "expected": changed.relative_to(root).as_posix(), "manifest_bytes": manifest_files(cache)}
 
-        out, sec, _, _ = run_measured(FIRST_BATCH_CODE, cache, args.seq_len, args.batch)
+        out, sec, loader_rss, _ = run_measured(FIRST_BATCH_CODE, cache, args.seq_len, args.batch)
         open_s, first_s, val_s, n_train, n_val = out.split()
         fig["loader"] = {"open_s": float(open_s), "first_batch_s": float(first_s), "val_dataset_s": float(val_s),
-                         "train_windows": int(n_train), "val_windows": int(n_val), "process_s": sec}
+                         "train_windows": int(n_train), "val_windows": int(n_val), "process_s": sec,
+                         "rss_mib": loader_rss}
         fig["corrupt_named"] = sorted(set(stamp["corrupt"]) & set(fig["build"]["skipped"]))
     if args.delete_corpus:
         shutil.rmtree(root)
@@ -192,7 +193,8 @@ def report(fig: dict) -> list[str]:
               f"loader (fresh process): cache open {fig['loader']['open_s']:.2f} s, first batch"
               f" {fig['loader']['first_batch_s']:.2f} s after the imports (target < {FIRST_BATCH_TARGET_S:g} s);"
               f" the validation windows' index {fig['loader']['val_dataset_s']:.1f} s more"
-              f" ({fig['loader']['train_windows']:,} train / {fig['loader']['val_windows']:,} val windows)",
+              f" ({fig['loader']['train_windows']:,} train / {fig['loader']['val_windows']:,} val windows);"
+              f" its peak RSS {fig['loader']['rss_mib']:.0f} MiB",
               ""]
     lines += [f"{'ok  ' if ok else 'FAIL'} {what}" for what, ok in checks(fig)]
     return lines
