@@ -31,11 +31,13 @@ import corpus_factory as factory
 
 FIRST_BATCH_TARGET_S = 2.0
 BUILD_CODE = """
-import json, sys
+import json, resource, sys
 from dataclasses import asdict
 from aurl.data.cache import build
 s = build(sys.argv[1], sys.argv[2], workers=None if sys.argv[3] == 'all' else int(sys.argv[3]), progress=False)
-print(json.dumps({k: v for k, v in asdict(s).items() if k != 'skipped'} | {'skipped': [p for p, _ in s.skipped]}))
+me = resource.getrusage(resource.RUSAGE_SELF)  # the build process alone (wait4 adds its readers)
+print(json.dumps({k: v for k, v in asdict(s).items() if k != 'skipped'} | {'skipped': [p for p, _ in s.skipped]}
+                 | {'self_cpu_s': me.ru_utime + me.ru_stime, 'self_rss_mib': me.ru_maxrss / 1024}))
 """
 FIRST_BATCH_CODE = """
 import sys, time
@@ -57,10 +59,9 @@ print(t_open - t_import, t_batch - t_import, t_val - t_batch, len(ds), len(val))
 """
 
 
-def run_measured(code: str, *args) -> tuple[str, float, float, float]:
-    """Run `python -c code args` -> (stdout, seconds, peak RSS MiB of that process, of its largest child)."""
-    import resource
-
+def run_measured(code: str, *args) -> tuple[str, dict]:
+    """Run `python -c code args` -> (stdout, {seconds, peak RSS MiB and CPU seconds of that process and the
+    processes it started and waited for: the largest one's RSS, everyone's CPU})."""
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
@@ -69,13 +70,17 @@ def run_measured(code: str, *args) -> tuple[str, float, float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"bench step failed (exit code {proc.returncode}): python -c ... {' '.join(map(str, args))}")
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest process waited for so far
-    return out, seconds, usage.ru_maxrss / 1024, children / 1024
+    # Linux's wait4 reports the process together with the children it waited for (RUSAGE_BOTH)
+    return out, {"seconds": seconds, "rss_mib": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
-def build(data: Path, cache: Path, workers: str) -> tuple[dict, float, float, float]:
-    out, seconds, rss, child_rss = run_measured(BUILD_CODE, data, cache, workers)
-    return json.loads(out.strip().splitlines()[-1]), seconds, rss, child_rss
+def build(data: Path, cache: Path, workers: str) -> tuple[dict, dict]:
+    """-> (the build's summary, {seconds, rss_mib and cpu_s of the build process alone, readers_cpu_s,
+    largest_mib: the largest process of the build, itself or a reader})."""
+    out, m = run_measured(BUILD_CODE, data, cache, workers)
+    s = json.loads(out.strip().splitlines()[-1])
+    return s, {"seconds": m["seconds"], "rss_mib": s["self_rss_mib"], "largest_mib": m["rss_mib"],
+               "cpu_s": s["self_cpu_s"], "readers_cpu_s": m["cpu_s"] - s["self_cpu_s"]}
 
 
 def manifest_files(cache: Path) -> dict[str, int]:
@@ -114,12 +119,13 @@ def bench(args) -> dict:
     fig: dict = {"files": args.files, "corrupt": len(stamp["corrupt"]), "corpus_bytes": stamp["bytes"],
                  "generated_s": stamp["seconds"], "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="aurl_bench_corpus_") as tmp:
-        base, base_s, base_rss, _ = build(chorales, Path(tmp) / "bach", workers)
-        fig["baseline"] = {"files": base["files"], "seconds": base_s, "tokens": base["tokens"], "rss_mib": base_rss}
+        base, m = build(chorales, Path(tmp) / "bach", workers)
+        fig["baseline"] = {"files": base["files"], "tokens": base["tokens"], **m}
         cache = Path(tmp) / "cache"
-        s, sec, rss, child_rss = build(root, cache, workers)
-        fig["build"] = {"seconds": sec, "tokenized": s["tokenized"], "tokens": s["tokens"], "pieces": s["pieces"],
-                        "rss_mib": rss, "largest_child_mib": child_rss, "skipped": s["skipped"]}
+        s, m = build(root, cache, workers)
+        fig["build"] = {"tokenized": s["tokenized"], "tokens": s["tokens"], "pieces": s["pieces"],
+                        "skipped": s["skipped"], **m}
+        sec = m["seconds"]
         fig["manifest_bytes"] = manifest_files(cache)
         t = time.perf_counter()
         TokenCache.open(cache)
@@ -127,28 +133,28 @@ def bench(args) -> dict:
         fig["old_write_s"], fig["old_total_s"] = old_format_cost(cache, sec)
 
         before, mtimes = pieces_by_path(cache), {p.name: p.stat().st_mtime_ns for p in cache.glob("manifest.*")}
-        s, sec, _, _ = build(root, cache, workers)
-        fig["noop"] = {"seconds": sec, "tokenized": s["tokenized"], "new_skipped": s["new_skipped"],
+        s, m = build(root, cache, workers)
+        fig["noop"] = {"seconds": m["seconds"], "tokenized": s["tokenized"], "new_skipped": s["new_skipped"],
                        "manifest_written": {p.name: p.stat().st_mtime_ns for p in cache.glob("manifest.*")} != mtimes}
 
         changed = factory.file_path(root, 0)
         original = changed.read_bytes()
         try:
             changed.write_bytes(factory.variant_bytes(factory.load_chorales(chorales), args.seed + 1, 0))
-            s, sec, _, _ = build(root, cache, workers)
+            s, m = build(root, cache, workers)
         finally:
             changed.write_bytes(original)  # the corpus stays what its stamp says
         after = pieces_by_path(cache)
         differ = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-        fig["one_changed"] = {"seconds": sec, "tokenized": s["tokenized"], "entries_changed": differ,
+        fig["one_changed"] = {"seconds": m["seconds"], "tokenized": s["tokenized"], "entries_changed": differ,
                               "compared": len(before.keys() | after.keys()),
                               "expected": changed.relative_to(root).as_posix(), "manifest_bytes": manifest_files(cache)}
 
-        out, sec, loader_rss, _ = run_measured(FIRST_BATCH_CODE, cache, args.seq_len, args.batch)
+        out, m = run_measured(FIRST_BATCH_CODE, cache, args.seq_len, args.batch)
         open_s, first_s, val_s, n_train, n_val = out.split()
         fig["loader"] = {"open_s": float(open_s), "first_batch_s": float(first_s), "val_dataset_s": float(val_s),
-                         "train_windows": int(n_train), "val_windows": int(n_val), "process_s": sec,
-                         "rss_mib": loader_rss}
+                         "train_windows": int(n_train), "val_windows": int(n_val), "process_s": m["seconds"],
+                         "rss_mib": m["rss_mib"]}
         fig["corrupt_named"] = sorted(set(stamp["corrupt"]) & set(fig["build"]["skipped"]))
     if args.delete_corpus:
         shutil.rmtree(root)
@@ -179,7 +185,13 @@ def report(fig: dict) -> list[str]:
              "",
              f"{'build (fresh process, all cores)':<36}{'files/s':>9}{'tokens/s':>13}{'seconds':>9}{'peak RSS':>10}"]
     lines += [f"{name:<36}{n / s:>9,.0f}{t / s:>13,.0f}{s:>9.1f}{r:>7.0f} MiB" for name, n, s, t, r in rows]
-    lines += [f"largest process of the build (itself or a reader): {b['largest_child_mib']:.0f} MiB; {b['pieces']:,} pieces, {b['tokens']:,} tokens",
+    per_file = [(x["cpu_s"] / x_files * 1e3, x["readers_cpu_s"] / x_files * 1e3)
+                for x, x_files in ((base, base["files"]), (b, fig["files"]))]
+    lines += [f"largest process of the build (itself or a reader): {b['largest_mib']:.0f} MiB; {b['pieces']:,} pieces,"
+              f" {b['tokens']:,} tokens",
+              f"CPU per file: build process {per_file[1][0]:.2f} ms, readers {per_file[1][1]:.2f} ms"
+              f" (baseline {per_file[0][0]:.2f} / {per_file[0][1]:.2f} ms, startup included): one build process"
+              f" feeds ~{per_file[1][1] / max(per_file[1][0], 1e-9):.0f} readers",
               "",
               f"manifest: {mib:.1f} MiB on disk ({', '.join(f'{k} {v / 2**20:.1f} MiB' for k, v in fig['manifest_bytes'].items())}),"
               f" opened in {fig['open_s']:.2f} s",

@@ -73,6 +73,16 @@ def _tokenize_file(path: str, reader, max_seconds: float) -> tuple:
     return ("ok", tokens, st.notes_out, score.duration, asdict(st))
 
 
+def _hash_and_tokenize(path: str, reader, max_seconds: float) -> tuple[str | None, tuple]:
+    """(sha256 of the file, _tokenize_file's result): a new file is hashed here, in the worker, not in the
+    build process, which would otherwise spend as long hashing as a few workers spend tokenizing."""
+    try:
+        digest = _sha256(Path(path))
+    except OSError:
+        digest = None
+    return digest, _tokenize_file(path, reader, max_seconds)
+
+
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this worker when the build process dies (even by kill -9), so a
     hung reader is never left behind. Best effort elsewhere."""
@@ -94,7 +104,7 @@ def _worker_main(conn, reader, max_seconds: float) -> None:
             return
         if path is None:
             return
-        conn.send(_tokenize_file(path, reader, max_seconds))
+        conn.send(_hash_and_tokenize(path, reader, max_seconds))
 
 
 class _Worker:
@@ -122,7 +132,7 @@ class _Worker:
 
 
 def _run_isolated(tasks: list[str], reader, max_seconds: float, workers: int, timeout_s: float):
-    """Yield (task, result) for each task, each read in a worker process with a timeout."""
+    """Yield (task, (sha256 or None, result)) for each task, each read in a worker process with a timeout."""
     ctx = mp.get_context("spawn")  # no fork: the parent may hold torch threads
     pool = [_Worker(ctx, reader, max_seconds) for _ in range(min(workers, len(tasks)))]
     queue = deque(tasks)
@@ -155,7 +165,7 @@ def _run_isolated(tasks: list[str], reader, max_seconds: float, workers: int, ti
                     w.stop(kill=True)
                     pool[i] = _Worker(ctx, reader, max_seconds)
                     why = f"reader crashed (exit code {code})" if dead else f"reader timed out after {timeout_s:g} s"
-                    yield task, ("skip", why)
+                    yield task, (None, ("skip", why))
     finally:
         for w in pool:
             w.stop(kill=w.task is not None)
@@ -208,6 +218,14 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _sha256_or_empty(path: Path) -> str:
+    """The hash of a file whose reader died before hashing it ("" when it cannot be read at all)."""
+    try:
+        return _sha256(path)
+    except OSError:
+        return ""
 
 
 def _split_score(seed: int, rel: str) -> float:
@@ -325,8 +343,11 @@ def _diff(files: list[Path], data: Path, old_entries: dict, same_dir: bool, summ
             (skipped if "reason" in prev else pieces).append(prev)
             summary.reused += 1
             continue
+        if prev is None:  # a new file: hashed by the worker that reads it
+            todo.append((rel, meta))
+            continue
         meta["sha256"] = _sha256(f)
-        if prev is not None and prev["sha256"] == meta["sha256"]:
+        if prev["sha256"] == meta["sha256"]:
             entry = {**prev, **meta}
             (skipped if "reason" in prev else pieces).append(entry)
             touched.append(entry)
@@ -391,14 +412,16 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     paths = [str(data / rel) for rel, _ in todo]
     if n_workers == 0:
-        results = ((p, _tokenize_file(p, reader, max_seconds)) for p in paths)
+        results = ((p, _hash_and_tokenize(p, reader, max_seconds)) for p in paths)
     else:
         results = _run_isolated(paths, reader, max_seconds, n_workers, timeout_s)
     try:
         with tqdm(total=len(paths), desc="tokenizing MIDI", unit="file", leave=False,  # the summary follows
                   disable=not progress or not paths) as bar:
-            for path, res in results:
+            for path, (digest, res) in results:
                 meta = by_rel[Path(path).relative_to(data).as_posix()]
+                if "sha256" not in meta:
+                    meta["sha256"] = digest if digest is not None else _sha256_or_empty(Path(path))
                 if res[0] == "ok":
                     _, toks, n_notes, duration, stats = res
                     entry = {**meta, "notes": n_notes, "duration_s": round(duration, 3), "stats": stats,
