@@ -30,6 +30,7 @@ How a build works, and why:
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -487,35 +488,72 @@ def _no_usable_file_message(data: Path, n_files: int, skipped: list[dict]) -> st
 # ----------------------------------------------------------------------------------------------------------
 # Reading a cache
 class TokenCache:
-    """A built cache: the manifest plus memory-mapped shards (opened lazily, so it pickles cheaply)."""
+    """A built cache: the manifest plus memory-mapped shards (opened lazily, so it pickles cheaply).
+
+    The manifest's entries are kept by column (manifest.PieceTable): the loader reads the columns it needs
+    (split_columns); `pieces`, `train_pieces`, `val_pieces` and `manifest` build their dicts on first use."""
 
     def __init__(self, cache_dir: Path, manifest: dict):
         self.cache_dir = Path(cache_dir)
-        self.manifest = manifest
+        self._manifest = manifest
+        for key in ("pieces", "skipped"):  # a build hands over lists of dicts; open() hands over tables
+            if isinstance(manifest[key], list):
+                manifest[key] = manifest_io.PieceTable.from_rows(manifest[key])
         self.vocab_hash: str = manifest["vocab_hash"]
-        self.pieces: list[dict] = manifest["pieces"]
+        table: manifest_io.PieceTable = manifest["pieces"]
         options = manifest["options"]
-        ensure_both_splits(self.pieces, options["val_fraction"], options["split_seed"])
-        self.train_pieces = [p for p in self.pieces if p["split"] == "train"]
-        self.val_pieces = [p for p in self.pieces if p["split"] == "val"]
-        content = [(p["path"], p["sha256"], p["split"], p["length"]) for p in self.pieces]
-        blob = json.dumps([self.vocab_hash, content], separators=(",", ":")).encode()
-        self.fingerprint: str = hashlib.sha256(blob).hexdigest()[:16]
+        self._split = _both_splits(table.columns.get("path", []), table.columns.get("split", []),
+                                   options["val_fraction"], options["split_seed"])
         self._maps: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(cls, cache_dir: str | os.PathLike) -> TokenCache:
-        manifest = manifest_io.load(Path(cache_dir))
+        manifest = manifest_io.load(Path(cache_dir), tables=True)
         if manifest is None:
             raise UserError(f"no token cache in {cache_dir} (build one: python -m aurl.data build --cache {cache_dir})")
         if manifest.get("vocab_hash") != vocab.vocab_hash():
             raise UserError(f"the cache in {cache_dir} was built with another vocabulary; rebuild it")
         return cls(Path(cache_dir), manifest)
 
+    @functools.cached_property
+    def pieces(self) -> list[dict]:
+        rows = self._manifest["pieces"].rows()
+        for row, split in zip(rows, self._split, strict=True):
+            row["split"] = split
+        return rows
+
+    @functools.cached_property
+    def train_pieces(self) -> list[dict]:
+        return [p for p in self.pieces if p["split"] == "train"]
+
+    @functools.cached_property
+    def val_pieces(self) -> list[dict]:
+        return [p for p in self.pieces if p["split"] == "val"]
+
+    @functools.cached_property
+    def manifest(self) -> dict:
+        return {**self._manifest, "pieces": self.pieces, "skipped": self._manifest["skipped"].rows()}
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        c = self._manifest["pieces"].columns
+        content = [list(t) for t in zip(c.get("path", []), c.get("sha256", []), self._split, c.get("length", []),
+                                        strict=True)]
+        blob = json.dumps([self.vocab_hash, content], separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     def split(self, name: str) -> list[dict]:
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return self.train_pieces if name == "train" else self.val_pieces
+
+    def split_columns(self, name: str) -> dict[str, list]:
+        """The pieces of one split by column: {"path", "shard", "offset", "length"}, in manifest order."""
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        c = self._manifest["pieces"].columns
+        keep = [i for i, s in enumerate(self._split) if s == name]
+        return {k: [c[k][i] for i in keep] for k in ("path", "shard", "offset", "length")}
 
     def shard(self, name: str) -> np.ndarray:
         m = self._maps.get(name)
@@ -529,11 +567,20 @@ class TokenCache:
         """The int16 tokens of one piece (a read-only memmap view)."""
         return self.shard(piece["shard"])[piece["offset"] : piece["offset"] + piece["length"]]
 
-    def __getstate__(self):
-        return {"cache_dir": self.cache_dir, "manifest": self.manifest}
+    def __getstate__(self):  # columns pickle as a few long lists, not 100,000 dicts
+        return {"cache_dir": self.cache_dir, "manifest": self._manifest}
 
     def __setstate__(self, state):
         self.__init__(state["cache_dir"], state["manifest"])
+
+
+def _both_splits(paths: list[str], splits: list[str], val_fraction: float, seed: int) -> list[str]:
+    """ensure_both_splits on columns: the splits, with one piece moved when every piece fell into one."""
+    if len(set(splits)) == 2:
+        return list(splits)
+    rows = [{"path": p, "split": s} for p, s in zip(paths, splits, strict=True)]
+    ensure_both_splits(rows, val_fraction, seed)
+    return [r["split"] for r in rows]
 
 
 def ensure_cache(

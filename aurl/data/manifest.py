@@ -1,7 +1,8 @@
 """The cache manifest on disk: a compact JSON snapshot plus an append-only journal, so that a build writes
 what it adds, not the whole list again.
 
-    manifest.json      {"format", "vocab_hash", "vocab_spec", "options", "id", "pieces": [...], "skipped": [...]}
+    manifest.json      {"format", "vocab_hash", "vocab_spec", "options", "id", "pieces": {"columns": {...}},
+                       "skipped": {"columns": {...}}}: entries by column (PieceTable)
     manifest.journal   JSON lines over that snapshot: {"base": id} first, then {"entry": {...}} (a piece, or a
                        skipped file when it has a "reason") and {"remove": path}, applied in order
 
@@ -32,19 +33,78 @@ def _dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def load(cache_dir: Path) -> dict | None:
-    """The manifest (snapshot with its journal applied; pieces and skipped sorted by path), None if absent."""
+class PieceTable:
+    """Entries stored by column ({key: [value per entry]}, a nested dict's keys as "key.sub"): parsing
+    columns is ~3x faster than as many small dicts, and the loader reads the few columns it needs without
+    building 100,000 dicts. None in a column means "this entry has no such key"."""
+
+    def __init__(self, columns: dict[str, list]):
+        self.columns = columns
+
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> PieceTable:
+        keys: dict[str, None] = {}
+        flat = []
+        for r in rows:
+            f = {}
+            for k, v in r.items():
+                if isinstance(v, dict):
+                    f.update({f"{k}.{sub}": x for sub, x in v.items()})
+                else:
+                    f[k] = v
+            keys.update(dict.fromkeys(f))
+            flat.append(f)
+        return cls({k: [f.get(k) for f in flat] for k in keys})
+
+    def __len__(self) -> int:
+        return len(self.columns["path"]) if self.columns else 0
+
+    def rows(self) -> list[dict]:
+        keys = list(self.columns)
+        out = []
+        for values in zip(*(self.columns[k] for k in keys), strict=True):
+            row: dict = {}
+            for k, v in zip(keys, values, strict=True):
+                if v is None:
+                    continue
+                top, dot, sub = k.partition(".")
+                if dot:
+                    row.setdefault(top, {})[sub] = v
+                else:
+                    row[k] = v
+            out.append(row)
+        return out
+
+
+def load(cache_dir: Path, tables: bool = False) -> dict | None:
+    """The manifest (snapshot with its journal applied; pieces and skipped sorted by path), None if absent.
+    pieces and skipped are lists of dicts, or PieceTables when `tables` is set."""
     try:
         snap = json.loads((Path(cache_dir) / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return None
-    entries = _replay(Path(cache_dir) / JOURNAL, snap)
+    for key in ("pieces", "skipped"):
+        if isinstance(snap[key], dict):  # columns (a snapshot of format 1 has a list of dicts)
+            snap[key] = PieceTable(snap[key]["columns"])
+    journal_path = Path(cache_dir) / JOURNAL
+    if tables and not journal_path.exists():
+        for key in ("pieces", "skipped"):
+            if isinstance(snap[key], list):
+                snap[key] = PieceTable.from_rows(snap[key])
+        snap["journal_entries"] = 0
+        return snap
+    for key in ("pieces", "skipped"):
+        if isinstance(snap[key], PieceTable):
+            snap[key] = snap[key].rows()
+    entries = _replay(journal_path, snap)
     if entries is not None:
         snap["journal_entries"] = entries.pop(None)
         snap["pieces"] = sorted((e for e in entries.values() if "reason" not in e), key=lambda e: e["path"])
         snap["skipped"] = sorted((e for e in entries.values() if "reason" in e), key=lambda e: e["path"])
     else:
         snap["journal_entries"] = 0
+    if tables:
+        snap["pieces"], snap["skipped"] = PieceTable.from_rows(snap["pieces"]), PieceTable.from_rows(snap["skipped"])
     return snap
 
 
@@ -104,7 +164,8 @@ class ManifestWriter:
         self.close()
         self.base_id = uuid.uuid4().hex
         body = {**self.header, "id": self.base_id,
-                "pieces": sorted(pieces, key=lambda p: p["path"]), "skipped": sorted(skipped, key=lambda p: p["path"])}
+                "pieces": {"columns": PieceTable.from_rows(sorted(pieces, key=lambda p: p["path"])).columns},
+                "skipped": {"columns": PieceTable.from_rows(sorted(skipped, key=lambda p: p["path"])).columns}}
         atomic_write_bytes(self.cache_dir / MANIFEST, (_dumps(body) + "\n").encode())
         (self.cache_dir / JOURNAL).unlink(missing_ok=True)
         self.snapshot_entries, self.journal_entries = len(pieces) + len(skipped), 0
