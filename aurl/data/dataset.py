@@ -92,7 +92,7 @@ class WindowDataset(torch.utils.data.Dataset):
             self._val_starts = None
             self._windows = np.maximum(1, -(-self._length // seq_len))
         else:  # back to back: each window starts where the previous one's own tokens end
-            self._val_starts = [self._tiled_starts(p) for p in range(len(pieces))]
+            self._val_starts = [self._tiled_starts(p) for p in range(len(self.paths))]
             self._windows = np.array([len(s) for s in self._val_starts], dtype=np.int64)
         self._first = np.concatenate([[0], np.cumsum(self._windows)])
         self._raw_len = seq_len + (WARP_MARGIN if self.augment is not None and self.augment.warps_time else 0)
