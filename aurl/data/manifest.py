@@ -60,80 +60,88 @@ class PieceTable:
         return len(self.columns["path"]) if self.columns else 0
 
     def rows(self) -> list[dict]:
-        keys = list(self.columns)
-        out = []
-        for values in zip(*(self.columns[k] for k in keys), strict=True):
-            row: dict = {}
-            for k, v in zip(keys, values, strict=True):
-                if v is None:
-                    continue
-                top, dot, sub = k.partition(".")
-                if dot:
-                    row.setdefault(top, {})[sub] = v
-                else:
-                    row[k] = v
-            out.append(row)
+        cols, flat, nested = self.columns, [], {}
+        for k in cols:
+            top, dot, sub = k.partition(".")
+            nested.setdefault(top, []).append((sub, k)) if dot else flat.append(k)
+        out = [dict(zip(flat, values, strict=True)) for values in zip(*(cols[k] for k in flat), strict=True)]
+        for top, subs in nested.items():
+            names = [sub for sub, _ in subs]
+            for row, values in zip(out, zip(*(cols[k] for _, k in subs), strict=True), strict=True):
+                row[top] = dict(zip(names, values, strict=True))
+        if any(None in c for c in cols.values()):  # entries without some key (rare): drop the placeholders
+            for row in out:
+                for k in [k for k, v in row.items() if v is None]:
+                    del row[k]
+                for top in nested:
+                    if top in row and all(v is None for v in row[top].values()):
+                        del row[top]
+                    elif top in row:
+                        row[top] = {k: v for k, v in row[top].items() if v is not None}
         return out
+
+    def select(self, keep: list[int]) -> PieceTable:
+        return PieceTable({k: [c[i] for i in keep] for k, c in self.columns.items()})
+
+    def concat(self, other: PieceTable) -> PieceTable:
+        n, m = len(self), len(other)
+        keys = list(dict.fromkeys([*self.columns, *other.columns]))
+        return PieceTable({k: self.columns.get(k, [None] * n) + other.columns.get(k, [None] * m) for k in keys})
+
+    def sorted_by_path(self) -> PieceTable:
+        paths = self.columns.get("path", [])
+        return self.select(sorted(range(len(paths)), key=paths.__getitem__))
 
 
 def load(cache_dir: Path, tables: bool = False) -> dict | None:
     """The manifest (snapshot with its journal applied; pieces and skipped sorted by path), None if absent.
-    pieces and skipped are lists of dicts, or PieceTables when `tables` is set."""
+    pieces and skipped are lists of dicts, or PieceTables when `tables` is set (the journal is applied to
+    the columns: a few changed entries cost what they weigh, not a dict per piece)."""
     try:
         snap = json.loads((Path(cache_dir) / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return None
-    for key in ("pieces", "skipped"):
-        if isinstance(snap[key], dict):  # columns (a snapshot of format 1 has a list of dicts)
-            snap[key] = PieceTable(snap[key]["columns"])
-    journal_path = Path(cache_dir) / JOURNAL
-    if tables and not journal_path.exists():
-        for key in ("pieces", "skipped"):
-            if isinstance(snap[key], list):
-                snap[key] = PieceTable.from_rows(snap[key])
-        snap["journal_entries"] = 0
-        return snap
-    for key in ("pieces", "skipped"):
-        if isinstance(snap[key], PieceTable):
-            snap[key] = snap[key].rows()
-    entries = _replay(journal_path, snap)
-    if entries is not None:
-        snap["journal_entries"] = entries.pop(None)
-        snap["pieces"] = sorted((e for e in entries.values() if "reason" not in e), key=lambda e: e["path"])
-        snap["skipped"] = sorted((e for e in entries.values() if "reason" in e), key=lambda e: e["path"])
-    else:
-        snap["journal_entries"] = 0
-    if tables:
-        snap["pieces"], snap["skipped"] = PieceTable.from_rows(snap["pieces"]), PieceTable.from_rows(snap["skipped"])
+    for key in ("pieces", "skipped"):  # a snapshot of format 1 holds lists of dicts
+        snap[key] = PieceTable(snap[key]["columns"]) if isinstance(snap[key], dict) else PieceTable.from_rows(snap[key])
+    ops = _journal_ops(Path(cache_dir) / JOURNAL, snap.get("id"))
+    snap["journal_entries"] = ops.pop(None, 0)
+    if ops:
+        added = [e for e in ops.values() if e is not None]
+        for key, new in (("pieces", [e for e in added if "reason" not in e]), ("skipped", [e for e in added if "reason" in e])):
+            table = snap[key]
+            kept = table.select([i for i, p in enumerate(table.columns.get("path", [])) if p not in ops])
+            snap[key] = kept.concat(PieceTable.from_rows(new)).sorted_by_path() if new else kept
+    if not tables:
+        snap["pieces"], snap["skipped"] = snap["pieces"].rows(), snap["skipped"].rows()
     return snap
 
 
-def _replay(journal: Path, snap: dict) -> dict | None:
-    """{path: entry} of the snapshot with the journal applied ({None: number of journal lines}), or None when
-    there is no journal that applies to this snapshot."""
+def _journal_ops(journal: Path, snapshot_id: str | None) -> dict:
+    """{path: its last entry, or None when removed} from a journal over this snapshot ({None: lines read});
+    empty when there is none that applies."""
     try:
         lines = journal.read_bytes().splitlines()
     except OSError:
-        return None
-    if not lines or snap.get("id") is None:
-        return None
+        return {}
+    if not lines or snapshot_id is None:
+        return {}
     try:
-        if json.loads(lines[0]).get("base") != snap["id"]:
-            return None  # stale: written against an earlier snapshot
+        if json.loads(lines[0]).get("base") != snapshot_id:
+            return {}  # stale: written against an earlier snapshot
     except ValueError:
-        return None
-    entries = {e["path"]: e for e in snap["pieces"] + snap["skipped"]}
+        return {}
+    ops: dict = {}
     for line in lines[1:]:
         try:
             op = json.loads(line)
         except ValueError:
             continue  # a torn line (kill -9 inside an append): that flush never completed, its files are redone
         if "remove" in op:
-            entries.pop(op["remove"], None)
+            ops[op["remove"]] = None
         else:
-            entries[op["entry"]["path"]] = op["entry"]
-    entries[None] = len(lines) - 1
-    return entries
+            ops[op["entry"]["path"]] = op["entry"]
+    ops[None] = len(lines) - 1
+    return ops
 
 
 def _ends_with_newline(path: Path) -> bool:
