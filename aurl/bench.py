@@ -13,6 +13,8 @@ nats per note), bench_ablation.py (stage 3 with vs without its adversarial term:
 music metrics).
 bench_soak.py (the quickstart pipeline killed -9 twenty times and resumed, compared bitwise with an
 uninterrupted run; ~2-3x the quickstart's time, so run it alone: `--only soak`).
+bench_corpus.py (a synthetic 100,000-file corpus built into the cache: files/s, tokens/s, peak RSS, manifest
+size and load time, no-op and one-file rebuilds, the loader's first batch; ~30 min on 2 cores the first time).
 This command runs them one after another in fresh processes (same Python, repository root as working
 directory), shows their output live and writes it to bench/RESULTS.md: one section per device, in it one
 subsection per script with the date and commit. A run replaces only the subsections of the scripts it ran,
@@ -47,6 +49,7 @@ QUICK_ARGS = {
     "peer": ["--steps", "20"],
     "ablation": ["--steps", "10"],
     "soak": ["--fast"],
+    "corpus": ["--files", "2000"],
 }
 
 

@@ -18,6 +18,7 @@ from aurl import vocab
 from aurl.console import UserError
 from aurl.data.augment import AugmentConfig
 from aurl.data.cache import TokenCache, assign_split, build, ensure_cache
+from aurl.data.manifest import load as load_manifest
 from aurl.data.midi_io import read_midi
 
 TESTS_DIR = Path(__file__).parent
@@ -193,11 +194,9 @@ def test_killed_build_keeps_what_was_flushed_and_the_next_build_continues(tmp_pa
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                if len(json.loads((cache / "manifest.json").read_text())["pieces"]) == 5:
-                    break
-            except (OSError, ValueError):
-                pass
+            m = load_manifest(cache)  # the snapshot with the journal the flushes appended
+            if m is not None and len(m["pieces"]) == 5:
+                break
             time.sleep(0.1)
         else:
             pytest.fail("the build never flushed its first pieces")
@@ -331,3 +330,61 @@ def test_summary_and_manifest_report_what_the_vocabulary_kept_per_file_and_in_to
     text = subprocess.run([sys.executable, "-m", "aurl.data", "info", "--cache", str(cache)],
                           capture_output=True, text=True, check=True).stdout
     assert line in text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scale: the bench's synthetic corpus (bench/corpus_factory.py), built, rebuilt unchanged, one file changed
+def _corpus_factory():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("corpus_factory", REPO / "bench" / "corpus_factory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _manifest_state(cache: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in cache.glob("manifest.*")}
+
+
+def test_synthetic_corpus_builds_incrementally_with_corrupt_files_named(tmp_path):
+    """200 generated files (transposed, re-timed, re-orchestrated chorales, drum parts, 2 corrupt): the build
+    names exactly the corrupt files; an unchanged rebuild tokenizes nothing and writes no manifest; one changed
+    file is the only one tokenized and only appended to the journal; the journal-replayed cache equals a fresh
+    build of the same folder."""
+    from aurl.data.corpus import ensure_bach_midi
+
+    factory = _corpus_factory()
+    bach = ensure_bach_midi(progress=False)
+    data, cache = tmp_path / "corpus", tmp_path / "cache"
+    stamp = factory.generate(data, bach, 200, seed=3)
+    # one flush per build (at its end), whatever the machine's load: what each build writes is then fixed
+    s = _build(data, cache, workers=2, flush_seconds=1e9)
+    assert (s.files, s.pieces, s.tokenized) == (200, 198, 198)
+    assert sorted(p for p, _ in s.skipped) == sorted(stamp["corrupt"]) and len(stamp["corrupt"]) == 2
+    assert s.note_stats["drums_kept"] > 0  # the drum parts are there, and kept (vocabulary version 2)
+    written = _manifest_state(cache)
+    assert set(written) == {"manifest.json"}  # the first build writes the snapshot whole
+
+    s = _build(data, cache, workers=2, flush_seconds=1e9)
+    assert (s.tokenized, s.new_skipped, s.reused) == (0, 0, 200)
+    assert _manifest_state(cache) == written  # nothing rewritten
+
+    before = {p["path"]: p for p in TokenCache.open(cache).pieces}
+    changed = factory.file_path(data, 5)
+    changed.write_bytes(factory.variant_bytes(factory.load_chorales(bach), 4, 5))
+    s = _build(data, cache, workers=2, flush_seconds=1e9)
+    assert (s.tokenized, s.reused) == (1, 199)
+    after = {p["path"]: p for p in TokenCache.open(cache).pieces}
+    compared = before.keys() | after.keys()
+    assert len(compared) == 198
+    assert [p for p in sorted(compared) if before.get(p) != after.get(p)] == [changed.relative_to(data).as_posix()]
+    assert _manifest_state(cache)["manifest.json"] == written["manifest.json"]  # the snapshot stays
+    assert (cache / "manifest.journal").read_text().count("\n") == 3  # base, remove the old entry, the new one
+
+    fresh = _build(data, tmp_path / "fresh", workers=0)
+    assert fresh.pieces == 198
+    assert TokenCache.open(cache).fingerprint == TokenCache.open(tmp_path / "fresh").fingerprint
+    tc = TokenCache.open(cache)
+    np.testing.assert_array_equal(tc.tokens(after[changed.relative_to(data).as_posix()]),
+                                  vocab.encode(read_midi(changed)))

@@ -3,6 +3,7 @@
 Layout of a cache folder:
 
     manifest.json        vocab hash + spec, build options, one entry per piece and per skipped file
+    manifest.journal     entries added since manifest.json was written whole (aurl/data/manifest.py)
     shards/NNNNNN.bin    raw int16 tokens of many pieces back to back (a piece = offset + length in a shard)
     .lock                held while a build runs (several ranks calling ensure_cache wait for the first)
 
@@ -14,9 +15,11 @@ How a build works, and why:
 - Files are read and tokenized in worker processes, one file per message, each with a timeout: a reader
   crash (even a segfault) or hang costs only that file, which is skipped with the reason; the worker is
   replaced. Skipped files are kept in the manifest with their reason (and are not retried until changed).
-- Results are flushed every few seconds: the new shard is written atomically first, then the manifest
-  (atomically, through aurl.atomic). An interrupted build (Ctrl-C, kill -9) therefore loses at most the
-  last few seconds of work, never anything the manifest already lists; the next build goes on from there.
+- Results are flushed every few seconds: the new shard is written atomically first, then the entries it
+  holds are appended to the manifest's journal (fsynced); the manifest is written whole only by the first
+  build (or one with other options) and once at the end of a build that added many entries, and not at all
+  by a build that changed nothing. An interrupted build (Ctrl-C, kill -9) therefore loses at most the last
+  few seconds of work, never anything the manifest already lists; the next build goes on from there.
 - A folder without one usable file is refused (NoUsableFile, a UserError naming the folder and the number of
   skipped files) and leaves no cache: the folders this build created are removed again, and an existing cache
   (of other data) is left exactly as it was (no manifest is written while there is no piece to list).
@@ -27,6 +30,7 @@ How a build works, and why:
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -42,11 +46,12 @@ from pathlib import Path
 import numpy as np
 
 from aurl import vocab
-from aurl.atomic import atomic_write_bytes, atomic_write_json
+from aurl.atomic import atomic_write_bytes
 from aurl.console import UserError, check_writable_folder, one_line
+from aurl.data import manifest as manifest_io
 from aurl.data.midi_io import MAX_SECONDS, MidiReadError, read_midi
 
-MANIFEST = "manifest.json"
+MANIFEST = manifest_io.MANIFEST
 FORMAT_VERSION = 1
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_TIMEOUT_S = 60.0
@@ -67,6 +72,16 @@ def _tokenize_file(path: str, reader, max_seconds: float) -> tuple:
     if st.kept == 0:
         return ("skip", f"no usable notes ({st.out_of_range} out of range)")
     return ("ok", tokens, st.kept, score.duration, asdict(st))
+
+
+def _hash_and_tokenize(path: str, reader, max_seconds: float) -> tuple[str | None, tuple]:
+    """(sha256 of the file, _tokenize_file's result): a new file is hashed here, in the worker, not in the
+    build process, which would otherwise spend as long hashing as a few workers spend tokenizing."""
+    try:
+        digest = _sha256(Path(path))
+    except OSError:
+        digest = None
+    return digest, _tokenize_file(path, reader, max_seconds)
 
 
 def _die_with_parent() -> None:
@@ -90,7 +105,7 @@ def _worker_main(conn, reader, max_seconds: float) -> None:
             return
         if path is None:
             return
-        conn.send(_tokenize_file(path, reader, max_seconds))
+        conn.send(_hash_and_tokenize(path, reader, max_seconds))
 
 
 class _Worker:
@@ -118,7 +133,7 @@ class _Worker:
 
 
 def _run_isolated(tasks: list[str], reader, max_seconds: float, workers: int, timeout_s: float):
-    """Yield (task, result) for each task, each read in a worker process with a timeout."""
+    """Yield (task, (sha256 or None, result)) for each task, each read in a worker process with a timeout."""
     ctx = mp.get_context("spawn")  # no fork: the parent may hold torch threads
     pool = [_Worker(ctx, reader, max_seconds) for _ in range(min(workers, len(tasks)))]
     queue = deque(tasks)
@@ -151,7 +166,7 @@ def _run_isolated(tasks: list[str], reader, max_seconds: float, workers: int, ti
                     w.stop(kill=True)
                     pool[i] = _Worker(ctx, reader, max_seconds)
                     why = f"reader crashed (exit code {code})" if dead else f"reader timed out after {timeout_s:g} s"
-                    yield task, ("skip", why)
+                    yield task, (None, ("skip", why))
     finally:
         for w in pool:
             w.stop(kill=w.task is not None)
@@ -217,35 +232,45 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _sha256_or_empty(path: Path) -> str:
+    """The hash of a file whose reader died before hashing it ("" when it cannot be read at all)."""
+    try:
+        return _sha256(path)
+    except OSError:
+        return ""
+
+
 def _split_score(seed: int, rel: str) -> float:
     digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def piece_split(seed: int, rel: str, val_fraction: float) -> str:
+    """A piece's split by a hash of (seed, path): adding or removing other files never moves it."""
+    return "val" if _split_score(seed, rel) < val_fraction else "train"
+
+
+def ensure_both_splits(pieces: list[dict], val_fraction: float, seed: int) -> None:
+    """When every piece fell into one split, move the one whose hash is nearest the other (in place); a
+    no-op but for tiny folders. Applied when the cache is opened, so the stored splits stay per piece."""
+    if len(pieces) < 2 or val_fraction <= 0:
+        return
+    for want, pick in (("val", min), ("train", max)):
+        if not any(p["split"] == want for p in pieces):
+            pick(pieces, key=lambda p: _split_score(seed, p["path"]))["split"] = want
+
+
 def assign_split(pieces: list[dict], val_fraction: float, seed: int) -> None:
     """Set piece["split"] in place: by a hash of (seed, path); both splits non-empty when that is possible."""
-    scores = [_split_score(seed, p["path"]) for p in pieces]
-    for p, s in zip(pieces, scores, strict=True):
-        p["split"] = "val" if s < val_fraction else "train"
-    if len(pieces) >= 2 and val_fraction > 0:
-        order = np.argsort(scores)
-        if not any(p["split"] == "val" for p in pieces):
-            pieces[order[0]]["split"] = "val"
-        if not any(p["split"] == "train" for p in pieces):
-            pieces[order[-1]]["split"] = "train"
+    for p in pieces:
+        p["split"] = piece_split(seed, p["path"], val_fraction)
+    ensure_both_splits(pieces, val_fraction, seed)
 
 
 def scan_midi_files(data_dir: Path) -> list[Path]:
     return sorted(
         p for p in data_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()
     )
-
-
-def _load_manifest(cache_dir: Path) -> dict | None:
-    try:
-        return json.loads((cache_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def build(
@@ -314,21 +339,13 @@ def _first_missing_folder(path: Path) -> Path | None:
     return missing
 
 
-def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
-                  progress, reader, t0) -> BuildSummary:
-    from tqdm import tqdm
-
-    old = _load_manifest(cache)
-    if old is not None and (old.get("format") != FORMAT_VERSION or old.get("vocab_hash") != vocab.vocab_hash()):
-        old = None  # another vocabulary: tokens are worthless, start over
-    same_dir = old is not None and old["options"].get("data_dir") == str(data)
-    old_entries = {e["path"]: e for e in (old["pieces"] + old["skipped"])} if old else {}
-
-    files = scan_midi_files(data)
+def _diff(files: list[Path], data: Path, old_entries: dict, same_dir: bool, summary: BuildSummary):
+    """Sort the folder's files against the old manifest: -> (pieces and skipped kept, each entry as it is
+    or with new size/mtime, the entries among them whose size/mtime changed, files to tokenize)."""
     pieces: list[dict] = []
     skipped: list[dict] = []
+    touched: list[dict] = []
     todo: list[tuple[str, dict]] = []
-    summary = BuildSummary(cache_dir=str(cache), data_dir=str(data), files=len(files))
     for f in files:
         rel = f.relative_to(data).as_posix()
         st = f.stat()
@@ -338,39 +355,54 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
             (skipped if "reason" in prev else pieces).append(prev)
             summary.reused += 1
             continue
+        if prev is None:  # a new file: hashed by the worker that reads it
+            todo.append((rel, meta))
+            continue
         meta["sha256"] = _sha256(f)
-        if prev is not None and prev["sha256"] == meta["sha256"]:
-            (skipped if "reason" in prev else pieces).append({**prev, **meta})
+        if prev["sha256"] == meta["sha256"]:
+            entry = {**prev, **meta}
+            (skipped if "reason" in prev else pieces).append(entry)
+            touched.append(entry)
             summary.reused += 1
             continue
         todo.append((rel, meta))
-    seen = {f.relative_to(data).as_posix() for f in files}
-    summary.removed = sum(1 for rel in old_entries if rel not in seen)
+    summary.removed = len(set(old_entries) - {f.relative_to(data).as_posix() for f in files})
+    return pieces, skipped, touched, todo
 
+
+def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max_seconds, flush_seconds,
+                  progress, reader, t0) -> BuildSummary:
+    from tqdm import tqdm
+
+    old = manifest_io.load(cache)
+    if old is not None and (old.get("format") != FORMAT_VERSION or old.get("vocab_hash") != vocab.vocab_hash()):
+        old = None  # another vocabulary: tokens are worthless, start over
+    same_dir = old is not None and old["options"].get("data_dir") == str(data)
+    old_entries = {e["path"]: e for e in (old["pieces"] + old["skipped"])} if old else {}
+
+    files = scan_midi_files(data)
+    summary = BuildSummary(cache_dir=str(cache), data_dir=str(data), files=len(files))
+    pieces, skipped, touched, todo = _diff(files, data, old_entries, same_dir, summary)
+    kept = {e["path"] for e in pieces} | {e["path"] for e in skipped}
     options = {"data_dir": str(data), "val_fraction": val_fraction, "split_seed": split_seed,
                "max_seconds": max_seconds, "timeout_s": timeout_s}
-
-    def write_manifest() -> None:
-        if not pieces:  # nothing worth keeping yet: a folder of unusable files leaves no (empty) cache
-            return
-        assign_split(pieces, val_fraction, split_seed)
-        atomic_write_json(cache / MANIFEST, {
-            "format": FORMAT_VERSION,
-            "vocab_hash": vocab.vocab_hash(),
-            "vocab_spec": vocab.vocab_spec(),
-            "options": options,
-            "pieces": sorted(pieces, key=lambda p: p["path"]),
-            "skipped": sorted(skipped, key=lambda p: p["path"]),
-        })
-
+    writer = manifest_io.ManifestWriter(cache, {"format": FORMAT_VERSION, "vocab_hash": vocab.vocab_hash(),
+                                                "vocab_spec": vocab.vocab_spec(), "options": options}, old)
+    if writer.rewrites:  # other options (or none before): every piece's split is computed again
+        for p in pieces:
+            p["split"] = piece_split(split_seed, p["path"], val_fraction)
+    # what the journal must say before the new entries: old entries gone (removed or changed files), touched ones
+    backlog = {"removed": [rel for rel in old_entries if rel not in kept], "entries": touched}
+    fresh: list[dict] = []  # entries tokenized or skipped since the last flush, journaled at the next one
     pending: list[tuple[dict, np.ndarray]] = []
     last_flush = time.monotonic()
+    existing = [int(p.stem) for p in (cache / "shards").glob("*.bin") if p.stem.isdigit()]
+    next_shard = max(existing, default=0) + 1
 
     def flush() -> None:
-        nonlocal last_flush
-        if pending:
-            existing = [int(p.stem) for p in (cache / "shards").glob("*.bin") if p.stem.isdigit()]
-            shard = f"{max(existing, default=0) + 1:06d}.bin"
+        nonlocal last_flush, next_shard
+        if pending:  # the shard first: a manifest never lists tokens that are not on disk
+            shard, next_shard = f"{next_shard:06d}.bin", next_shard + 1
             offset = 0
             for entry, toks in pending:
                 entry.update(shard=shard, offset=offset, length=len(toks))
@@ -378,27 +410,40 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
             atomic_write_bytes(cache / "shards" / shard, np.concatenate([t for _, t in pending]).astype("<i2").tobytes())
             pieces.extend(e for e, _ in pending)
             pending.clear()
-        write_manifest()
         last_flush = time.monotonic()
+        if not pieces:  # nothing worth keeping yet: a folder of unusable files leaves no (empty) cache
+            return
+        if writer.rewrites:
+            writer.write_snapshot(pieces, skipped)
+        else:
+            writer.append(backlog["entries"] + fresh, removed=backlog["removed"])
+            backlog["entries"], backlog["removed"] = [], []
+        fresh.clear()
 
     by_rel = dict(todo)
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     paths = [str(data / rel) for rel, _ in todo]
     if n_workers == 0:
-        results = ((p, _tokenize_file(p, reader, max_seconds)) for p in paths)
+        results = ((p, _hash_and_tokenize(p, reader, max_seconds)) for p in paths)
     else:
         results = _run_isolated(paths, reader, max_seconds, n_workers, timeout_s)
     try:
         with tqdm(total=len(paths), desc="tokenizing MIDI", unit="file", leave=False,  # the summary follows
                   disable=not progress or not paths) as bar:
-            for path, res in results:
+            for path, (digest, res) in results:
                 meta = by_rel[Path(path).relative_to(data).as_posix()]
+                if "sha256" not in meta:
+                    meta["sha256"] = digest if digest is not None else _sha256_or_empty(Path(path))
                 if res[0] == "ok":
                     _, toks, n_notes, duration, stats = res
-                    pending.append(({**meta, "notes": n_notes, "duration_s": round(duration, 3), "stats": stats}, toks))
+                    entry = {**meta, "notes": n_notes, "duration_s": round(duration, 3), "stats": stats,
+                             "split": piece_split(split_seed, meta["path"], val_fraction)}
+                    pending.append((entry, toks))
+                    fresh.append(entry)
                     summary.tokenized += 1
                 else:
                     skipped.append({**meta, "reason": res[1]})
+                    fresh.append(skipped[-1])
                     summary.new_skipped += 1
                 bar.update(1)
                 if time.monotonic() - last_flush >= flush_seconds:
@@ -409,13 +454,27 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
             results.close()
 
     if not pieces:  # before the shard reclaim below: an existing cache of other data stays as it was
+        writer.close()
         raise NoUsableFile(_no_usable_file_message(data, len(files), skipped))
-    # reclaim shards no piece refers to any more
-    live = {p["shard"] for p in pieces}
+    if not writer.rewrites and writer.wants_compaction():
+        writer.write_snapshot(pieces, skipped)
+    writer.close()
+    _reclaim_shards(cache, {p["shard"] for p in pieces})
+    tc = TokenCache(cache, {**writer.header, "pieces": sorted(pieces, key=lambda p: p["path"]), "skipped": skipped})
+    _summarize(summary, tc, skipped)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _reclaim_shards(cache: Path, live: set[str]) -> None:
+    """Delete the shards no piece refers to any more (also those of an interrupted build)."""
     for shard in (cache / "shards").glob("*.bin"):
         if shard.name not in live:
             shard.unlink()
-    tc = TokenCache.open(cache)
+
+
+def _summarize(summary: BuildSummary, tc: TokenCache, skipped: list[dict]) -> None:
+    pieces = tc.pieces
     summary.pieces = len(pieces)
     summary.tokens = sum(p["length"] for p in pieces)
     summary.notes = sum(p["notes"] for p in pieces)
@@ -425,8 +484,6 @@ def _build_locked(data, cache, val_fraction, split_seed, workers, timeout_s, max
     summary.val_tokens = sum(p["length"] for p in tc.val_pieces)
     summary.skipped = [(s["path"], s["reason"]) for s in sorted(skipped, key=lambda s: s["path"])]
     summary.note_stats = total_note_stats(pieces)
-    summary.seconds = time.monotonic() - t0
-    return summary
 
 
 def _no_usable_file_message(data: Path, n_files: int, skipped: list[dict]) -> str:
@@ -441,33 +498,72 @@ def _no_usable_file_message(data: Path, n_files: int, skipped: list[dict]) -> st
 # ----------------------------------------------------------------------------------------------------------
 # Reading a cache
 class TokenCache:
-    """A built cache: the manifest plus memory-mapped shards (opened lazily, so it pickles cheaply)."""
+    """A built cache: the manifest plus memory-mapped shards (opened lazily, so it pickles cheaply).
+
+    The manifest's entries are kept by column (manifest.PieceTable): the loader reads the columns it needs
+    (split_columns); `pieces`, `train_pieces`, `val_pieces` and `manifest` build their dicts on first use."""
 
     def __init__(self, cache_dir: Path, manifest: dict):
         self.cache_dir = Path(cache_dir)
-        self.manifest = manifest
+        self._manifest = manifest
+        for key in ("pieces", "skipped"):  # a build hands over lists of dicts; open() hands over tables
+            if isinstance(manifest[key], list):
+                manifest[key] = manifest_io.PieceTable.from_rows(manifest[key])
         self.vocab_hash: str = manifest["vocab_hash"]
-        self.pieces: list[dict] = manifest["pieces"]
-        self.train_pieces = [p for p in self.pieces if p["split"] == "train"]
-        self.val_pieces = [p for p in self.pieces if p["split"] == "val"]
-        content = [(p["path"], p["sha256"], p["split"], p["length"]) for p in self.pieces]
-        blob = json.dumps([self.vocab_hash, content], separators=(",", ":")).encode()
-        self.fingerprint: str = hashlib.sha256(blob).hexdigest()[:16]
+        table: manifest_io.PieceTable = manifest["pieces"]
+        options = manifest["options"]
+        self._split = _both_splits(table.columns.get("path", []), table.columns.get("split", []),
+                                   options["val_fraction"], options["split_seed"])
         self._maps: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(cls, cache_dir: str | os.PathLike) -> TokenCache:
-        manifest = _load_manifest(Path(cache_dir))
+        manifest = manifest_io.load(Path(cache_dir), tables=True)
         if manifest is None:
             raise UserError(f"no token cache in {cache_dir} (build one: python -m aurl.data build --cache {cache_dir})")
         if manifest.get("vocab_hash") != vocab.vocab_hash():
             raise UserError(f"the cache in {cache_dir} was built with another vocabulary; rebuild it")
         return cls(Path(cache_dir), manifest)
 
+    @functools.cached_property
+    def pieces(self) -> list[dict]:
+        rows = self._manifest["pieces"].rows()
+        for row, split in zip(rows, self._split, strict=True):
+            row["split"] = split
+        return rows
+
+    @functools.cached_property
+    def train_pieces(self) -> list[dict]:
+        return [p for p in self.pieces if p["split"] == "train"]
+
+    @functools.cached_property
+    def val_pieces(self) -> list[dict]:
+        return [p for p in self.pieces if p["split"] == "val"]
+
+    @functools.cached_property
+    def manifest(self) -> dict:
+        return {**self._manifest, "pieces": self.pieces, "skipped": self._manifest["skipped"].rows()}
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        c = self._manifest["pieces"].columns
+        content = [list(t) for t in zip(c.get("path", []), c.get("sha256", []), self._split, c.get("length", []),
+                                        strict=True)]
+        blob = json.dumps([self.vocab_hash, content], separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     def split(self, name: str) -> list[dict]:
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return self.train_pieces if name == "train" else self.val_pieces
+
+    def split_columns(self, name: str) -> dict[str, list]:
+        """The pieces of one split by column: {"path", "shard", "offset", "length"}, in manifest order."""
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        c = self._manifest["pieces"].columns
+        keep = [i for i, s in enumerate(self._split) if s == name]
+        return {k: [c[k][i] for i in keep] for k in ("path", "shard", "offset", "length")}
 
     def shard(self, name: str) -> np.ndarray:
         m = self._maps.get(name)
@@ -481,11 +577,20 @@ class TokenCache:
         """The int16 tokens of one piece (a read-only memmap view)."""
         return self.shard(piece["shard"])[piece["offset"] : piece["offset"] + piece["length"]]
 
-    def __getstate__(self):
-        return {"cache_dir": self.cache_dir, "manifest": self.manifest}
+    def __getstate__(self):  # columns pickle as a few long lists, not 100,000 dicts
+        return {"cache_dir": self.cache_dir, "manifest": self._manifest}
 
     def __setstate__(self, state):
         self.__init__(state["cache_dir"], state["manifest"])
+
+
+def _both_splits(paths: list[str], splits: list[str], val_fraction: float, seed: int) -> list[str]:
+    """ensure_both_splits on columns: the splits, with one piece moved when every piece fell into one."""
+    if len(set(splits)) == 2:
+        return list(splits)
+    rows = [{"path": p, "split": s} for p, s in zip(paths, splits, strict=True)]
+    ensure_both_splits(rows, val_fraction, seed)
+    return [r["split"] for r in rows]
 
 
 def ensure_cache(
