@@ -26,6 +26,7 @@ from aurl.data.dataset import EpochBatchSampler, WindowDataset
 from aurl.model import MusicTransformerVAEGAN, elbo
 from aurl.model.checkpoint import init_from_model_file, save_model_file
 from aurl.train import checkpoint as ckpt
+from aurl.train import elastic
 from aurl.train import state as st
 from aurl.train.distributed import (
     average_gradients,
@@ -119,13 +120,28 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                              start_share=d.start_share)
     val_ds = WindowDataset(cache, "val", seq_len=d.seq_len, augment=None, seed=t.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
-    sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world)
+
+    # ------------------------------------------------------------------------------------- state + resume
+    # decided before the sampler and prepare: on another number of processes the global batch is split anew
+    run = run_record(cfg, accelerator, cache.fingerprint)
+    state = st.read_state(out_dir) if main else None
+    entry = (state or {}).get("stages", {}).get(str(stage)) if main else None
+    resume_from, refusal = resume_point(out_dir, stage, entry, run) if main else (None, None)
+    meta = ckpt.read_meta(resume_from) if main and resume_from is not None and not refusal else None
+    layout = elastic.layout_for(d.batch_size, o.grad_accum, world, entry, meta is not None) if main else None
+    # all ranks resume from the same dir, or all refuse: rank 0 decides (other nodes' file systems may lag)
+    resume_from, refusal, meta, layout, entry = broadcast_from_main(accelerator, resume_from, refusal, meta, layout,
+                                                                    entry)
+    if refusal:
+        raise UserError(refusal)
+    run.update(layout.record())
+    sampler = EpochBatchSampler(len(train_ds), layout.micro_batch, seed=t.seed, rank=rank, world_size=world)
     # own generators: iter(DataLoader) draws a seed, and from the global RNG it would shift dropout's stream
     # after a mid-epoch resume (the resumed run starts its iterator at another point of that stream)
     train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers,
                               generator=torch.Generator().manual_seed(t.seed))
     val_loader = make_val_loader(val_ds, cfg, rank, world)
-    accum = o.grad_accum
+    accum = layout.grad_accum
     steps_per_epoch = len(sampler) // accum
     assert steps_per_epoch >= 1, f"{len(sampler)} batches per epoch < grad_accum {accum}"
     total_steps = t.epochs * steps_per_epoch
@@ -143,7 +159,8 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     ds = is_deepspeed(accelerator)
     disc = None  # under DeepSpeed: the discriminator, kept outside the engine (see detach_discriminator)
     if ds:
-        configure_deepspeed(accelerator, d.batch_size, o.grad_accum, o.grad_clip)
+        configure_deepspeed(accelerator, layout.micro_batch, accum, o.grad_clip,
+                            universal=elastic.needs_universal(ds, (meta or {}).get("world_size"), world))
         if gan:
             disc = detach_discriminator(model).to(accelerator.device)
     if gan and not ds:
@@ -154,23 +171,18 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
     # D's phase bypasses the engine's forward: the engine hooks its outputs' backward as a generator step
     d_model = accelerator.unwrap_model(model) if disc is not None else model
 
-    # ------------------------------------------------------------------------------------- state + resume
-    run = run_record(cfg, accelerator, cache.fingerprint)
-    state = st.read_state(out_dir) if main else None
-    entry = (state or {}).get("stages", {}).get(str(stage)) if main else None
-    resume_from, refusal = resume_point(out_dir, stage, entry, run) if main else (None, None)
-    # all ranks resume from the same dir, or all refuse: rank 0 decides (other nodes' file systems may lag)
-    resume_from, refusal = broadcast_from_main(accelerator, resume_from, refusal)
-    if refusal:
-        raise UserError(refusal)
+    # -------------------------------------------------------------------------------------------- resume
     sdir = stage_dir(out_dir, stage)
     epoch, batch, step, best_val, bad_evals, early = 0, 0, 0, math.inf, 0, False
+    changes = []
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        if meta.get("world_size", world) != world:
+            print0(elastic.describe(layout, meta, stage, d.batch_size))
+        elastic.load(accelerator, resume_from, elastic.needs_universal(ds, meta.get("world_size"), world))
         ckpt.load_extra(resume_from, extra_state)
-        meta = ckpt.read_meta(resume_from)
-        epoch, batch, step = meta["epoch"], meta["batch"], meta["step"]
+        epoch, batch, step = meta["epoch"], elastic.start_batch(meta, layout), meta["step"]
         best_val, bad_evals, early = meta["best_val"], meta["bad_evals"], meta["early_stopped"]
+        changes = elastic.world_size_changes(entry, meta, layout, resume_from)
         print0(f"[stage {stage}] resuming from {resume_from} (epoch {epoch}, batch {batch}, step {step})")
 
     def update_state(**changes) -> None:  # rank 0 only
@@ -183,7 +195,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
 
     stop = StopFlag(t.stop_margin_s).install()  # before "running" is recorded: a preemption from then on is caught
     if main:
-        update_state(status="running")
+        update_state(status="running", **({"world_size_changes": changes} if changes else {}))
     # the run id from the file just written (a fresh run had none before); one W&B run per stage, its id kept
     run_id = (st.read_state(out_dir) or {}).get("run_id", "aurl") if main else "aurl"
     tracker = Trackers(tracker_kind, out_dir, stage, run_id, cfg.logging.wandb_project, cfg.to_dict(), enabled=main,
@@ -192,8 +204,9 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
         update_state(wandb_run_id=tracker.wandb_run_id)
 
     def save(reason: str):
-        meta = {"stage": stage, "epoch": epoch, "batch": batch, "best_val": best_val, "bad_evals": bad_evals,
-                "early_stopped": early, "reason": reason}
+        # "sample": the global data cursor, what an elastic resume on another number of processes starts from
+        meta = {"stage": stage, "epoch": epoch, "batch": batch, "sample": batch * layout.micro_batch * world,
+                "best_val": best_val, "bad_evals": bad_evals, "early_stopped": early, "reason": reason}
 
         def on_commit(path: Path) -> None:
             update_state(epoch=epoch, step=step, batch=batch, last_checkpoint=str(path),
@@ -296,6 +309,7 @@ def run_stage(cfg: StageConfig, stage: int, out_dir: Path, accelerator, init_fro
                 update_state(epoch=epoch, step=step, batch=batch, tokens_per_s=tok_rate, eta_s=eta)
                 last_progress_write = now
             if step % cfg.logging.log_every_steps == 0 or step == 1:
+                logs = elastic.mean_over_ranks(logs, accelerator)  # the step's figures, whatever the world size
                 tracker.log({f"train/{k}": v for k, v in logs.items()} | {"train/lr": opt_g.param_groups[0]["lr"],
                             "train/tokens_per_s": tok_rate, "train/step_s": step_s}, step, split="train")
             if batch >= steps_per_epoch * accum or step >= total_steps:
@@ -380,15 +394,16 @@ def resume_point(out_dir: Path, stage: int, entry: dict | None, run: dict) -> tu
     return resume_from, None
 
 
-def broadcast_from_main(accelerator, path: Path | None, refusal: str | None) -> tuple[Path | None, str | None]:
-    """Rank 0's choice of checkpoint (and its refusal, if any), sent to all ranks."""
+def broadcast_from_main(accelerator, path: Path | None, refusal: str | None, *more) -> tuple:
+    """Rank 0's choice of checkpoint (and its refusal, if any, and any more picklable values), sent to all
+    ranks: (path, refusal, *more)."""
     if accelerator.num_processes == 1:
-        return path, refusal
+        return path, refusal, *more
     from accelerate.utils import broadcast_object_list
 
-    obj = [str(path) if path is not None else None, refusal]
+    obj = [str(path) if path is not None else None, refusal, *more]
     broadcast_object_list(obj, from_process=0)
-    return (Path(obj[0]) if obj[0] else None), obj[1]
+    return (Path(obj[0]) if obj[0] else None), obj[1], *obj[2:]
 
 
 def copy_best(out_dir: Path, stage: int) -> None:
