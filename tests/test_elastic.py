@@ -22,6 +22,7 @@ from run_helpers import (
     assert_replays_reference,
     assert_same_tensors,
     key,
+    model_tensors,
     read_state,
     records,
     stage_entry,
@@ -33,17 +34,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(torch.cuda.is_available(), re
 
 # stage 1: 1 window per micro-batch, 3 per process and step on 2 processes, a commit after every step
 ARGS = ("--stage", "1", "data.batch_size=1", "optim.grad_accum=3", "model.dropout=0", "checkpoint.every_steps=1",
+        "train.max_val_batches=3",  # 3 validation windows: one for each of 3 processes
         "eval.enabled=false")
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("AURL_ACCELERATE_CONFIG", "ACCELERATE_USE_CPU",
                                                            KILL_AT_ENV)},
        "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "AURL_SKIP_ENV": "1", "CUDA_VISIBLE_DEVICES": "",
        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-# Measured (2026-12-01, 2-core shared CPU machine, the chain below): the largest difference of any logged value
-# between the elastic run and the uninterrupted one is 0 to 1.2e-7 (float32 sums in another order), of any
-# weight 6e-8; LOSS_TOL and WEIGHT_ATOL are 10x above them, and 1000x below what one step moves (the test
-# prints all figures and asserts that margin).
-LOSS_TOL = 1e-6
-WEIGHT_ATOL = 1e-6
+# Measured (2026-12-01, 2-core shared CPU machine under load, the chain below, twice): the largest difference of
+# any logged value (loss, lr, grad norm...) between the elastic run and the uninterrupted one 1.67e-7, of any
+# weight 7.45e-9 (float32 sums in another order); one optimizer step moves the weights by 1.35e-4. The
+# tolerances sit ~10x above the measured differences; the test prints the three figures and asserts that one
+# step moves the weights >= 100x WEIGHT_ATOL (a run that skipped or repeated a step could not pass).
+LOSS_TOL = 2e-6
+WEIGHT_ATOL = 1e-7
 
 
 def cmd(out: Path) -> list[str]:
@@ -99,12 +102,10 @@ def test_ddp_resumes_on_one_two_and_three_processes(reference, tmp_path):
     ref_ckpt = sorted((reference / "checkpoints" / "stage1").glob("step_*"))[-1]
     assert ckpt.name == ref_ckpt.name == f"step_{steps:08d}"
     assert assert_same_tensors(ref_ckpt, ckpt, atol=WEIGHT_ATOL) > 0
-    from run_helpers import model_tensors
-
     a, b = model_tensors(ref_ckpt), model_tensors(ckpt)
     weights = max(float((a[k] - b[k]).abs().max()) for k in a)
-    first = sorted((reference / "checkpoints" / "stage1").glob("step_*"))[0]
+    first = sorted((reference / "checkpoints" / "stage1").glob("step_*"))[0]  # keep=2: the step before the last
     one_step = max(float((a[k] - v).abs().max()) for k, v in model_tensors(first).items())
     print(f"elastic DDP 2->1->2->3: logged values differ by at most {logged:.3g}, weights by {weights:.3g}; "
-          f"training moved the weights by {one_step:.3g} over the last steps")
-    assert one_step >= 1000 * WEIGHT_ATOL, one_step
+          f"the last step moved them by {one_step:.3g}")
+    assert one_step >= 100 * WEIGHT_ATOL, one_step
