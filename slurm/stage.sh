@@ -11,6 +11,10 @@
 #   AURL_DATA (MIDI folder), AURL_TRAIN_ARGS (more aurl.train arguments, e.g. key=value overrides),
 #   AURL_ACCELERATE_CONFIG, AURL_GPUS_PER_NODE, AURL_PROCS_PER_NODE (read by launch/slurm_node.sh),
 #   AURL_SKIP_ENV=1 (use the python/accelerate on PATH instead of setting up .venv).
+# Nodes: this job's own count (SLURM_JOB_NUM_NODES). Submitted with a range (`--nodes 1-4`, AURL_MIN_NODES
+# in slurm/pipeline.sh), a requeued stage may come back on another number of nodes: the trainer then resumes
+# elastically (aurl/train/elastic.py: the global batch and the sample order kept; a count that cannot split
+# the global batch is refused by name, and the job fails rather than train another run).
 # Exit status: 0 only when the stage is completed (at once if it already was). A stage stopped early by
 # SIGUSR1 (preemption, `--signal=B:USR1@N`, `scancel --signal=USR1 --batch`) or by the trainer's deadline
 # saves a committed checkpoint, requeues this job (`scontrol requeue`: same job id, so the afterok chain
