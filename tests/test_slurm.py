@@ -296,3 +296,17 @@ def test_status_without_squeue_and_stage_status(tmp_path, monkeypatch, capsys):
     assert slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", "2"]) == 1
     slurm.main(["stage-status", "--output-dir", str(tmp_path), "--stage", "2"])
     assert capsys.readouterr().out.strip() == "none"
+
+
+@pytest.mark.parametrize("knobs", [{"AURL_MIN_NODES": "3", "AURL_NODES": "2"}, {"AURL_MIN_NODES": "0"},
+                                   {"AURL_NODES": "two"}], ids=["min-above-max", "zero", "not-a-number"])
+def test_pipeline_refuses_a_bad_node_range(tmp_path, knobs):
+    """Before any sbatch: one line naming both knobs, exit 2, no output folder."""
+    import subprocess
+
+    out = tmp_path / "run"
+    env = {**os.environ, "AURL_OUTPUT_DIR": str(out), "AURL_SKIP_ENV": "1", **knobs}
+    r = subprocess.run(["bash", str(REPO / "slurm" / "pipeline.sh")], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "AURL_MIN_NODES" in r.stderr and "AURL_NODES" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
