@@ -10,9 +10,9 @@
 #   AURL_NODES=4 AURL_GPUS_PER_NODE=8 AURL_PARTITION=gpu AURL_TIME=2-00:00:00 sbatch slurm/pipeline.sh
 # Knobs (environment; the stage jobs inherit them):
 #   AURL_NODES              nodes per stage job                                     (default 1)
-#   AURL_MIN_NODES          fewest nodes a stage job may start (or restart) on: the jobs ask for
-#                           MIN-MAX nodes and SLURM grants what is free; a requeued stage resumes on
-#                           whatever number it gets (elastic resume, global batch kept)  (default AURL_NODES)
+#   AURL_REQUEUE_NODES      nodes a stage job goes on with once it has been requeued (preempted, out of
+#                           time): it gives the others back and resumes elastically (global batch and
+#                           sample order kept; aurl/train/elastic.py)               (default: all it has)
 #   AURL_GPUS_PER_NODE      GPUs per node = training processes per node; 0 = CPU    (default 1)
 #   AURL_PROCS_PER_NODE     processes per node when AURL_GPUS_PER_NODE=0            (default 1)
 #   AURL_PARTITION          partition                                               (default: the cluster's)
@@ -40,12 +40,13 @@ else
 fi
 
 nodes="${AURL_NODES:-1}"
-min_nodes="${AURL_MIN_NODES:-$nodes}"
-if ! [[ "$nodes" =~ ^[1-9][0-9]*$ && "$min_nodes" =~ ^[1-9][0-9]*$ ]] || [ "$min_nodes" -gt "$nodes" ]; then
-    echo "[aurl] error: AURL_MIN_NODES=$min_nodes, AURL_NODES=$nodes: need whole numbers with" \
-        "1 <= AURL_MIN_NODES <= AURL_NODES" >&2
-    exit 2
-fi
+for knob in AURL_NODES AURL_REQUEUE_NODES; do
+    value="${!knob:-1}"
+    if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
+        echo "[aurl] error: $knob=$value: a number of nodes (a whole number >= 1)" >&2
+        exit 2
+    fi
+done
 gpus="${AURL_GPUS_PER_NODE:-1}"
 out="$(realpath -m "${AURL_OUTPUT_DIR:-$repo_root/outputs}")"
 stages="${AURL_STAGES:-1 2 3}"
@@ -62,9 +63,7 @@ if [ -n "$pipeline_job" ]; then
     done < <(compgen -e | grep '^SLURM_' || true)
 fi
 
-node_range="$nodes"
-[ "$min_nodes" = "$nodes" ] || node_range="$min_nodes-$nodes"
-common=(--parsable --nodes "$node_range" --ntasks-per-node 1 --time "${AURL_TIME:-12:00:00}"
+common=(--parsable --nodes "$nodes" --ntasks-per-node 1 --time "${AURL_TIME:-12:00:00}"
     --signal "B:USR1@${AURL_SIGNAL_SECONDS:-300}" --requeue --open-mode append --kill-on-invalid-dep yes
     --output "$out/logs/slurm/%x-%j.out" --chdir "$repo_root")
 [ -z "${AURL_PARTITION:-}" ] || common+=(--partition "$AURL_PARTITION")

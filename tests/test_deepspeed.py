@@ -128,7 +128,7 @@ def test_zero2_three_stages_and_plain_export(zero2_reference, tmp_path):
 # under ZeRO-2, 2 -> 1 under ZeRO-3, through DeepSpeed's universal checkpoint) replays the uninterrupted
 # run's logged values within ELASTIC_TOL_MEASURED (the test prints the figure); without the optimizer state
 # (Adam's moments not loaded) the first step after the resume is off by ~1e-3 and the test fails.
-ELASTIC_TOL = 1e-5
+ELASTIC_TOL = 1e-4
 
 
 def elastic_chain(zero: str, reference: Path, out: Path, chain: list[tuple[int, int | None]]) -> KilledRuns:
@@ -146,16 +146,18 @@ def elastic_chain(zero: str, reference: Path, out: Path, chain: list[tuple[int, 
     assert "universal checkpoint: step_" in log and "removed after the load" in log, log[-3000:]
     assert stage_entry(out, 1)["status"] == "completed"
     ref = [r for r in records(reference) if r["stage"] == 1]
-    assert assert_replays_reference(ref, runs.segments, runs.resumes,
-                                    close=lambda a, b: abs(a - b) <= ELASTIC_TOL) >= len(ref)
     by_key = {key(r): r for r in ref}
-    firsts = [seg[0] for seg, resumed in zip(runs.segments, runs.resumes, strict=True) if resumed]
+    # the loss logged at the second step of a resumed run is the first that the resumed optimizer state moved
+    firsts = [seg[1] for seg, resumed in zip(runs.segments, runs.resumes, strict=True) if resumed]
     assert len(firsts) == len(chain) - 1 and all(r["split"] == "train" for r in firsts), firsts
-    worst = max(abs(v - by_key[key(r)][n]) for seg in runs.segments for r in seg for n, v in r.items()
+    rel = lambda a, b: abs(a - b) / max(abs(b), 1e-3)  # noqa: E731 -- relative, absolute near 0
+    worst = max(rel(v, by_key[key(r)][n]) for seg in runs.segments for r in seg for n, v in r.items()
                 if isinstance(v, float))
-    first = max(abs(r["loss"] - by_key[key(r)]["loss"]) for r in firsts)
-    print(f"elastic {zero} {[p for p, _ in chain]}: logged values within {worst:.3g} of the uninterrupted run, "
-          f"first step after each resume within {first:.3g}")
+    first = max(rel(r["loss"], by_key[key(r)]["loss"]) for r in firsts)
+    print(f"elastic {zero} {[p for p, _ in chain]}: logged values within {worst:.3g} (relative) of the "
+          f"uninterrupted run, the loss after the first step of each resume within {first:.3g}")
+    assert assert_replays_reference(ref, runs.segments, runs.resumes,
+                                    close=lambda a, b: rel(a, b) <= ELASTIC_TOL) >= len(ref)
     assert not list((out / "checkpoints" / "stage1").glob(".universal-*"))  # converted, loaded, removed
     return runs
 

@@ -190,13 +190,13 @@ def _wait_for(pred, timeout: float) -> bool:
 
 @pytest.mark.slow
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
-    """The pipeline on 1-2 nodes (AURL_MIN_NODES=1): stage 2 preempted mid-run while node2 drains, requeued,
-    and resumed on node1 alone (elastic: 2 -> 1 processes, the global batch kept); stage 3 back on both."""
+    """The pipeline on 2 nodes with AURL_REQUEUE_NODES=1: stage 2 preempted mid-run, requeued, and resumed on
+    one node (elastic: 2 -> 1 processes, the global batch kept); stages 1 and 3 (never requeued) on both."""
     out = tmp_path / "run"
     # Stage 2 long enough (20 steps, 3 per epoch, a commit after each) that the USR1 below lands in its middle,
     # most likely mid-epoch; 1 and 3 tiny. Stage 2 without dropout: its RNG streams are per rank, and the
     # resumed run (one rank) is compared with an uninterrupted two-rank run.
-    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG, AURL_MIN_NODES=1,
+    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG, AURL_REQUEUE_NODES=1,
                AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=1 "
                                    "data.batch_size=2 eval.enabled=false stage2.model.dropout=0")
     r = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
@@ -209,26 +209,20 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     printed = (tmp_path / f"pipeline-{pipeline}.out").read_text().split()
     assert [jobs[s] for s in "123"] == printed[-3:]
 
-    # Preempt stage 2 in the middle: SIGUSR1 to the batch shell only, as `--signal=B:USR1@N` would, while node2
-    # drains (it takes no new job): the requeued stage 2 gets node1 alone and resumes on one process.
+    # Preempt stage 2 in the middle: SIGUSR1 to the batch shell only, as `--signal=B:USR1@N` would; requeued, it
+    # gives node2 back and resumes on node1 alone.
     _finished(slurm_cluster, out, 1, jobs["1"], timeout=120)
     _wait_for_checkpoint(out, 2, jobs["2"], timeout=90)
-    slurm_cluster.run("scontrol", "update", "NodeName=node2", "State=DRAIN", "Reason=aurl-test")
-    try:
-        slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobs["2"])
-        _wait_for_status(out, 2, "stopped", jobs["2"], slurm_cluster, timeout=120)
-        stopped_at = json.loads((out / "training_state.json").read_text())["stages"]["2"]["step"]
-        assert _wait_for(lambda: slurm_cluster.job(jobs["2"])["Restarts"] == "1"
-                         and slurm_cluster.job(jobs["2"])["JobState"] == "RUNNING", timeout=120), \
-            _stage_log(out, 2, jobs["2"])
-    finally:
-        slurm_cluster.run("scontrol", "update", "NodeName=node2", "State=RESUME")
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobs["2"])
+    _wait_for_status(out, 2, "stopped", jobs["2"], slurm_cluster, timeout=120)
+    stopped_at = json.loads((out / "training_state.json").read_text())["stages"]["2"]["step"]
     for stage in "23":
         _finished(slurm_cluster, out, int(stage), jobs[stage], timeout=120)
 
     infos = {s: slurm_cluster.job(jobs[s]) for s in "123"}
     assert infos["2"]["Restarts"] == "1" and infos["1"]["Restarts"] == "0", _stage_log(out, 2, jobs["2"])
     assert [infos[s]["NodeList"] for s in "123"] == ["node[1-2]", "node1", "node[1-2]"], infos
+    assert "requeued: going on with 1 node(s) (node1, AURL_REQUEUE_NODES)" in _stage_log(out, 2, jobs["2"])
     assert infos["1"]["EndTime"] <= infos["2"]["StartTime"] and infos["2"]["EndTime"] <= infos["3"]["StartTime"]
     log2 = _stage_log(out, 2, jobs["2"])
     assert "requeueing job" in log2 and log2.count("restart 1") >= 1, log2
@@ -298,15 +292,16 @@ def test_status_without_squeue_and_stage_status(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == "none"
 
 
-@pytest.mark.parametrize("knobs", [{"AURL_MIN_NODES": "3", "AURL_NODES": "2"}, {"AURL_MIN_NODES": "0"},
-                                   {"AURL_NODES": "two"}], ids=["min-above-max", "zero", "not-a-number"])
-def test_pipeline_refuses_a_bad_node_range(tmp_path, knobs):
-    """Before any sbatch: one line naming both knobs, exit 2, no output folder."""
+@pytest.mark.parametrize("knobs", [{"AURL_REQUEUE_NODES": "0"}, {"AURL_REQUEUE_NODES": "one"},
+                                   {"AURL_NODES": "2-4"}], ids=["requeue-zero", "requeue-word", "nodes-range"])
+def test_pipeline_refuses_a_bad_node_count(tmp_path, knobs):
+    """Before any sbatch: one line naming the knob and its value, exit 2, no output folder."""
     import subprocess
 
     out = tmp_path / "run"
     env = {**os.environ, "AURL_OUTPUT_DIR": str(out), "AURL_SKIP_ENV": "1", **knobs}
     r = subprocess.run(["bash", str(REPO / "slurm" / "pipeline.sh")], env=env, capture_output=True, text=True,
                        timeout=30)
-    assert r.returncode == 2 and "AURL_MIN_NODES" in r.stderr and "AURL_NODES" in r.stderr, r.stderr
+    (knob, value), = knobs.items()
+    assert r.returncode == 2 and f"{knob}={value}" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -5,7 +5,8 @@ the best model and the logs.
 Exact resume: the data order is a pure function of (seed, epoch) (EpochBatchSampler, not prepared by
 Accelerate), augmentation a pure function of (seed, epoch, index), checkpoints are taken only at
 optimizer-step boundaries and hold model, optimizers, every rank's RNG states (accelerator.save_state) and
-the data cursor (meta.json: epoch, next batch). The learning rate is a pure function of the step.
+the data cursor (meta.json: epoch, next batch, and the global sample index "sample" from which a launch on
+another number of processes resumes: aurl.train.elastic). The learning rate is a pure function of the step.
 """
 
 from __future__ import annotations
