@@ -85,12 +85,12 @@ def layout_for(micro_batch: int, grad_accum: int, world: int, entry: dict | None
     return Layout(world, micro, per_rank // micro)
 
 
-def describe(layout: Layout, entry: dict, stage: int, config_micro: int) -> str:
-    """The log line of a change of layout."""
+def describe(layout: Layout, meta: dict, stage: int, config_micro: int) -> str:
+    """The log line of a change of world size (meta: the checkpoint's meta.json)."""
     note = "" if layout.micro_batch == config_micro else (
         f" (data.batch_size {config_micro} does not divide {layout.global_batch // layout.world_size} samples per "
         f"process: the nearest exact split below it)")
-    return (f"[stage {stage}] elastic resume: {entry.get('world_size')} -> {layout.world_size} processes, global "
+    return (f"[stage {stage}] elastic resume: {meta.get('world_size')} -> {layout.world_size} processes, global "
             f"batch {layout.global_batch} kept as micro-batch {layout.micro_batch} x grad_accum "
             f"{layout.grad_accum} x {layout.world_size} processes{note}")
 
