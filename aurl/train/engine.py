@@ -21,7 +21,6 @@ import torch
 
 from aurl.config import StageConfig
 from aurl.model.checkpoint import unwrap
-from aurl.train.elastic import Layout
 from aurl.train.distributed import (
     average_gradients,
     configure_deepspeed,
@@ -29,6 +28,7 @@ from aurl.train.distributed import (
     export_weights,
     is_deepspeed,
 )
+from aurl.train.elastic import Layout
 
 
 class Engine:
