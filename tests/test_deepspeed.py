@@ -147,9 +147,10 @@ def elastic_chain(zero: str, reference: Path, out: Path, chain: list[tuple[int, 
     assert stage_entry(out, 1)["status"] == "completed"
     ref = [r for r in records(reference) if r["stage"] == 1]
     by_key = {key(r): r for r in ref}
-    # the loss logged at the second step of a resumed run is the first that the resumed optimizer state moved
+    # a resumed run's second record (the next step's loss, or a validation after the first step) is the first
+    # one that the first update after the resume, hence the resumed optimizer state, has moved
     firsts = [seg[1] for seg, resumed in zip(runs.segments, runs.resumes, strict=True) if resumed]
-    assert len(firsts) == len(chain) - 1 and all(r["split"] == "train" for r in firsts), firsts
+    assert len(firsts) == len(chain) - 1 and all(seg[0]["split"] == "train" for seg in runs.segments[1:]), firsts
     rel = lambda a, b: abs(a - b) / max(abs(b), 1e-3)  # noqa: E731 -- relative, absolute near 0
     worst = max(rel(v, by_key[key(r)][n]) for seg in runs.segments for r in seg for n, v in r.items()
                 if isinstance(v, float))
