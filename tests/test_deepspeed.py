@@ -130,7 +130,7 @@ def test_zero2_three_stages_and_plain_export(zero2_reference, tmp_path):
 # - ZeRO-3, 2 -> 1 at step 3: step 4 0, step 5 (after the first resumed update) 2.1e-6, step 6 2.8e-4, the
 #   validation at step 6 4.4e-4: the first step after the resume matches, then the runs drift apart far faster
 #   than under DDP (1.7e-7 over 10 steps, test_elastic.py). Not explained yet (fp32 reduce-scatter order under
-#   Adam, or something ZeRO-3's universal load does not restore); ELASTIC_TOL_ZERO3 is set from it.
+#   Adam, or something ZeRO-3's universal load does not restore); ELASTIC_TOL["zero3"] is set from it.
 # FIRST_STEP_TOL bounds the first record moved by the resumed optimizer state (a resume that dropped Adam's
 # moments is caught there: see the commit that names the mutation).
 ELASTIC_TOL = {"zero2": 1e-5, "zero3": 2e-3}
@@ -259,6 +259,7 @@ def test_zero3_elastic_resume_two_to_one(zero3_reference, tmp_path):
     universal checkpoint; the first step after it within FIRST_STEP_TOL of the uninterrupted ZeRO-3 run, every
     record within ELASTIC_TOL["zero3"] (see the measured figures above)."""
     out = tmp_path / "run"
+    # killed after step 3, the end of the first epoch (3 steps per epoch): the ZeRO-2 chain covers mid-epoch
     elastic_chain("zero3", zero3_reference, out, [(2, 3), (1, None)])
     changes = stage_entry(out, 1)["world_size_changes"]
     assert [(c["from_world_size"], c["to_world_size"], c["grad_accum"]) for c in changes] == [(2, 1, 4)], changes
