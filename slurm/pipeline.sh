@@ -10,6 +10,9 @@
 #   AURL_NODES=4 AURL_GPUS_PER_NODE=8 AURL_PARTITION=gpu AURL_TIME=2-00:00:00 sbatch slurm/pipeline.sh
 # Knobs (environment; the stage jobs inherit them):
 #   AURL_NODES              nodes per stage job                                     (default 1)
+#   AURL_REQUEUE_NODES      nodes a stage job goes on with once it has been requeued (preempted, out of
+#                           time): it gives the others back and resumes elastically (global batch and
+#                           sample order kept; aurl/train/elastic.py)               (default: all it has)
 #   AURL_GPUS_PER_NODE      GPUs per node = training processes per node; 0 = CPU    (default 1)
 #   AURL_PROCS_PER_NODE     processes per node when AURL_GPUS_PER_NODE=0            (default 1)
 #   AURL_PARTITION          partition                                               (default: the cluster's)
@@ -37,6 +40,13 @@ else
 fi
 
 nodes="${AURL_NODES:-1}"
+for knob in AURL_NODES AURL_REQUEUE_NODES; do
+    value="${!knob:-1}"
+    if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
+        echo "[aurl] error: $knob=$value: a number of nodes (a whole number >= 1)" >&2
+        exit 2
+    fi
+done
 gpus="${AURL_GPUS_PER_NODE:-1}"
 out="$(realpath -m "${AURL_OUTPUT_DIR:-$repo_root/outputs}")"
 stages="${AURL_STAGES:-1 2 3}"

@@ -11,6 +11,10 @@
 #   AURL_DATA (MIDI folder), AURL_TRAIN_ARGS (more aurl.train arguments, e.g. key=value overrides),
 #   AURL_ACCELERATE_CONFIG, AURL_GPUS_PER_NODE, AURL_PROCS_PER_NODE (read by launch/slurm_node.sh),
 #   AURL_SKIP_ENV=1 (use the python/accelerate on PATH instead of setting up .venv).
+# Nodes: this job's own count (SLURM_JOB_NUM_NODES); once requeued, AURL_REQUEUE_NODES (if fewer) -- the job
+# shrinks to that many (`scontrol update NumNodes`) and gives the others back. The trainer resumes a stage
+# committed on another number of nodes elastically (aurl/train/elastic.py: the global batch and the sample
+# order kept; a count that cannot split the global batch is refused by name, and the job fails).
 # Exit status: 0 only when the stage is completed (at once if it already was). A stage stopped early by
 # SIGUSR1 (preemption, `--signal=B:USR1@N`, `scancel --signal=USR1 --batch`) or by the trainer's deadline
 # saves a committed checkpoint, requeues this job (`scontrol requeue`: same job id, so the afterok chain
@@ -56,6 +60,23 @@ log "start on ${SLURM_JOB_NODELIST} (${SLURM_JOB_NUM_NODES} node(s)), restart ${
 if python -m aurl.slurm stage-done --output-dir "$out" --stage "$stage"; then
     log "already completed: nothing to do"
     exit 0
+fi
+
+# A requeued stage may go on with fewer nodes (a knob: `scontrol requeue` keeps the job's node count, and the
+# job cannot change it on its way out: the requeue ends it at once). Shrinking writes a script that resets
+# SLURM_JOB_NUM_NODES and the node list; it is written into the current folder, hence the temporary one.
+requeue_nodes="${AURL_REQUEUE_NODES:-}"
+if [ -n "$requeue_nodes" ] && ! [[ "$requeue_nodes" =~ ^[1-9][0-9]*$ ]]; then
+    log "error: AURL_REQUEUE_NODES=$requeue_nodes: a number of nodes (a whole number >= 1)"
+    exit 2
+fi
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -n "$requeue_nodes" ] && [ "$requeue_nodes" -lt "$SLURM_JOB_NUM_NODES" ]; then
+    resize_dir="$(mktemp -d)"
+    (cd "$resize_dir" && scontrol update JobId="$SLURM_JOB_ID" NumNodes="$requeue_nodes" >/dev/null)
+    # shellcheck disable=SC1090 # written by scontrol just now
+    source "$resize_dir/slurm_job_${SLURM_JOB_ID}_resize.sh"
+    rm -rf "$resize_dir"
+    log "requeued: going on with $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST, AURL_REQUEUE_NODES)"
 fi
 
 # No --resume: the trainer resumes a stopped stage by itself (--resume would refuse a fresh start).

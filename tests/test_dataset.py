@@ -252,3 +252,42 @@ def test_each_transform_changes_the_share_of_windows_it_is_configured_for(choral
         tol = 4 * np.sqrt(p * (1 - p) / n)
         assert abs(c["changed"] - p) <= tol, (name, c, round(tol, 3))
     assert 0.1 < report["start_share"] < 0.5 and 0.02 < report["end_share"] < 0.5
+
+
+
+def _steps(n, micro, accum, world, epoch, start_sample=0, seed=5) -> list[list[tuple]]:
+    """Each optimizer step (accum batches on each of `world` ranks) from a cursor: its micro-batches, as
+    sorted tuples of sample indices, in a sorted list (which rank drew which does not change the step)."""
+    per_rank = []
+    for r in range(world):
+        s = EpochBatchSampler(n, micro, seed=seed, rank=r, world_size=world)
+        s.set_epoch(epoch)
+        s.set_start_sample(start_sample)
+        per_rank.append([tuple(sorted(i for e, i in b if e == epoch)) for b in s])
+    return [sorted(b for r in range(world) for b in per_rank[r][k * accum:(k + 1) * accum])
+            for k in range(len(per_rank[0]) // accum)]
+
+
+@pytest.mark.parametrize("before, after", [((2, 1, 3), (1, 1, 6)), ((1, 1, 6), (2, 1, 3)), ((2, 1, 3), (3, 1, 2)),
+                                           ((2, 2, 2), (1, 2, 4)), ((1, 4, 2), (2, 2, 2))],
+                         ids=["2to1", "1to2", "2to3", "2to1-micro2", "1to2-micro4to2"])
+def test_global_sample_order_survives_a_change_of_world_size(before, after):
+    """The cursor is a global sample index: a run on N processes (world, micro-batch, accumulation) stopped
+    after k steps and resumed on M with the global batch kept draws, step by step, the very samples of the
+    uninterrupted run, each sample of the epoch once; with the micro-batch unchanged, the very micro-batches."""
+    n, k = 103, 3  # samples in the epoch; steps done before the stop
+    (w0, m0, a0), (w1, m1, a1) = before, after
+    g = w0 * m0 * a0
+    assert g == w1 * m1 * a1
+    ref = _steps(n, m0, a0, w0, epoch=2)
+    resumed = _steps(n, m1, a1, w1, epoch=2, start_sample=k * g)
+    assert len(ref) == k + len(resumed) == n // g
+    samples = lambda steps: [sorted(i for micro in step for i in micro) for step in steps]  # noqa: E731
+    assert samples(ref[k:]) == samples(resumed)  # step by step, the same global samples
+    seen = [i for step in samples(ref[:k]) + samples(resumed) for i in step]
+    assert len(seen) == len(set(seen)) == (n // g) * g  # each at most once, none skipped: every full step's
+    if m0 == m1:
+        assert ref[k:] == resumed  # the same micro-batches (what makes the step's gradient the same)
+    if m1 * w1 > 1:  # a cursor inside a round of micro-batches is no step boundary
+        with pytest.raises(ValueError, match="not a multiple"):
+            EpochBatchSampler(n, m1, rank=0, world_size=w1).set_start_sample(k * g + 1)

@@ -35,8 +35,10 @@ from run_helpers import (
     stage_entry,
 )
 
-# 2 micro-batches of 2 per step, 6 steps per stage, a commit after every step: room to kill mid-stage
-SMALL = ["data.batch_size=2", "checkpoint.every_steps=1", "eval.enabled=false"]
+# 2 micro-batches of 2 per step, 6 steps per stage, a commit after every step: room to kill mid-stage; stage 1
+# without dropout, so that an elastic resume (another number of processes: other RNG streams per sample)
+# can be compared with the uninterrupted run
+SMALL = ["data.batch_size=2", "checkpoint.every_steps=1", "eval.enabled=false", "stage1.model.dropout=0"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "AURL_ACCELERATE_CONFIG")}
 ENV.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
            TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
@@ -122,25 +124,62 @@ def test_zero2_three_stages_and_plain_export(zero2_reference, tmp_path):
     generate_from(zero2_reference / "checkpoints" / "best_model.pt", tmp_path)
 
 
-def test_zero2_kill9_mid_stage_refuses_other_world_size_then_resumes(zero2_reference, tmp_path):
-    out = tmp_path / "run"
-    runs = KilledRuns(out, ds_cmd("zero2", out, "--stage", "1"), ENV)
-    runs.kill9(lambda: 1 <= stage_entry(out, 1).get("step", 0) < 6 and stage_entry(out, 1).get("status") == "running",
-               1)
-    r = launch("zero2", out, "--stage", "1", processes=1, check=False)
-    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.returncode != 0 and len(err) == 1, r.stderr[-3000:]
-    assert "world_size: recorded 2, now 1" in err[0] and "--num_processes 2" in err[0]
-    assert "zero_to_fp32.py" in err[0]
-    runs.finish()
-    runs.check_resumes()  # from the newest commit on disk, which the kill left mid-stage
-    assert runs.resumes[1] is not None and runs.resumes[1][1] < 6
+# Measured (2026-12-01, 2-core shared CPU machine under load), relative differences of every logged value from the
+# uninterrupted run after an elastic resume through DeepSpeed's universal checkpoint:
+# - ZeRO-2, 2 -> 1 -> 2 processes: 0 (every value equal, twice).
+# - ZeRO-3, 2 -> 1 at step 3: step 4 0, step 5 (after the first resumed update) 2.1e-6, step 6 2.8e-4, the
+#   validation at step 6 4.4e-4: the first step after the resume matches, then the runs drift apart far faster
+#   than under DDP (1.7e-7 over 10 steps, test_elastic.py). Not explained yet (fp32 reduce-scatter order under
+#   Adam, or something ZeRO-3's universal load does not restore); ELASTIC_TOL["zero3"] is set from it.
+# FIRST_STEP_TOL bounds the first record moved by the resumed optimizer state (a resume that dropped Adam's
+# moments is caught there: see the commit that names the mutation).
+ELASTIC_TOL = {"zero2": 1e-5, "zero3": 2e-3}
+FIRST_STEP_TOL = 2e-5
+
+
+def elastic_chain(zero: str, reference: Path, out: Path, chain: list[tuple[int, int | None]]) -> KilledRuns:
+    """Stage 1 on processes[0], killed right after committing step k (the test-only fault point), resumed on
+    the next count, and so on; (n, None) runs to the end. Checks every record of every run against the
+    reference's stage 1 within ELASTIC_TOL[zero], the first step after each resume within FIRST_STEP_TOL."""
+    runs = KilledRuns(out, ds_cmd(zero, out, "--stage", "1"), ENV)
+    for processes, k in chain:
+        runs.cmd = ds_cmd(zero, out, "--stage", "1", processes=processes)
+        if k is None:
+            log = runs.finish()
+        else:
+            runs.fault("before_state_file", 1, k)
+    runs.check_resumes()
+    assert "universal checkpoint: step_" in log and "removed after the load" in log, log[-3000:]
     assert stage_entry(out, 1)["status"] == "completed"
-    # the same ZeRO stage and processes: the resume is exact, every record and every weight bit for bit
-    ref = [r for r in records(zero2_reference) if r["stage"] == 1]
-    assert assert_replays_reference(ref, runs.segments, runs.resumes) >= len(ref)
-    best = zero2_reference / "checkpoints" / "stage1" / "best.pt"
-    assert assert_same_tensors(best, out / "checkpoints" / "stage1" / "best.pt", expected=model_size(best)) > 0
+    ref = [r for r in records(reference) if r["stage"] == 1]
+    by_key = {key(r): r for r in ref}
+    # a resumed run's second record (the next step's loss, or a validation after the first step) is the first
+    # one that the first update after the resume, hence the resumed optimizer state, has moved
+    firsts = [seg[1] for seg, resumed in zip(runs.segments, runs.resumes, strict=True) if resumed]
+    assert len(firsts) == len(chain) - 1 and all(seg[0]["split"] == "train" for seg in runs.segments[1:]), firsts
+    rel = lambda a, b: abs(a - b) / max(abs(b), 1e-3)  # noqa: E731 -- relative, absolute near 0
+    worst = max(rel(v, by_key[key(r)][n]) for seg in runs.segments for r in seg for n, v in r.items()
+                if isinstance(v, float))
+    first = max(rel(r["loss"], by_key[key(r)]["loss"]) for r in firsts)  # train or val: both carry "loss"
+    print(f"elastic {zero} {[p for p, _ in chain]}: logged values within {worst:.3g} (relative) of the "
+          f"uninterrupted run, the loss after the first step of each resume within {first:.3g}")
+    assert first <= FIRST_STEP_TOL, first
+    assert assert_replays_reference(ref, runs.segments, runs.resumes,
+                                    close=lambda a, b: rel(a, b) <= ELASTIC_TOL[zero]) >= len(ref)
+    assert not list((out / "checkpoints" / "stage1").glob(".universal-*"))  # converted, loaded, removed
+    return runs
+
+
+def test_zero2_elastic_resume_two_to_one_to_two(zero2_reference, tmp_path):
+    """ZeRO-2, stage 1 (global batch 8 = 2 x 2 x 2): killed on 2 processes, resumed on 1 (grad_accum 4), killed,
+    resumed on 2: the universal checkpoint carries the weights and Adam's moments across, the sample order is
+    the uninterrupted run's, and the state file records both changes."""
+    out = tmp_path / "run"
+    elastic_chain("zero2", zero2_reference, out, [(2, 2), (1, 4), (2, None)])
+    entry = stage_entry(out, 1)
+    changes = [(c["step"], c["from_world_size"], c["to_world_size"], c["grad_accum"]) for c in entry["world_size_changes"]]
+    assert changes == [(2, 2, 1, 4), (4, 1, 2, 2)], changes
+    assert entry["zero_stage"] == 2 and entry["world_size"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +252,14 @@ def test_zero3_kill9_in_the_gan_stage_resumes_like_zero3_and_exports(zero3_refer
           f"logged values {logged:.3g}")
     assert drift >= 100 * WEIGHT_ATOL, drift  # the tolerance could not hide an untrained stage 3
     generate_from(best, tmp_path)
+
+
+def test_zero3_elastic_resume_two_to_one(zero3_reference, tmp_path):
+    """ZeRO-3 (parameters sharded too): stage 1 killed on 2 processes mid-stage, resumed on 1 through the
+    universal checkpoint; the first step after it within FIRST_STEP_TOL of the uninterrupted ZeRO-3 run, every
+    record within ELASTIC_TOL["zero3"] (see the measured figures above)."""
+    out = tmp_path / "run"
+    # killed after step 3, the end of the first epoch (3 steps per epoch): the ZeRO-2 chain covers mid-epoch
+    elastic_chain("zero3", zero3_reference, out, [(2, 3), (1, None)])
+    changes = stage_entry(out, 1)["world_size_changes"]
+    assert [(c["from_world_size"], c["to_world_size"], c["grad_accum"]) for c in changes] == [(2, 1, 4)], changes

@@ -190,12 +190,15 @@ def _wait_for(pred, timeout: float) -> bool:
 
 @pytest.mark.slow
 def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
+    """The pipeline on 2 nodes with AURL_REQUEUE_NODES=1: stage 2 preempted mid-run, requeued, and resumed on
+    one node (elastic: 2 -> 1 processes, the global batch kept); stages 1 and 3 (never requeued) on both."""
     out = tmp_path / "run"
     # Stage 2 long enough (20 steps, 3 per epoch, a commit after each) that the USR1 below lands in its middle,
-    # most likely mid-epoch; 1 and 3 tiny.
-    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
+    # most likely mid-epoch; 1 and 3 tiny. Stage 2 without dropout: its RNG streams are per rank, and the
+    # resumed run (one rank) is compared with an uninterrupted two-rank run.
+    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG, AURL_REQUEUE_NODES=1,
                AURL_TRAIN_ARGS="stage2.train.epochs=20 stage2.train.max_steps=20 stage2.checkpoint.every_steps=1 "
-                                   "data.batch_size=2 eval.enabled=false")
+                                   "data.batch_size=2 eval.enabled=false stage2.model.dropout=0")
     r = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/pipeline-%j.out",
                           str(REPO / "slurm" / "pipeline.sh"), env=env, cwd=tmp_path)
     pipeline = r.stdout.strip()
@@ -206,7 +209,8 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     printed = (tmp_path / f"pipeline-{pipeline}.out").read_text().split()
     assert [jobs[s] for s in "123"] == printed[-3:]
 
-    # Preempt stage 2 in the middle: SIGUSR1 to the batch shell only, as `--signal=B:USR1@N` would.
+    # Preempt stage 2 in the middle: SIGUSR1 to the batch shell only, as `--signal=B:USR1@N` would; requeued, it
+    # gives node2 back and resumes on node1 alone.
     _finished(slurm_cluster, out, 1, jobs["1"], timeout=120)
     _wait_for_checkpoint(out, 2, jobs["2"], timeout=90)
     slurm_cluster.run("scancel", "--signal=USR1", "--batch", jobs["2"])
@@ -217,16 +221,19 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
 
     infos = {s: slurm_cluster.job(jobs[s]) for s in "123"}
     assert infos["2"]["Restarts"] == "1" and infos["1"]["Restarts"] == "0", _stage_log(out, 2, jobs["2"])
-    for s in "123":
-        assert infos[s]["NodeList"] == "node[1-2]", infos[s]
+    assert [infos[s]["NodeList"] for s in "123"] == ["node[1-2]", "node1", "node[1-2]"], infos
+    assert "requeued: going on with 1 node(s) (node1, AURL_REQUEUE_NODES)" in _stage_log(out, 2, jobs["2"])
     assert infos["1"]["EndTime"] <= infos["2"]["StartTime"] and infos["2"]["EndTime"] <= infos["3"]["StartTime"]
     log2 = _stage_log(out, 2, jobs["2"])
     assert "requeueing job" in log2 and log2.count("restart 1") >= 1, log2
     assert "[stage 2] stop requested (SIGUSR1)" in log2 and "stage status: stopped" in log2, log2
     assert resumed_from(log2) == (2, stopped_at) and 0 < stopped_at < 20, log2
+    assert "elastic resume: 2 -> 1 processes, global batch 8 kept as micro-batch 2 x grad_accum 4" in log2, log2
     assert all(slurm.stage_status(out, s) == "completed" for s in (1, 2, 3))
     state = json.loads((out / "training_state.json").read_text())
-    assert all(state["stages"][s]["world_size"] == 2 for s in "123")  # one rank on each node
+    assert [state["stages"][s]["world_size"] for s in "123"] == [2, 1, 2]  # one rank on each node it had
+    changes = state["stages"]["2"]["world_size_changes"]
+    assert [(c["step"], c["from_world_size"], c["to_world_size"]) for c in changes] == [(stopped_at, 2, 1)], changes
 
     # A completed stage's job, submitted again, exits 0 at once (stage jobs are idempotent).
     resubmitted = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", f"--output={tmp_path}/%x-%j.out",
@@ -236,8 +243,9 @@ def test_pipeline_runs_three_stages_in_order_and_survives_preemption(slurm_clust
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     assert slurm.status_lines(out) == [f"stage {s}: SLURM job {jobs[s]}: COMPLETED" for s in "123"]
 
-    # The preempted stage 2 ends where an uninterrupted one ends: the same stage 2 (world size 2, from the same
-    # stage-1 weights) run again without a stop, by a local two-process launch, logs the same losses.
+    # The preempted stage 2, resumed on one node, ends where an uninterrupted one ends: the same stage 2 (world
+    # size 2, from the same stage-1 weights) run again without a stop, by a local two-process launch, logs the
+    # same losses.
     import shutil
     import subprocess
 
@@ -282,3 +290,18 @@ def test_status_without_squeue_and_stage_status(tmp_path, monkeypatch, capsys):
     assert slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", "2"]) == 1
     slurm.main(["stage-status", "--output-dir", str(tmp_path), "--stage", "2"])
     assert capsys.readouterr().out.strip() == "none"
+
+
+@pytest.mark.parametrize("knobs", [{"AURL_REQUEUE_NODES": "0"}, {"AURL_REQUEUE_NODES": "one"},
+                                   {"AURL_NODES": "2-4"}], ids=["requeue-zero", "requeue-word", "nodes-range"])
+def test_pipeline_refuses_a_bad_node_count(tmp_path, knobs):
+    """Before any sbatch: one line naming the knob and its value, exit 2, no output folder."""
+    import subprocess
+
+    out = tmp_path / "run"
+    env = {**os.environ, "AURL_OUTPUT_DIR": str(out), "AURL_SKIP_ENV": "1", **knobs}
+    r = subprocess.run(["bash", str(REPO / "slurm" / "pipeline.sh")], env=env, capture_output=True, text=True,
+                       timeout=30)
+    (knob, value), = knobs.items()
+    assert r.returncode == 2 and f"{knob}={value}" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

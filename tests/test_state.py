@@ -51,9 +51,42 @@ def test_mismatch_refusal_names_what_differs():
     run = {k: entry[k] for k in st.RESUME_KEYS}
     st.check_resumable(entry, run, 1)
     with pytest.raises(UserError) as e:
-        st.check_resumable(entry, {**run, "world_size": 2, "data_fingerprint": "zzz"}, 1)
+        st.check_resumable(entry, {**run, "seed": 3, "data_fingerprint": "zzz"}, 1)
     msg = str(e.value)
-    assert "world_size" in msg and "data_fingerprint" in msg and "seed" not in msg
+    assert "seed" in msg and "data_fingerprint" in msg and "config_hash" not in msg
+
+
+def test_another_world_size_resumes_when_it_splits_the_global_batch():
+    """The recorded global batch (4 x 1 x 1 process) splits over 2 and 4 processes; over 3 it cannot: the
+    refusal names the process counts that work."""
+    entry = _state_with_stage()["stages"]["1"]
+    run = {k: entry[k] for k in st.RESUME_KEYS}
+    for world in (1, 2, 4):
+        st.check_resumable(entry, {**run, "world_size": world}, 1)
+    with pytest.raises(UserError) as e:
+        st.check_resumable(entry, {**run, "world_size": 3}, 1)
+    msg = str(e.value)
+    assert "global batch is 4" in msg and "3 processes cannot share it" in msg and "{1, 2, 4}" in msg, msg
+    assert "--num_processes" in msg
+
+
+@pytest.mark.parametrize("config, world, recorded, want", [
+    ((2, 1), 1, (2, 2, 1), (1, 2, 2)),   # 2 -> 1: the accumulation doubles
+    ((2, 2), 2, (1, 2, 4), (2, 2, 2)),   # back to 2: the config's own split
+    ((1, 3), 3, (2, 1, 3), (3, 1, 2)),   # 2 -> 3, G = 6
+    ((4, 1), 2, (1, 4, 1), (2, 2, 1)),   # 4 per process no longer fits G / M = 2: micro-batch 2, logged
+    ((4, 1), 3, (1, 6, 1), (3, 2, 1)),   # G / M = 2 again, data.batch_size 4: the largest divisor below it
+    ((4, 1), 2, (1, 3, 4), (2, 3, 2)),   # G / M = 6: 4 does not divide it, 3 (the nearest below) does
+    ((4, 2), 1, None, (1, 4, 2)),        # a fresh stage: the config's split
+], ids=["2to1", "1to2", "2to3", "micro-shrinks", "micro-divisor", "micro-below", "fresh"])
+def test_layout_keeps_the_global_batch(config, world, recorded, want):
+    from aurl.train.elastic import layout_for
+
+    entry = dict(zip(("world_size", "micro_batch", "grad_accum"), recorded, strict=True)) if recorded else None
+    got = layout_for(*config, world, entry, resuming=entry is not None)
+    assert (got.world_size, got.micro_batch, got.grad_accum) == want
+    if recorded:
+        assert got.global_batch == recorded[0] * recorded[1] * recorded[2]
 
 
 def test_lock_live_and_released_on_kill(tmp_path):

@@ -255,7 +255,7 @@ def test_mismatched_state_refused(reference, tmp_path):
     state["stages"]["3"]["status"] = "running"
     (out / "training_state.json").write_text(json.dumps(state))
     r = run(out, "--stage", "3", "stage3.data.batch_size=3", check=False)
-    assert r.returncode == 2 and "micro_batch" in r.stderr
+    assert r.returncode == 2 and "data.batch_size: recorded 2, now 3" in r.stderr
 
 
 def launch_cmd(out: Path, *extra: str) -> list[str]:

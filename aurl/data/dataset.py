@@ -261,8 +261,13 @@ def _digest(tokens: np.ndarray) -> bytes:
 class EpochBatchSampler:
     """Batches of (epoch, index) keys; the order is a pure function of (seed, epoch); sharded by rank.
 
-    drop_last=True (training): rank r takes every world_size-th sample of the epoch's permutation, so ranks
-    never share a sample, and every rank gets (num_samples // world_size) // batch_size full batches.
+    drop_last=True (training): the epoch's permutation is cut into consecutive chunks of batch_size samples,
+    and batch b of rank r is chunk b x world_size + r: ranks never share a sample, every rank gets
+    (num_samples // world_size) // batch_size full batches, and after k batches per rank exactly the first
+    k x batch_size x world_size samples of the permutation have been drawn. So the data cursor is a global
+    sample index (set_start_sample), and an optimizer step (grad_accum batches per rank) draws the same
+    chunks whatever the number of processes: with the same micro-batch, a step on M processes sees the very
+    micro-batches a step on N processes saw (the elastic resume of aurl.train.elastic).
     drop_last=False (validation): every sample exactly once over all ranks, whatever their number, and every
     rank the same number of batches (DeepSpeed ZeRO-3 gathers parameters inside each forward, so all ranks
     must run as many): the first `limit` samples of the order (0 = all) are cut into world_size x
@@ -271,7 +276,8 @@ class EpochBatchSampler:
     ranks. No sample is repeated or padded: a repeated window would weigh twice in the mean, a fully masked
     one would still count in a VAE's per-window KL.
     set_start_batch(k) makes the next iteration begin at batch k of the current epoch without touching the
-    batches before it (mid-epoch resume); set_epoch() resets it to 0.
+    batches before it (mid-epoch resume); set_start_sample(i) at the batch that starts at global sample i;
+    set_epoch() resets it to 0.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -306,6 +312,15 @@ class EpochBatchSampler:
             raise ValueError(f"start batch {k} outside [0, {self.num_batches}]")
         self.start_batch = int(k)
 
+    def set_start_sample(self, sample: int) -> None:
+        """Begin at global sample `sample` of the epoch's order (training: a multiple of batch_size x
+        world_size, which a cursor taken at an optimizer-step boundary is when the global batch is kept)."""
+        assert self.drop_last, "a global sample cursor is defined for the training layout only"
+        per_batch = self.batch_size * self.world_size
+        if sample % per_batch:
+            raise ValueError(f"sample cursor {sample} is not a multiple of batch_size x world_size = {per_batch}")
+        self.set_start_batch(sample // per_batch)
+
     def __len__(self) -> int:
         return self.num_batches
 
@@ -317,8 +332,8 @@ class EpochBatchSampler:
     def _rank_batches(self) -> list[np.ndarray]:
         order, w, nb = self._order(), self.world_size, self.num_batches
         if self.drop_last:
-            idx = order[self.rank : nb * self.batch_size * w : w]
-            return [idx[b * self.batch_size : (b + 1) * self.batch_size] for b in range(nb)]
+            bs = self.batch_size
+            return [order[(b * w + self.rank) * bs : (b * w + self.rank + 1) * bs] for b in range(nb)]
         # batch c of all w x nb covers bounds[c]:bounds[c + 1]; rank r takes c = r, r + w, r + 2w, ...
         bounds = np.arange(w * nb + 1) * self.used // (w * nb)
         return [order[bounds[c] : bounds[c + 1]] for c in range(self.rank, w * nb, w)]

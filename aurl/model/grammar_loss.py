@@ -21,7 +21,16 @@ from __future__ import annotations
 import torch
 
 from aurl.model.sounding import scoped_states
-from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES, PAD_ID, START_ID, UNK_ID, VOCAB_SIZE
+from aurl.vocab import (
+    END_ID,
+    NOTE_OFF_OFFSET,
+    NOTE_ON_OFFSET,
+    NUM_PITCHES,
+    PAD_ID,
+    START_ID,
+    UNK_ID,
+    VOCAB_SIZE,
+)
 
 _ALWAYS_ILLEGAL = (PAD_ID, START_ID, UNK_ID)
 

@@ -30,6 +30,7 @@ import torch
 
 from aurl.atomic import _fsync_dir, atomic_write_json
 from aurl.console import UserError
+from aurl.train.elastic import UNIVERSAL_PREFIX
 
 KILL_AT_ENV = "AURL_TEST_KILL_AT"  # test-only, see the module docstring
 KILL_PHASES = ("staging_partial", "before_rename", "before_state_file")
@@ -125,8 +126,8 @@ def purge(stage_dir: Path, keep: int) -> None:
     assert keep >= 2
     for old in committed(stage_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in stage_dir.glob(STAGING_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*stage_dir.glob(STAGING_PREFIX + "*"), *stage_dir.glob(UNIVERSAL_PREFIX + "*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a save or an elastic resume that was killed
 
 
 def latest(stage_dir: str | Path, recorded: str | None = None) -> Path | None:

@@ -28,10 +28,13 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def configure_deepspeed(accelerator, micro_batch: int, grad_accum: int, grad_clip: float | None) -> None:
+def configure_deepspeed(accelerator, micro_batch: int, grad_accum: int, grad_clip: float | None,
+                        universal: bool = False) -> None:
     """Before prepare: the stage's micro-batch, accumulation and clipping in the DeepSpeed config (each stage
-    builds a new engine from it), and the ZeRO-3 16-bit gather the best-model export needs."""
+    builds a new engine from it), and the ZeRO-3 16-bit gather the best-model export needs. universal: the
+    engine will load a universal checkpoint (an elastic resume, aurl.train.elastic)."""
     config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["checkpoint"] = {"load_universal": universal}  # read when the engine is built
     config["train_micro_batch_size_per_gpu"] = micro_batch
     config["gradient_accumulation_steps"] = grad_accum
     config["train_batch_size"] = micro_batch * grad_accum * accelerator.num_processes

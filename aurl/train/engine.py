@@ -2,7 +2,7 @@
 
 The stage trainer talks to one Engine and never asks which launch it runs under:
 
-    engine = Engine.prepare(accelerator, model, opt_g, opt_d, cfg)     # DDPEngine or DeepSpeedEngine
+    engine = Engine.prepare(accelerator, model, opt_g, opt_d, cfg, layout, universal)  # DDP or DeepSpeed
     with engine.micro_batch(micro, accum): engine.backward(loss, accum)  # generator, per micro-batch
     engine.clip(grad_clip); opt_g.step()
     engine.discriminator_step(ids, mask, step)                          # vae_gan
@@ -28,6 +28,7 @@ from aurl.train.distributed import (
     export_weights,
     is_deepspeed,
 )
+from aurl.train.elastic import Layout
 
 
 class Engine:
@@ -37,10 +38,14 @@ class Engine:
         self.accelerator, self.model, self.opt_g, self.opt_d = accelerator, model, opt_g, opt_d
 
     @staticmethod
-    def prepare(accelerator, model, opt_g, opt_d, cfg: StageConfig) -> Engine:
-        """accelerator.prepare the model and optimizers the way this launch needs."""
+    def prepare(accelerator, model, opt_g, opt_d, cfg: StageConfig, layout: Layout | None = None,
+                universal: bool = False) -> Engine:
+        """accelerator.prepare the model and optimizers the way this launch needs. layout: this launch's split
+        of the global batch (aurl.train.elastic; None: the config's); universal: the checkpoint to resume from
+        is a DeepSpeed one of another number of processes (resume.Decision)."""
         kind = DeepSpeedEngine if is_deepspeed(accelerator) else DDPEngine
-        return kind.wrap(accelerator, model, opt_g, opt_d, cfg)
+        layout = layout or Layout(accelerator.num_processes, cfg.data.batch_size, cfg.optim.grad_accum)
+        return kind.wrap(accelerator, model, opt_g, opt_d, cfg, layout, universal)
 
     def unwrap(self) -> torch.nn.Module:
         return unwrap(self.model)
@@ -61,7 +66,7 @@ class Engine:
 
 class DDPEngine(Engine):
     @classmethod
-    def wrap(cls, accelerator, model, opt_g, opt_d, cfg: StageConfig) -> DDPEngine:
+    def wrap(cls, accelerator, model, opt_g, opt_d, cfg: StageConfig, layout: Layout, universal: bool) -> DDPEngine:
         if opt_d is not None:
             model, opt_g, opt_d = accelerator.prepare(model, opt_g, opt_d)
         else:
@@ -84,9 +89,9 @@ class DDPEngine(Engine):
 
 class DeepSpeedEngine(Engine):
     @classmethod
-    def wrap(cls, accelerator, model, opt_g, opt_d, cfg: StageConfig) -> DeepSpeedEngine:
-        o = cfg.optim
-        configure_deepspeed(accelerator, cfg.data.batch_size, o.grad_accum, o.grad_clip)
+    def wrap(cls, accelerator, model, opt_g, opt_d, cfg: StageConfig, layout: Layout,
+             universal: bool) -> DeepSpeedEngine:
+        configure_deepspeed(accelerator, layout.micro_batch, layout.grad_accum, cfg.optim.grad_clip, universal)
         disc = detach_discriminator(model).to(accelerator.device) if opt_d is not None else None
         model, opt_g = accelerator.prepare(model, opt_g)
         engine = cls(accelerator, model, opt_g, opt_d)

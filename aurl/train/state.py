@@ -30,13 +30,16 @@ from typing import Any
 from aurl.atomic import atomic_write_json
 from aurl.console import UserError
 from aurl.rundir import LOCK_FILE, STATE_FILE, RunDir  # noqa: F401 -- the file names, known as st.*
+from aurl.train.elastic import recorded_global_batch, split_refusal
 
 SCHEMA_VERSION = 1
 # what StageTrainer writes: "running" while it trains, then "completed" or "stopped" (preempted, committed);
 # a killed run stays "running" (its lock is free: --status shows it not live)
 STAGE_STATUSES = ("pending", "running", "stopped", "completed")
 # recorded per stage; a resume must see the same values (a plain ZeRO/DDP checkpoint cannot change them)
-RESUME_KEYS = ("world_size", "micro_batch", "grad_accum", "seed", "data_fingerprint", "config_hash")
+# (the number of processes, and with it the micro-batch and accumulation, may change: aurl.train.elastic keeps the
+# global batch and the sample order; check_resumable refuses only a world size with no exact split)
+RESUME_KEYS = ("seed", "data_fingerprint", "config_hash")
 # also compared when recorded: None without DeepSpeed (a ZeRO checkpoint has another layout than a DDP one)
 LAYOUT_KEYS = ("zero_stage",)
 # config keys (a whole section by its name) a resume may change: they do not change what the run computes
@@ -127,10 +130,8 @@ def check_resumable(entry: dict, run: dict, stage: int, checkpoint: str | Path |
     Only keys present in both are compared (a state file written before `settings` were recorded falls back
     on config_hash; a check before the data is opened has no data_fingerprint yet).
 
-    Another number of processes is refused for DDP too: each rank's data shard (every world_size-th sample)
-    and the global batch (micro_batch x grad_accum x processes) depend on it, so the data cursor of the
-    checkpoint means other samples and the run would not be the one it resumes. ZeRO checkpoints are, in
-    addition, sharded per rank."""
+    Another number of processes resumes (aurl.train.elastic) when it divides the stage's global batch
+    (micro_batch x grad_accum x world_size as recorded); otherwise the refusal names the counts that do."""
     keys = RESUME_KEYS + LAYOUT_KEYS
     diffs = []
     if "settings" in entry and "settings" in run:
@@ -141,18 +142,12 @@ def check_resumable(entry: dict, run: dict, stage: int, checkpoint: str | Path |
     diffs = [f"{k}: recorded {entry.get(k)!r}, now {run.get(k)!r}" for k in keys
              if k in entry and k in run and entry.get(k) != run.get(k)] + diffs
     if not diffs:
+        g = recorded_global_batch(entry)
+        refusal = split_refusal(g, run["world_size"], entry["world_size"], stage) if g and "world_size" in run else None
+        if refusal:
+            raise UserError(refusal)
         return
     fix = "Use the recorded values to resume, or start over with --clear."
-    if "world_size" in entry and entry["world_size"] != run.get("world_size"):
-        n = entry["world_size"]
-        if entry.get("zero_stage"):
-            where = checkpoint or "<the checkpoint dir>"
-            fix = (f"Its DeepSpeed ZeRO-{entry['zero_stage']} checkpoint is sharded over {n} processes: relaunch "
-                   f"with --num_processes {n}; or take the weights alone (no optimizer state, no data cursor) "
-                   f"with `python {where}/zero_to_fp32.py {where} <out-dir>`; or start over with --clear.")
-        else:
-            fix = (f"Relaunch with --num_processes {n} (the data shards and the global batch depend on it), "
-                   "or start over with --clear.")
     raise UserError(f"stage {stage} was started with other settings and cannot resume: " + "; ".join(diffs)
                     + ". " + fix)
 

@@ -1,7 +1,8 @@
 """One stage of training: StageTrainer(cfg, stage, run_dir, accelerator, init_from).train() -> status.
 
-    setup()        data (cache, windows, loaders) and the model, prepared into an Engine (DDP or DeepSpeed)
-    resume()       the committed checkpoint to go on from, if any: weights, optimizers, RNGs, data cursor
+    setup()        data (cache, windows), the resume decision (which checkpoint; this launch's split of the
+                   global batch), loaders, and the model, prepared into an Engine (DDP or DeepSpeed)
+    resume()       the checkpoint decided on, if any: weights, optimizers, RNGs, data cursor
     start()        the state file says "running"; trackers, the stop flag
     train_step()   one optimizer step: accum generator micro-batches, then (vae_gan) the discriminator
     after_step()   log; validate, commit, stop as configured; at an epoch end validate and commit
@@ -12,7 +13,8 @@ Every rank runs all of it; rank 0 alone writes the state file, the best model an
 Exact resume: the data order is a pure function of (seed, epoch) (EpochBatchSampler, not prepared by
 Accelerate), augmentation a pure function of (seed, epoch, index), checkpoints are taken only at
 optimizer-step boundaries and hold model, optimizers, every rank's RNG states (accelerator.save_state) and
-the data cursor (meta.json: epoch, next batch). The learning rate is a pure function of the step.
+the data cursor (meta.json: epoch, next batch, and the global sample index "sample" from which a launch on
+another number of processes resumes: aurl.train.elastic). The learning rate is a pure function of the step.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from aurl.model import MusicTransformerVAEGAN, elbo
 from aurl.model.checkpoint import init_from_model_file, save_model_file
 from aurl.rundir import RunDir
 from aurl.train import checkpoint as ckpt
-from aurl.train import resume
+from aurl.train import elastic, resume
 from aurl.train import state as st
 from aurl.train.distributed import apply_speed_options
 from aurl.train.engine import Engine
@@ -103,6 +105,7 @@ class StageTrainer:
         # what selects the best model, by name in logs and model files: vae modes' bound is not an exact NLL
         self.val_name = "nelbo" if cfg.model.is_vae else "nll"
         self._batches = None  # this epoch's iterator over the training loader
+        self.world_size_changes: list[dict] = []  # the stage's record, this resume's change appended
 
     def train(self) -> str:
         """Train the stage from wherever it stands; "completed", or "stopped" (preempted, committed)."""
@@ -121,24 +124,38 @@ class StageTrainer:
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         self.setup_data()
+        self.decide_resume()  # before the sampler and prepare: on another number of processes the split changes
+        self.setup_loaders()
         self.setup_model()
 
     def setup_data(self) -> None:
-        d, t, acc = self.cfg.data, self.cfg.train, self.accelerator
-        with acc.main_process_first():  # rank 0 builds the cache, the others then open it
+        d, t = self.cfg.data, self.cfg.train
+        with self.accelerator.main_process_first():  # rank 0 builds the cache, the others then open it
             self.cache = ensure_cache(d.data_dir, self.run_dir.cache(d.cache_dir), val_fraction=d.val_fraction,
                                       split_seed=d.split_seed, progress=False, corpus_limit=d.corpus_limit)
-        train_ds = WindowDataset(self.cache, "train", seq_len=d.seq_len, augment=self.cfg.augment, seed=t.seed,
-                                 start_share=d.start_share)
-        val_ds = WindowDataset(self.cache, "val", seq_len=d.seq_len, augment=None, seed=t.seed)
+        self.train_ds = WindowDataset(self.cache, "train", seq_len=d.seq_len, augment=self.cfg.augment, seed=t.seed,
+                                      start_share=d.start_share)
+        self.val_ds = WindowDataset(self.cache, "val", seq_len=d.seq_len, augment=None, seed=t.seed)
+
+    def decide_resume(self) -> None:
+        """Rank 0's decision (refused with a UserError under changed settings): the checkpoint to resume from
+        and this launch's split of the stage's global batch (aurl.train.elastic), recorded in the state entry."""
+        self.run_record = resume.run_record(self.cfg, self.accelerator, self.cache.fingerprint)
+        self.decision = resume.decide(self.accelerator, self.run_dir, self.stage, self.run_record)
+        self.entry, self.layout = self.decision.entry, self.decision.layout
+        self.run_record.update(self.layout.record())
+
+    def setup_loaders(self) -> None:
+        d, t, acc = self.cfg.data, self.cfg.train, self.accelerator
         rank, world = acc.process_index, acc.num_processes
-        self.sampler = EpochBatchSampler(len(train_ds), d.batch_size, seed=t.seed, rank=rank, world_size=world)
+        self.sampler = EpochBatchSampler(len(self.train_ds), self.layout.micro_batch, seed=t.seed, rank=rank,
+                                         world_size=world)
         # own generators: iter(DataLoader) draws a seed, and from the global RNG it would shift dropout's stream
         # after a mid-epoch resume (the resumed run starts its iterator at another point of that stream)
-        self.train_loader = DataLoader(train_ds, batch_sampler=self.sampler, num_workers=d.num_workers,
+        self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, num_workers=d.num_workers,
                                        generator=torch.Generator().manual_seed(t.seed))
-        self.val_loader = make_val_loader(val_ds, self.cfg, rank, world)
-        accum = self.cfg.optim.grad_accum
+        self.val_loader = make_val_loader(self.val_ds, self.cfg, rank, world)
+        accum = self.layout.grad_accum
         steps_per_epoch = len(self.sampler) // accum
         assert steps_per_epoch >= 1, f"{len(self.sampler)} batches per epoch < grad_accum {accum}"
         self.batches_per_epoch = steps_per_epoch * accum
@@ -160,20 +177,23 @@ class StageTrainer:
         opt_d = _adamw(model.discriminator_parameters(), o.disc_lr, o) if self.cfg.model.is_gan else None
         # DDP's unused-parameter search, activation checkpointing, compile: on the bare model, before prepare
         apply_speed_options(model, self.cfg.train, self.accelerator)
-        self.engine = Engine.prepare(self.accelerator, model, opt_g, opt_d, self.cfg)
+        self.engine = Engine.prepare(self.accelerator, model, opt_g, opt_d, self.cfg, self.layout,
+                                     self.decision.universal)
 
     # ----------------------------------------------------------------------------------------------- resume
     def resume(self) -> None:
-        """Restore the committed checkpoint rank 0 chose (refused with a UserError under changed settings)."""
-        self.run_record = resume.run_record(self.cfg, self.accelerator, self.cache.fingerprint)
-        resume_from, self.entry = resume.decide(self.accelerator, self.run_dir, self.stage, self.run_record)
+        """Restore the committed checkpoint rank 0 chose (decide_resume), on this launch's number of processes."""
+        resume_from, meta, layout = self.decision.checkpoint, self.decision.meta, self.layout
         if resume_from is None:
             return
-        self.accelerator.load_state(str(resume_from))
+        if meta.get("world_size", layout.world_size) != layout.world_size:
+            print0(elastic.describe(layout, meta, self.stage, self.cfg.data.batch_size))
+        elastic.load(self.accelerator, resume_from, self.decision.universal)
         ckpt.load_extra(resume_from, self.engine.extra_state)
-        meta = ckpt.read_meta(resume_from)
-        self.cursor = Cursor(epoch=meta["epoch"], batch=meta["batch"], step=meta["step"], best_val=meta["best_val"],
-                             bad_evals=meta["bad_evals"], early_stopped=meta["early_stopped"])
+        self.cursor = Cursor(epoch=meta["epoch"], batch=elastic.start_batch(meta, layout), step=meta["step"],
+                             best_val=meta["best_val"], bad_evals=meta["bad_evals"],
+                             early_stopped=meta["early_stopped"])
+        self.world_size_changes = elastic.world_size_changes(self.entry, meta, layout, resume_from)
         c = self.cursor
         if c.batch >= self.batches_per_epoch:  # committed at the very end of an epoch
             c.epoch, c.batch = c.epoch + 1, 0
@@ -183,7 +203,8 @@ class StageTrainer:
         """Record "running", start the trackers, the stop flag and the progress bar."""
         self.stop = StopFlag(self.cfg.train.stop_margin_s).install()  # before "running": a stop from now is caught
         if self.main:
-            self.record(status="running")
+            self.record(status="running", **({"world_size_changes": self.world_size_changes}
+                                             if self.world_size_changes else {}))
         # the run id from the file just written (a fresh run had none before); one W&B run per stage, its id kept
         run_id = (st.read_state(self.run_dir.root) or {}).get("run_id", "aurl") if self.main else "aurl"
         lg = self.cfg.logging
@@ -209,7 +230,7 @@ class StageTrainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step over grad_accum micro-batches; the mean of their figures (+ D's, vae_gan)."""
         cfg, o, c, eng = self.cfg, self.cfg.optim, self.cursor, self.engine
-        accum = o.grad_accum
+        accum = self.layout.grad_accum
         set_lr(eng.opt_g, lr_at(c.step, o.lr, o.warmup_steps, self.total_steps, o.min_lr_ratio))
         eng.opt_g.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
@@ -248,7 +269,7 @@ class StageTrainer:
         """Log; then at an epoch end (or the last step) validate and commit, else validate, commit and early
         stop as configured. Stop requests are agreed by all ranks. Returns "stopped" when the stage stops here."""
         c, t, every = self.cursor, self.cfg.train, self.cfg.checkpoint.every_steps
-        self.log_step(logs)
+        logs = self.log_step(logs)
         if c.batch >= self.batches_per_epoch or c.step >= self.total_steps:
             return self.end_epoch(logs)
         if t.val_every_steps and c.step % t.val_every_steps == 0:
@@ -280,7 +301,9 @@ class StageTrainer:
             return "stopped"
         return None
 
-    def log_step(self, logs: dict[str, float]) -> None:
+    def log_step(self, logs: dict[str, float]) -> dict[str, float]:
+        """The step's bar, progress and tracker records; returns the logs (on a logged step averaged over the
+        ranks, as the tracker got them)."""
         c, speed = self.cursor, self.speed
         step_s = speed.tick(c.step)
         if self.bar is not None:
@@ -290,10 +313,12 @@ class StageTrainer:
             self.record(epoch=c.epoch, step=c.step, batch=c.batch, tokens_per_s=speed.tokens_per_s, eta_s=speed.eta_s)
             speed.last_write = speed.last_step_end
         if c.step % self.cfg.logging.log_every_steps == 0 or c.step == 1:
+            logs = elastic.mean_over_ranks(logs, self.accelerator)  # the step's figures, whatever the world size
             lr = self.engine.opt_g.param_groups[0]["lr"]
             self.tracker.log({f"train/{k}": v for k, v in logs.items()} | {
                 "train/lr": lr, "train/tokens_per_s": speed.tokens_per_s, "train/step_s": step_s}, c.step,
                 split="train")
+        return logs
 
     def validate(self) -> None:
         """Validation figures; a better value writes the best model, a worse one counts toward patience."""
@@ -326,7 +351,9 @@ class StageTrainer:
     def commit(self, reason: str) -> None:
         """A committed full-state checkpoint (aurl.train.checkpoint.save), then the state file points at it."""
         c = self.cursor
-        meta = {"stage": self.stage, "epoch": c.epoch, "batch": c.batch, "best_val": c.best_val,
+        # "sample": the global data cursor, what an elastic resume on another number of processes starts from
+        meta = {"stage": self.stage, "epoch": c.epoch, "batch": c.batch,
+                "sample": c.batch * self.layout.micro_batch * self.layout.world_size, "best_val": c.best_val,
                 "bad_evals": c.bad_evals, "early_stopped": c.early_stopped, "reason": reason}
 
         def on_commit(path: Path) -> None:
