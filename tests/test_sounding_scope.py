@@ -1,13 +1,13 @@
 """aurl.model.sounding.scoped_states: the grammar state per token in the (instrument, pitch) scope equals the
-sampler's token-by-token state (itself checked against aurl.grammar.Walker in test_grammar.py)."""
+sampler's token-by-token state (_track, itself checked against aurl.grammar.Walker in test_grammar.py)."""
 
 from __future__ import annotations
 
 import torch
 
 from aurl import vocab
-from aurl.model.sampling import _grammar_state
-from aurl.model.sounding import scoped_states
+from aurl.model.sampling import _track
+from aurl.model.sounding import empty_state, scoped_states
 
 # note events of a few pitches and instrument changes (drum kit included): the same pitch sounds on several
 # instruments at once, and notes are left sounding across instrument changes
@@ -27,8 +27,9 @@ def test_every_position_matches_the_samplers_state():
     compared = 0
     for ids in _streams(20):
         here, anything, _ = scoped_states(ids)
+        sounding, family = state = empty_state(2)
         for t in range(ids.shape[1]):
-            sounding, family = _grammar_state(ids[:, :t + 1])
+            _track(state, ids[:, t])
             assert torch.equal(here[:, t], sounding[torch.arange(2), family]), t
             assert torch.equal(anything[:, t], sounding.flatten(1).any(-1)), t
             compared += 1

@@ -30,18 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from aurl.console import UserError
-from aurl.model.sounding import sounding_states
+from aurl.model.sounding import GrammarState, family_after, scoped_states, sounding_states
 from aurl.model.stepper import Stepper, exp_noise, filter_logits
 from aurl.vocab import (
-    DEFAULT_FAMILY,
-    DRUM_FAMILY,
-    DRUM_KIT_ID,
     END_ID,
-    INSTRUMENT_OFFSET,
     NOTE_OFF_OFFSET,
     NOTE_ON_OFFSET,
-    NUM_FAMILIES,
-    NUM_INSTRUMENTS,
     NUM_PITCHES,
     PAD_ID,
     START_ID,
@@ -165,14 +159,8 @@ class GrammarMask:
 
 # Grammar constraint: the notes sounding in each row, the instrument in force, and the tokens illegal given them.
 # The state is aurl.grammar.Walker's as tensors (tests/test_grammar.py feeds both the same tokens):
-# GrammarState = (sounding [B, 17, 88] bool: (instrument, pitch) sounding, family [B] long: instrument in force)
-GrammarState = tuple[torch.Tensor, torch.Tensor]
-
-
-def _family_of(tok: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """The instrument in force after each token: INSTRUMENT / DRUM_KIT set it, anything else keeps `current`."""
-    inst = (tok >= INSTRUMENT_OFFSET) & (tok < INSTRUMENT_OFFSET + NUM_INSTRUMENTS)
-    return torch.where(inst, tok - INSTRUMENT_OFFSET, torch.where(tok == DRUM_KIT_ID, DRUM_FAMILY, current))
+# GrammarState = (sounding [B, 17, 88] bool: (instrument, pitch) sounding, family [B] long: instrument in force),
+# computed over a whole row by aurl.model.sounding.scoped_states and advanced here one token at a time.
 
 
 def _note_column(tok: torch.Tensor, family: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,7 +176,7 @@ def _track(state: GrammarState, tok: torch.Tensor) -> None:
     note sounding, a NOTE_OFF silences it, an instrument token changes the instrument in force)."""
     sounding, family = state
     # gather/scatter on one column per row (no boolean indexing: no data-dependent shapes, no device sync)
-    family.copy_(_family_of(tok, family))
+    family.copy_(family_after(tok, family))
     on, off, col = _note_column(tok, family)
     flat = sounding.view(sounding.shape[0], -1)
     col = col[:, None]
@@ -196,26 +184,8 @@ def _track(state: GrammarState, tok: torch.Tensor) -> None:
 
 
 def _grammar_state(seq: torch.Tensor) -> GrammarState:
-    """The grammar state at the end of each row: _track's rule over the whole row, vectorized (the latest
-    NOTE_ON / NOTE_OFF of each (instrument, pitch) decides; O(B * T), no Python loop)."""
-    B, T = seq.shape
-    seq = seq.long()
-    family = torch.full((B,), DEFAULT_FAMILY, dtype=torch.long, device=seq.device)
-    flat = NUM_FAMILIES * NUM_PITCHES
-    if T == 0:
-        return torch.zeros(B, NUM_FAMILIES, NUM_PITCHES, dtype=torch.bool, device=seq.device), family
-    time = torch.arange(T, device=seq.device).expand(B, T)
-    fam_of = _family_of(seq, torch.full_like(seq, -1))
-    latest = torch.where(fam_of >= 0, time, -1).cummax(dim=1).values
-    fam_at = torch.where(latest >= 0, fam_of.gather(1, latest.clamp(min=0)), DEFAULT_FAMILY)
-    on, off, col = _note_column(seq, fam_at)
-    last = []
-    for is_event in (on, off):  # one spare column takes every other token
-        idx = torch.where(is_event, col, flat)
-        last.append(torch.full((B, flat + 1), -1, dtype=torch.long, device=seq.device)
-                    .scatter_reduce_(1, idx, torch.where(is_event, time, -1), reduce="amax"))
-    sounding = (last[0] > last[1])[:, :flat].view(B, NUM_FAMILIES, NUM_PITCHES)
-    return sounding, fam_at[:, -1].clone()
+    """The grammar state at the end of each row (the state _track reaches token by token)."""
+    return scoped_states(seq.long())[2]
 
 
 def _sounding(seq: torch.Tensor) -> torch.Tensor:
