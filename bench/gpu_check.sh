@@ -16,7 +16,9 @@
 #  3. peak memory (torch.cuda.max_memory_allocated) of a stage-3 step at 2,048 tokens with and without
 #     train.activation_checkpointing (bench/bench_memory.py);
 #  4. generation tokens/s at batch 1 and batch 16 (aurl.model.sampling.generate, KV cache, grammar on).
-# --cpu: tiny configs, 2 steps, fp32 for DeepSpeed (the CPU recipe of tests/test_deepspeed.py), and
+# --cpu: tiny configs, 2 steps, stage 1 only, without step 2a (on CPU the single_gpu.yaml launch is the plain
+# trainer under accelerate launch, which tests/test_launch.py runs) and without the compile variant (see
+# below: it would time eager twice); the test suite runs this mode and must stay short; fp32 for DeepSpeed (the CPU recipe of tests/test_deepspeed.py), and
 # TORCH_COMPILE_DISABLE=1: the compile variants then run eager, since inductor's CPU compilation takes
 # minutes on 2 cores; the compiled trainer itself is tested by tests/test_config_keys.py (train.compile).
 set -euo pipefail
@@ -39,12 +41,12 @@ trap 'rm -f "$LOG"' EXIT
 ACC=("$PY" -m accelerate.commands.launch --num_processes 1)
 if [ "$CPU" = 1 ]; then
   export TORCH_COMPILE_DISABLE=1 CUDA_VISIBLE_DEVICES=""
-  CONFIG=configs/training_configs/tiny; STEPS=(--steps 2 --warmup 1); DEVICE=cpu
+  CONFIG=configs/training_configs/tiny; STEPS=(--steps 2 --warmup 1); DEVICE=cpu; TRAIN_STAGES=1; LAUNCH_STAGE=1; VARIANTS=()
   MEM=(--config configs/training_configs/tiny/tiny_stage3.yaml --seq-len 64 --batch 2 --steps 2)
   GEN=(configs/training_configs/tiny/tiny_stage1.yaml 16)
   DS_PRECISION=(--mixed_precision no); DS_OVERRIDE=train.mixed_precision=no
 else
-  CONFIG=configs/training_configs; STEPS=(--steps 10 --warmup 5); DEVICE=cuda
+  CONFIG=configs/training_configs; STEPS=(--steps 10 --warmup 5); DEVICE=cuda; TRAIN_STAGES=1,2; LAUNCH_STAGE=2; VARIANTS=(--variants compile)
   MEM=(--config configs/training_configs/stage3_advanced.yaml --seq-len 2048 --batch 16 --steps 3)
   GEN=(configs/training_configs/stage1_base.yaml 256)
   DS_PRECISION=(); DS_OVERRIDE=train.mixed_precision=bf16
@@ -55,14 +57,16 @@ print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU ' + (
 step() { echo; echo "### $*"; echo; }
 {
   step "1. training tokens/s and MFU: plain trainer vs train.compile=true, bf16"
-  "$PY" bench/bench_train.py --config "$CONFIG" --stages 1,2 "${STEPS[@]}" --device "$DEVICE" \
-    --override train.mixed_precision=bf16 --variants compile
-  step "2a. accelerate launch, accelerate_configs/single_gpu.yaml, 1 process"
-  "$PY" bench/bench_train.py --config "$CONFIG" --stages 2 "${STEPS[@]}" --device "$DEVICE" \
-    --override train.mixed_precision=bf16 \
-    --launch "${ACC[*]} --config_file accelerate_configs/single_gpu.yaml --mixed_precision bf16"
+  "$PY" bench/bench_train.py --config "$CONFIG" --stages "$TRAIN_STAGES" "${STEPS[@]}" --device "$DEVICE" \
+    --override train.mixed_precision=bf16 "${VARIANTS[@]}"
+  if [ "$CPU" = 0 ]; then
+    step "2a. accelerate launch, accelerate_configs/single_gpu.yaml, 1 process"
+    "$PY" bench/bench_train.py --config "$CONFIG" --stages "$LAUNCH_STAGE" "${STEPS[@]}" --device "$DEVICE" \
+      --override train.mixed_precision=bf16 \
+      --launch "${ACC[*]} --config_file accelerate_configs/single_gpu.yaml --mixed_precision bf16"
+  fi
   step "2b. accelerate launch, accelerate_configs/deepspeed_zero2.yaml, 1 process"
-  "$PY" bench/bench_train.py --config "$CONFIG" --stages 2 "${STEPS[@]}" --device "$DEVICE" \
+  "$PY" bench/bench_train.py --config "$CONFIG" --stages "$LAUNCH_STAGE" "${STEPS[@]}" --device "$DEVICE" \
     --override "$DS_OVERRIDE" \
     --launch "${ACC[*]} --config_file accelerate_configs/deepspeed_zero2.yaml ${DS_PRECISION[*]}"
   step "3. peak memory of a stage-3 step, activation checkpointing off / on, bf16"

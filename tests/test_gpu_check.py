@@ -28,10 +28,9 @@ def test_gpu_check_runs_on_cpu_and_records_every_step(tmp_path):
     assert text.startswith("# earlier results\n")  # appended, nothing replaced
     head = re.search(r"^## GPU check \(bench/gpu_check.sh --cpu\): CPU .+, \d{4}-\d\d-\d\d \d\d:\d\d UTC$", text, re.M)
     assert head, text[:500]
-    # every step printed its figures: trainer and bare rates per stage, the compile variant, both launches,
+    # every step --cpu runs printed its figures: trainer and bare rates, the DeepSpeed launch,
     # both memory variants, both generation batches
-    rates = re.findall(r"^[12]\s+transformer|^[12]\s+vae\b", text, re.M)
-    assert len(rates) == 4, text  # stages 1 and 2 plain, stage 2 under single_gpu and under deepspeed_zero2
-    assert len(re.findall(r"aurl with train\.compile=true: [\d,]+ tok/s", text)) == 2
+    rates = re.findall(r"^1\s+transformer", text, re.M)
+    assert len(rates) == 2, text  # --cpu: stage 1 plain and under deepspeed_zero2
     assert len(re.findall(r"^bf16\s+(off|on)\s+[\d,]+", text, re.M)) == 2
     assert len(re.findall(r"^batch +(1|16): [\d,]+ tokens/s", text, re.M)) == 2
