@@ -196,6 +196,7 @@ TRAIN_CASES = {
     "output-dir-is-a-file": (lambda t: ["--output-dir", str(t / "afile")], ["--output-dir", "afile", "is a file"]),
     "config-folder-without-yamls": (lambda t: ["--config", str(t / "notes")], ["--config", "stage 1", "found none"]),
     "non-numeric-override": (lambda t: ["train.epochs=two"], ["train.epochs", "'two'"]),
+    "non-numeric-optional-override": (lambda t: ["data.corpus_limit=many"], ["data.corpus_limit", "'many'"]),
     "unknown-override-key": (lambda t: ["train.epochz=2"], ["train.epochz"]),
     "override-without-section": (lambda t: ["epochs=2"], ["'epochs=2'", "section.key=value"]),
     "yaml-unclosed-bracket": (lambda t: ["--config", str(_broken_config(t, "train:\n  epochs: [1, 2\n"))],

@@ -45,6 +45,7 @@ def test_half_written_checkpoints_are_never_loaded(tmp_path):
     staging.mkdir()
     (staging / "meta.json").write_text("{}")
     (tmp_path / ckpt.step_name(7)).mkdir()
+    assert not ckpt.is_committed(staging) and ckpt.is_committed(good)  # a whole meta.json, never renamed
     assert ckpt.committed(tmp_path) == [good]
     assert ckpt.latest(tmp_path, recorded=str(good)) == good
     assert ckpt.latest(tmp_path, recorded=str(tmp_path / ckpt.step_name(7))) == good

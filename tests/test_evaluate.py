@@ -101,6 +101,17 @@ def test_stage_end_call_finds_the_trainers_metrics_jsonl(run_dir, tmp_path):
     with pytest.raises(UserError, match="--length"):
         evaluate_checkpoint(run / "checkpoints" / "best_model.pt", run_dir / "cache", length=0)
 
+def test_evaluation_feeds_at_most_the_trained_window(run_dir, tmp_path):
+    """A model trained on 24-token windows (max_seq_len 64) is evaluated with 24 tokens of context: RoPE
+    positions it never saw are not scored."""
+    cfg = tiny_cfg("transformer")
+    torch.manual_seed(0)
+    ckpt = save_model_file(tmp_path / "checkpoints" / "short.pt", MusicTransformerVAEGAN(cfg), cfg, seq_len=24)
+    r = evaluate_checkpoint(ckpt, run_dir / "cache", EvalConfig(num_samples=1, length=8, pictures=False),
+                            out_dir=tmp_path / "eval")
+    assert r["context"] == 24 and r["validation"]["tokens"] > 24, (r["context"], r["validation"])
+
+
 def test_same_seed_same_report(run_dir, tmp_path):
     cfg = EvalConfig(num_samples=2, length=32, seed=5, pictures=False)
     ckpt = run_dir / "checkpoints" / "vae.pt"
