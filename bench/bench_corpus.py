@@ -43,7 +43,7 @@ FIRST_BATCH_CODE = """
 import sys, time
 t0 = time.perf_counter()
 import torch
-from aurl.data.cache import TokenCache
+from aurl.data.token_cache import TokenCache
 from aurl.data.dataset import EpochBatchSampler, WindowDataset
 t_import = time.perf_counter()
 cache = TokenCache.open(sys.argv[1])
@@ -109,8 +109,8 @@ def pieces_by_path(cache: Path) -> dict[str, dict]:
 
 
 def bench(args) -> dict:
-    from aurl.data.cache import TokenCache
     from aurl.data.corpus import default_corpus_dir, ensure_bach_midi
+    from aurl.data.token_cache import TokenCache
 
     chorales = ensure_bach_midi(progress=False)
     root = Path(args.corpus or default_corpus_dir().with_name(f"bench_corpus_{args.files}"))

@@ -48,8 +48,8 @@ def bench_miditok(files: list[Path]) -> tuple[float, int, int]:
 
 def bench_loader(cache_dir: Path, seq_len: int, samples: int, augment) -> tuple[float, float]:
     """(real tokens/s, window tokens/s incl. padding) of ds[(epoch, index)] in this process."""
-    from aurl.data.cache import TokenCache
     from aurl.data.dataset import WindowDataset
+    from aurl.data.token_cache import TokenCache
 
     ds = WindowDataset(TokenCache.open(cache_dir), "train", seq_len=seq_len, augment=augment, seed=0)
     keys = [(e, i) for e in range(-(-samples // len(ds))) for i in range(len(ds))][:samples]

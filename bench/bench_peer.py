@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from aurl import vocab
     from aurl.config import load_config
-    from aurl.data.cache import TokenCache
+    from aurl.data.token_cache import TokenCache
     from aurl.model.checkpoint import load_model_file
 
     device = torch.device(args.device)

@@ -88,8 +88,8 @@ def run_bare(cfg, cache_dir: Path, steps: int, warmup: int, device: torch.device
     the very same batches as the trainer (same seed, sampler and windows)."""
     from torch.utils.data import DataLoader
 
-    from aurl.data.cache import TokenCache
     from aurl.data.dataset import EpochBatchSampler, WindowDataset
+    from aurl.data.token_cache import TokenCache
     from aurl.model import MusicTransformerVAEGAN
 
     d, o = cfg.data, cfg.optim

@@ -152,7 +152,7 @@ def test_a_failed_start_that_updated_the_cache_keeps_it_whole(tmp_path):
     """The cache of the output dir is brought up to date (a new shard, a new manifest, the old shard
     reclaimed), then training is refused (one piece only). Taking back only the new shard would leave a
     manifest pointing at nothing: the cleanup keeps what goes with a changed file."""
-    from aurl.data.cache import TokenCache
+    from aurl.data.token_cache import TokenCache
 
     data, out = tmp_path / "data", tmp_path / "run"
     write_simple_midi(data / "a.mid", seed=1, n_notes=60)

@@ -17,9 +17,10 @@ from midi_factory import crashing_reader, write_simple_midi
 from aurl import vocab
 from aurl.console import UserError
 from aurl.data.augment import AugmentConfig
-from aurl.data.cache import TokenCache, assign_split, build, ensure_cache
+from aurl.data.cache import build, ensure_cache
 from aurl.data.manifest import load as load_manifest
 from aurl.data.midi_io import read_midi
+from aurl.data.token_cache import TokenCache, assign_split
 
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent

@@ -17,7 +17,7 @@ from midi_factory import write_simple_midi
 from aurl import vocab
 from aurl.config import build_config
 from aurl.console import UserError
-from aurl.data.cache import TokenCache
+from aurl.data.token_cache import TokenCache
 
 
 @probe("data.data_dir")

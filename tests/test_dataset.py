@@ -10,8 +10,9 @@ from midi_factory import make_pretty_midi, write_simple_midi
 from aurl import grammar, vocab
 from aurl.console import UserError
 from aurl.data.augment import AugmentConfig
-from aurl.data.cache import TokenCache, build
+from aurl.data.cache import build
 from aurl.data.dataset import EpochBatchSampler, WindowDataset
+from aurl.data.token_cache import TokenCache
 
 SEQ = 64
 

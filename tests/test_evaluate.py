@@ -13,7 +13,8 @@ from midi_factory import write_simple_midi
 
 from aurl import vocab
 from aurl.console import UserError
-from aurl.data.cache import TokenCache, build
+from aurl.data.cache import build
+from aurl.data.token_cache import TokenCache
 from aurl.evaluate import EvalConfig, evaluate_checkpoint, evaluate_model, format_report, latest_eval
 from aurl.evaluate.__main__ import main
 from aurl.evaluate.likelihood import validation_nll

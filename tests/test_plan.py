@@ -200,7 +200,8 @@ def test_cli_bad_values(capsys, tmp_path, args, needle):
 def test_steps_per_epoch_on_a_cache(capsys, tmp_path):
     """On a built cache, steps per epoch = train windows // GPUs // micro-batch // accumulation, counted here
     from the manifest's piece lengths (accumulation 2, so each of the three divisors is one that matters)."""
-    from aurl.data.cache import TokenCache, build
+    from aurl.data.cache import build
+    from aurl.data.token_cache import TokenCache
 
     data = tmp_path / "midi"
     for i in range(12):

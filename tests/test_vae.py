@@ -15,8 +15,8 @@ from run_helpers import REPO, TINY, read_state
 
 from aurl import vocab
 from aurl.config import load_config, stage_config_path
-from aurl.data.cache import TokenCache
 from aurl.data.dataset import WindowDataset
+from aurl.data.token_cache import TokenCache
 from aurl.evaluate import EvalConfig, evaluate_model, format_report
 from aurl.evaluate.likelihood import likelihood_figures
 from aurl.model import ModelConfig, MusicTransformerVAEGAN, load_model_file

@@ -29,8 +29,8 @@ def score(cache_dir: str, out: str) -> None:
     from accelerate.utils import gather_object
 
     from aurl.config import load_config
-    from aurl.data.cache import TokenCache
     from aurl.data.dataset import WindowDataset
+    from aurl.data.token_cache import TokenCache
     from aurl.model import MusicTransformerVAEGAN
     from aurl.train import validation as loop
     from aurl.train.pipeline import make_accelerator

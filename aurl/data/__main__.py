@@ -76,7 +76,7 @@ def _build(args) -> None:
 
 
 def _info(args) -> None:
-    from aurl.data.cache import TokenCache, format_note_stats, total_note_stats
+    from aurl.data.token_cache import TokenCache, format_note_stats, total_note_stats
 
     tc = TokenCache.open(args.cache)
     m = tc.manifest

@@ -31,7 +31,7 @@ import torch
 from aurl import grammar, vocab
 from aurl.console import UserError
 from aurl.data.augment import TRANSFORMS, AugmentConfig, augment_tokens, sample_rng
-from aurl.data.cache import TokenCache
+from aurl.data.token_cache import TokenCache
 
 MAX_SEQ_LEN = 2048
 STATE_CACHE_PIECES = 256  # per-piece state indexes kept per process (~40 bytes per token each)

@@ -149,7 +149,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache_dir: str | Path | None = N
     if any.
     """
     from aurl.atomic import atomic_write_json
-    from aurl.data.cache import TokenCache
+    from aurl.data.token_cache import TokenCache
     from aurl.model.checkpoint import context_length, load_model_file, resolve_device
     from aurl.model.sampling import context_note
 

@@ -157,8 +157,8 @@ def steps_per_epoch(cfg: StageConfig, cache_dir: Path, gpus: int) -> tuple[int |
     loop counts them: windows of the train split, split over the GPUs, in micro-batches, in accumulations."""
     if not (cache_dir / "manifest.json").exists():
         return None, f"no cache in {cache_dir} yet: the first stage builds it"
-    from aurl.data.cache import TokenCache
     from aurl.data.dataset import WindowDataset
+    from aurl.data.token_cache import TokenCache
 
     try:
         cache = TokenCache.open(cache_dir)
