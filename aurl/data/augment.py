@@ -134,7 +134,36 @@ def augment_tokens(
     params: dict = {}
     if not cfg.enabled:
         return tokens, params
-    # ---- draws (fixed order and count)
+    d = _draw(cfg, rng)
+    t = np.asarray(tokens).astype(np.int64)
+    if d.u[0] < cfg.transpose_prob and d.transpose != 0:
+        t = _transpose(t, d.transpose, params)
+    if d.u[1] < cfg.velocity_prob:
+        t = _scale_velocity(t, d.vel_factor, params)
+    if d.u[2] < cfg.instrument_prob:
+        t = _substitute_instruments(t, d.inst_pick, cfg.instrument_mode, params)
+    t = _warp_window(t, cfg, d, start_clock, lead, params)
+    return t.astype(np.int16), params
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """One window's random draws."""
+
+    u: np.ndarray
+    """One uniform per transform, against its probability: transpose, velocity, instrument, stretch, swing,
+    humanize."""
+    transpose: int
+    stretch: float
+    vel_factor: float
+    swing: float
+    inst_pick: np.ndarray
+    """One uniform per family: the order of the substitution's cycle."""
+    hum_seed: int
+
+
+def _draw(cfg: AugmentConfig, rng: np.random.Generator) -> _Draws:
+    """Every draw of one window, in a fixed order and count whatever the window holds or cfg enables."""
     u = rng.random(6)
     transpose = int(rng.integers(-cfg.transpose_max, max(cfg.transpose_max, 1)))
     if transpose >= 0 and cfg.transpose_max > 0:
@@ -144,48 +173,64 @@ def augment_tokens(
     swing = float(rng.uniform(0.0, cfg.swing_max))
     inst_pick = rng.random(vocab.NUM_INSTRUMENTS)
     hum_seed = int(rng.integers(0, 2**31))
+    return _Draws(u, transpose, stretch, vel_factor, swing, inst_pick, hum_seed)
 
-    t = np.asarray(tokens).astype(np.int64)
-    if u[0] < cfg.transpose_prob and transpose != 0:
-        is_note = (t >= _ON) & (t < _TS)
-        if is_note.any():
-            is_note &= grammar.family_at(t) != vocab.DRUM_FAMILY  # drums never move
-        if is_note.any():
-            pitch = np.where(t < _OFF, t - _ON, t - _OFF)[is_note]  # 0..87
-            s = int(np.clip(transpose, -int(pitch.min()), vocab.NUM_PITCHES - 1 - int(pitch.max())))
-            if s:
-                t = np.where(is_note, t + s, t)
-                params["transpose"] = s
-    if u[1] < cfg.velocity_prob:
-        is_vel = (t >= vocab.VELOCITY_OFFSET) & (t < vocab.SUSTAIN_OFFSET)
-        if is_vel.any():
-            lut = vocab.velocity_bin(np.clip(np.rint(_VEL_REP * vel_factor), 1, 127).astype(np.int64))
-            step = 1 if vel_factor >= 1.0 else -1
-            lut = np.where(lut == _BINS, np.clip(_BINS + step, 0, vocab.NUM_VELOCITY_BINS - 1), lut)
-            t = np.where(is_vel, vocab.VELOCITY_OFFSET + lut[np.where(is_vel, t - vocab.VELOCITY_OFFSET, 0)], t)
-            params["velocity"] = round(vel_factor, 4)
-    if u[2] < cfg.instrument_prob:
-        is_inst = t >= vocab.INSTRUMENT_OFFSET
-        if is_inst.any():
-            lut = _substitution(inst_pick, cfg.instrument_mode)
-            t = np.where(is_inst, vocab.INSTRUMENT_OFFSET + lut[np.where(is_inst, t - vocab.INSTRUMENT_OFFSET, 0)], t)
-            params["instrument"] = lut.tolist()
-    do_stretch = u[3] < cfg.stretch_prob
-    do_swing = u[4] < cfg.swing_prob and swing > 0
-    do_humanize = u[5] < cfg.humanize_prob and cfg.humanize_steps > 0
-    if do_stretch or do_swing or do_humanize:
-        hum_rng = np.random.default_rng(hum_seed) if do_humanize else None
-        phase0 = int(start_clock()) if do_swing and start_clock is not None else 0
-        body = _warp_time(t[lead:], stretch if do_stretch else 1.0, swing if do_swing else 0.0,
-                          cfg.swing_beat_steps, phase0, cfg.humanize_steps if do_humanize else 0, hum_rng)
-        t = np.concatenate([t[:lead], body])
-        if do_stretch:
-            params["stretch"] = round(stretch, 4)
-        if do_swing:
-            params["swing"] = round(swing, 4)
-        if do_humanize:
-            params["humanize"] = hum_seed
-    return t.astype(np.int16), params
+
+def _transpose(t: np.ndarray, transpose: int, params: dict) -> np.ndarray:
+    """Shift the pitched notes by `transpose`, reduced toward 0 so that none leaves the pitch range."""
+    is_note = (t >= _ON) & (t < _TS)
+    if is_note.any():
+        is_note &= grammar.family_at(t) != vocab.DRUM_FAMILY  # drums never move
+    if not is_note.any():
+        return t
+    pitch = np.where(t < _OFF, t - _ON, t - _OFF)[is_note]  # 0..87
+    s = int(np.clip(transpose, -int(pitch.min()), vocab.NUM_PITCHES - 1 - int(pitch.max())))
+    if not s:
+        return t
+    params["transpose"] = s
+    return np.where(is_note, t + s, t)
+
+
+def _scale_velocity(t: np.ndarray, factor: float, params: dict) -> np.ndarray:
+    """Re-bin every VELOCITY token's value times `factor`; each bin moves at least one step toward it."""
+    is_vel = (t >= vocab.VELOCITY_OFFSET) & (t < vocab.SUSTAIN_OFFSET)
+    if not is_vel.any():
+        return t
+    lut = vocab.velocity_bin(np.clip(np.rint(_VEL_REP * factor), 1, 127).astype(np.int64))
+    step = 1 if factor >= 1.0 else -1
+    lut = np.where(lut == _BINS, np.clip(_BINS + step, 0, vocab.NUM_VELOCITY_BINS - 1), lut)
+    params["velocity"] = round(factor, 4)
+    return np.where(is_vel, vocab.VELOCITY_OFFSET + lut[np.where(is_vel, t - vocab.VELOCITY_OFFSET, 0)], t)
+
+
+def _substitute_instruments(t: np.ndarray, pick: np.ndarray, mode: str, params: dict) -> np.ndarray:
+    is_inst = t >= vocab.INSTRUMENT_OFFSET
+    if not is_inst.any():
+        return t
+    lut = _substitution(pick, mode)
+    params["instrument"] = lut.tolist()
+    return np.where(is_inst, vocab.INSTRUMENT_OFFSET + lut[np.where(is_inst, t - vocab.INSTRUMENT_OFFSET, 0)], t)
+
+
+def _warp_window(t: np.ndarray, cfg: AugmentConfig, d: _Draws, start_clock: Callable[[], int] | None, lead: int,
+                 params: dict) -> np.ndarray:
+    """Stretch, swing and humanize as one warp of the grid, the first `lead` tokens left as they are."""
+    do_stretch = d.u[3] < cfg.stretch_prob
+    do_swing = d.u[4] < cfg.swing_prob and d.swing > 0
+    do_humanize = d.u[5] < cfg.humanize_prob and cfg.humanize_steps > 0
+    if not (do_stretch or do_swing or do_humanize):
+        return t
+    hum_rng = np.random.default_rng(d.hum_seed) if do_humanize else None
+    phase0 = int(start_clock()) if do_swing and start_clock is not None else 0
+    body = _warp_time(t[lead:], d.stretch if do_stretch else 1.0, d.swing if do_swing else 0.0,
+                      cfg.swing_beat_steps, phase0, cfg.humanize_steps if do_humanize else 0, hum_rng)
+    if do_stretch:
+        params["stretch"] = round(d.stretch, 4)
+    if do_swing:
+        params["swing"] = round(d.swing, 4)
+    if do_humanize:
+        params["humanize"] = d.hum_seed
+    return np.concatenate([t[:lead], body])
 
 
 def _substitution(pick: np.ndarray, mode: str) -> np.ndarray:
