@@ -8,7 +8,7 @@
 
 Sampling uses the decoder's KV cache; the same checkpoint, arguments and seed give the same files (on the
 same device). Every file is well formed: notes still sounding at the end are closed, special tokens never
-reach the MIDI (aurl.vocab.decode).
+reach the MIDI (aurl.codec.decode).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aurl.codec import decode, encode
 from aurl.console import ArgParser, UserError, check_writable_folder, print0, report_error
 from aurl.rundir import RunDir
-from aurl.vocab import END_ID, PAD_ID, START_ID, decode, encode
+from aurl.vocab import END_ID, PAD_ID, START_ID
 
 VAE_MODES = ("prior", "posterior", "interpolate")
 

@@ -5,10 +5,10 @@ State = clock (grid steps), tempo bin, sustain pedal, instrument in force (a GM 
 acts on the pitch of the instrument in force (aurl.vocab's note scope). Three ways to get the state, with
 the same rules:
 
-- ``Walker``: token by token (Python), for code that reacts to each event (aurl.vocab.decode and
-  grammar_errors, aurl.model.sampling.finalize). It applies decode's rules to any input: a NOTE_ON of a
-  sounding (instrument, pitch) restarts the note (a duplicate at the same step is dropped), a NOTE_OFF of a
-  silent one is ignored.
+- ``Walker``: token by token (Python), for code that reacts to each event (aurl.codec.decode;
+  ``grammar_errors``, the grammar check of generated sequences; aurl.model.sampling.finalize). It applies
+  decode's rules to any input: a NOTE_ON of a sounding (instrument, pitch) restarts the note (a duplicate at
+  the same step is dropped), a NOTE_OFF of a silent one is ignored.
 - ``state_at(tokens, pos)``: the state before token ``pos`` of a piece, vectorized numpy over the prefix, and
   ``PieceStates``: the same for every position of one piece after one O(length) pass (the loader's windows).
 - aurl.model.sampling keeps the same state as tensors ([batch, instrument, pitch] sounding, instrument in
@@ -127,6 +127,43 @@ class Walker:
     @property
     def family(self) -> int:
         return vocab.DEFAULT_FAMILY if self.state.family is None else self.state.family
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grammar check (evaluation of generated sequences)
+def grammar_errors(tokens) -> dict[str, int]:
+    """Counts of grammar violations in a token sequence (all zero for anything encode() produced).
+
+    The note scope is (instrument in force, pitch). note_off_without_on: NOTE_OFF of a pitch not sounding on
+    that instrument; duplicate_note_on: NOTE_ON of a pitch already sounding on it; unclosed_notes: notes
+    still open at the end; special_inside: START/END/PAD/UNK anywhere but a leading START, a trailing END and
+    trailing PADs; out_of_vocab: ids outside [0, VOCAB_SIZE).
+    """
+    toks = np.asarray(tokens).astype(np.int64).ravel().tolist()
+    errors = {
+        "note_off_without_on": 0,
+        "duplicate_note_on": 0,
+        "unclosed_notes": 0,
+        "special_inside": 0,
+        "out_of_vocab": 0,
+    }
+    # strip framing: leading START, trailing PADs, then a trailing END
+    lo, hi = 0, len(toks)
+    while hi > lo and toks[hi - 1] == vocab.PAD_ID:
+        hi -= 1
+    if hi > lo and toks[hi - 1] == vocab.END_ID:
+        hi -= 1
+    if hi > lo and toks[lo] == vocab.START_ID:
+        lo += 1
+    walker = Walker()  # the one grammar walker decides what each token does
+    counted = {"out_of_vocab": "out_of_vocab", "special": "special_inside", "on_again": "duplicate_note_on",
+               "on_dup": "duplicate_note_on", "off_silent": "note_off_without_on"}
+    for t in toks[lo:hi]:
+        what = counted.get(walker.feed(t))
+        if what is not None:
+            errors[what] += 1
+    errors["unclosed_notes"] = len(walker.state.sounding)
+    return errors
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from midi_factory import random_score
 
-from aurl import vocab
+from aurl import codec, grammar, vocab
 from aurl.console import UserError
 from aurl.data.augment import INSTRUMENT_GROUPS, AugmentConfig, augment_tokens, sample_rng
 from aurl.data.midi_io import Note, Score
@@ -34,7 +34,7 @@ def _pitches(tokens):
 
 
 def _window(seed: int, start: int = 37, length: int = 700) -> np.ndarray:
-    tokens = vocab.encode(random_score(seed, n_notes=300, n_programs=4))
+    tokens = codec.encode(random_score(seed, n_notes=300, n_programs=4))
     return tokens[start : start + length]
 
 
@@ -72,7 +72,7 @@ def test_transpose_keeps_intervals_and_timing(seed):
 
 
 def test_transpose_near_the_edge_shifts_less_never_clamps():
-    w = vocab.encode(Score.from_notes([Note(105, 0, 1, 80), Note(60, 0, 1, 80), Note(23, 1, 2, 80)]))
+    w = codec.encode(Score.from_notes([Note(105, 0, 1, 80), Note(60, 0, 1, 80), Note(23, 1, 2, 80)]))
     cfg = only(transpose_prob=1.0, transpose_max=8)
     seen = set()
     for i in range(200):
@@ -103,9 +103,9 @@ def test_stretch_scales_positions_on_the_absolute_grid(factor):
 
 
 def test_stretch_of_a_long_gap_writes_several_shifts():
-    w = vocab.encode(Score.from_notes([Note(60, 0, 0.5, 80), Note(62, 7.5, 8, 80)]))
+    w = codec.encode(Score.from_notes([Note(60, 0, 0.5, 80), Note(62, 7.5, 8, 80)]))
     out, _ = augment_tokens(w, only(stretch_prob=1.0, stretch_min=1.5, stretch_max=1.5), sample_rng(0, 0, 0))
-    dec = vocab.decode(out)
+    dec = codec.decode(out)
     assert sorted(dec.start.tolist()) == [0.0, 11.25]
     assert (vocab.shift_steps(out) <= 512).all() and (vocab.shift_steps(out) > 0).sum() >= 3
 
@@ -148,7 +148,7 @@ def test_a_drawn_transform_always_changes_the_window():
     for name, cfg in cases.items():
         for i in range(40):
             rng = np.random.default_rng(i)  # pitches well inside the keyboard: transposition is never cut to 0
-            w = vocab.encode(Score.from_notes([Note(int(p), t / 4, t / 4 + 0.5, int(v), int(g)) for t, (p, v, g) in
+            w = codec.encode(Score.from_notes([Note(int(p), t / 4, t / 4 + 0.5, int(v), int(g)) for t, (p, v, g) in
                                                enumerate(zip(rng.integers(40, 90, 30), rng.integers(1, 128, 30),
                                                              rng.integers(0, 128, 30), strict=True))]))
             out, _ = augment_tokens(w, cfg, sample_rng(0, 0, i))
@@ -163,11 +163,11 @@ def test_a_drawn_transform_always_changes_the_window():
 def test_swing_delays_off_beats_only():
     # events every 8 steps; beat 32: positions 0, 32, 64 stay, 16, 48 move later (at swing 0.5 by 8)
     notes = [Note(60 + i, i * 8 / 64, i * 8 / 64 + 4 / 64, 80) for i in range(9)]
-    w = vocab.encode(Score.from_notes(notes))
+    w = codec.encode(Score.from_notes(notes))
     cfg = only(swing_prob=1.0, swing_max=0.5, swing_beat_steps=32)
     out, params = next(r for i in range(100) if (r := augment_tokens(w, cfg, sample_rng(1, 0, i)))[1]["swing"] > 0.2)
     sw = params["swing"]
-    ons = vocab.decode(out)
+    ons = codec.decode(out)
     start = dict(zip(ons.pitch.tolist(), np.rint(ons.start * 64).astype(int).tolist(), strict=True))
     for i in range(9):
         pos = i * 8
@@ -179,7 +179,7 @@ def test_swing_delays_off_beats_only():
 
 def test_humanize_moves_each_position_at_most_h():
     notes = [Note(60 + i % 20, i * 0.1, i * 0.1 + 0.05, 80) for i in range(60)]
-    w = vocab.encode(Score.from_notes(notes))
+    w = codec.encode(Score.from_notes(notes))
     out, _ = augment_tokens(w, only(humanize_prob=1.0, humanize_steps=2), sample_rng(2, 0, 0))
     _, p0 = _events(w)
     _, p1 = _events(out)
@@ -197,7 +197,7 @@ def test_everything_at_once_stays_in_vocab_keeps_grammar_and_is_deterministic(se
     np.testing.assert_array_equal(out, again)
     assert params == params2 and params
     assert out.dtype == np.int16 and out.min() >= 0 and out.max() < vocab.VOCAB_SIZE
-    assert vocab.grammar_errors(out) == vocab.grammar_errors(w)
+    assert grammar.grammar_errors(out) == grammar.grammar_errors(w)
     assert abs(len(out) - len(w)) <= 0.1 * len(w)
     other, _ = augment_tokens(w, cfg, sample_rng(seed, 4, 17))
     assert not np.array_equal(other, out)
@@ -205,7 +205,7 @@ def test_everything_at_once_stays_in_vocab_keeps_grammar_and_is_deterministic(se
 
 def test_swing_phase_follows_the_piece_start_clock():
     notes = [Note(60 + i, i * 8 / 64, i * 8 / 64 + 4 / 64, 80) for i in range(9)]
-    w = vocab.encode(Score.from_notes(notes))
+    w = codec.encode(Score.from_notes(notes))
     cfg = only(swing_prob=1.0, swing_max=0.5, swing_beat_steps=32)
     rng_args = (1, 0, 3)
     a, _ = augment_tokens(w, cfg, sample_rng(*rng_args), start_clock=lambda: 0)
@@ -222,13 +222,13 @@ def _band_window(seed: int, start: int = 200, length: int = 700) -> np.ndarray:
     instruments at once (a narrow pitch range, six programs)."""
     from aurl import grammar
 
-    toks = vocab.encode(random_score(seed, n_notes=400, n_programs=6, drums=True, pitches=(50, 70)))
+    toks = codec.encode(random_score(seed, n_notes=400, n_programs=6, drums=True, pitches=(50, 70)))
     prefix = grammar.state_prefix(grammar.state_at(toks, start))
     return np.concatenate([prefix, toks[start : start + length]])
 
 
 def _notes(tokens, drums: bool) -> list[tuple]:
-    sc = vocab.decode(tokens)
+    sc = codec.decode(tokens)
     keep = sc.is_drum == drums
     return sorted(zip(sc.pitch[keep].tolist(), sc.start[keep].tolist(), sc.end[keep].tolist(),
                       sc.program[keep].tolist(), strict=True))
@@ -243,8 +243,8 @@ def test_transpose_never_moves_drums(seed):
     assert len(drums) > 10 and len(pitched) > 50
     assert _notes(out, True) == drums  # the kit's keys name drums: untouched
     assert _notes(out, False) == sorted((p + s, a, b, pr) for p, a, b, pr in pitched)
-    errors = vocab.grammar_errors(w)  # a window cut short leaves notes open, nothing else
-    assert vocab.grammar_errors(out) == errors and errors["note_off_without_on"] == errors["duplicate_note_on"] == 0
+    errors = grammar.grammar_errors(w)  # a window cut short leaves notes open, nothing else
+    assert grammar.grammar_errors(out) == errors and errors["note_off_without_on"] == errors["duplicate_note_on"] == 0
 
 
 @pytest.mark.parametrize("mode", ["group", "any"])
@@ -259,8 +259,8 @@ def test_instrument_substitution_is_a_permutation_that_keeps_drums_and_pitched_a
         out, params = augment_tokens(w, only(instrument_prob=1.0, instrument_mode=mode), sample_rng(0, 0, i))
         lut = params["instrument"]
         assert sorted(lut) == list(range(16)) and all(lut[f] != f for f in range(16))
-        errors = vocab.grammar_errors(out)  # doubled pitches still pair up (the cut end leaves notes open)
-        assert errors == vocab.grammar_errors(w) and errors["note_off_without_on"] == errors["duplicate_note_on"] == 0
+        errors = grammar.grammar_errors(out)  # doubled pitches still pair up (the cut end leaves notes open)
+        assert errors == grammar.grammar_errors(w) and errors["note_off_without_on"] == errors["duplicate_note_on"] == 0
         assert _notes(out, True) == _notes(w, True)  # drums stay drums, unchanged
         pitched = [(p, a, b, 8 * lut[pr // 8]) for p, a, b, pr in _notes(w, False)]
         assert _notes(out, False) == sorted(pitched)  # pitched parts stay pitched, moved family by family

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from midi_factory import crashing_reader, write_simple_midi
 
-from aurl import vocab
+from aurl import codec, vocab
 from aurl.console import UserError
 from aurl.data.augment import AugmentConfig
 from aurl.data.cache import build, ensure_cache
@@ -51,7 +51,7 @@ def test_build_stores_exactly_the_encoded_tokens(tmp_path):
     m = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     for p in tc.pieces:
         assert {"path", "sha256", "shard", "offset", "length", "notes", "duration_s", "split"} <= set(p)
-        np.testing.assert_array_equal(tc.tokens(p), vocab.encode(read_midi(data / p["path"])))
+        np.testing.assert_array_equal(tc.tokens(p), codec.encode(read_midi(data / p["path"])))
     assert m["options"]["val_fraction"] == 0.3 and m["options"]["split_seed"] == 1
     assert s.tokens == sum(p["length"] for p in tc.pieces)
     assert "sub/piece_00.mid" in {p["path"] for p in tc.pieces} and "piece_01.MIDI" in {p["path"] for p in tc.pieces}
@@ -77,7 +77,7 @@ def test_incremental_unchanged_changed_added_removed(tmp_path):
     tc = TokenCache.open(cache)
     assert tc.fingerprint != fp0 and "piece_04.mid" not in {p["path"] for p in tc.pieces}
     for p in tc.pieces:  # old shards still serve the unchanged pieces; the changed one is new
-        np.testing.assert_array_equal(tc.tokens(p), vocab.encode(read_midi(data / p["path"])))
+        np.testing.assert_array_equal(tc.tokens(p), codec.encode(read_midi(data / p["path"])))
 
 
 def _bad_folder(root: Path) -> Path:
@@ -299,7 +299,7 @@ def test_a_cache_of_the_previous_vocabulary_is_rebuilt_not_misread(tmp_path):
     tc = TokenCache.open(cache)
     assert tc.vocab_hash == vocab.vocab_hash() and tc.manifest["vocab_spec"]["version"] == 2
     for p in tc.pieces:
-        np.testing.assert_array_equal(tc.tokens(p), vocab.encode(read_midi(data / p["path"])))
+        np.testing.assert_array_equal(tc.tokens(p), codec.encode(read_midi(data / p["path"])))
 
 
 def test_summary_and_manifest_report_what_the_vocabulary_kept_per_file_and_in_total(tmp_path):
@@ -314,8 +314,8 @@ def test_summary_and_manifest_report_what_the_vocabulary_kept_per_file_and_in_to
     s = _build(data, cache)
     want = {}
     for seed in range(2):
-        st = vocab.EncodeStats()
-        vocab.encode(read_midi(data / f"band{seed}.mid"), st)
+        st = codec.EncodeStats()
+        codec.encode(read_midi(data / f"band{seed}.mid"), st)
         want[f"band{seed}.mid"] = st.__dict__
     assert all(w["drums_kept"] > 50 and w["merged"] and w["truncated"] and w["out_of_range"] for w in want.values())
     total = {k: sum(w[k] for w in want.values()) for k in want["band0.mid"]}
@@ -388,4 +388,4 @@ def test_synthetic_corpus_builds_incrementally_with_corrupt_files_named(tmp_path
     assert TokenCache.open(cache).fingerprint == TokenCache.open(tmp_path / "fresh").fingerprint
     tc = TokenCache.open(cache)
     np.testing.assert_array_equal(tc.tokens(after[changed.relative_to(data).as_posix()]),
-                                  vocab.encode(read_midi(changed)))
+                                  codec.encode(read_midi(changed)))

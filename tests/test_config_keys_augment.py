@@ -15,7 +15,7 @@ from config_probes import (
 )
 from midi_factory import random_score
 
-from aurl import vocab
+from aurl import codec
 from aurl.config import build_config
 from aurl.console import UserError
 from aurl.data.augment import AugmentConfig, augment_tokens, sample_rng
@@ -28,7 +28,7 @@ def windows(cfg: AugmentConfig, n: int = 8) -> list[np.ndarray]:
     """Sample i of epoch 0 (seed 0) of a multi-instrument, many-velocity piece, augmented with cfg."""
     out = []
     for i in range(n):
-        toks = vocab.encode(random_score(i, n_notes=120, n_programs=4))[:256]
+        toks = codec.encode(random_score(i, n_notes=120, n_programs=4))[:256]
         out.append(augment_tokens(toks, cfg, sample_rng(0, 0, i, stream=1), start_clock=lambda: 5)[0])
     return out
 

@@ -98,7 +98,7 @@ def test_no_orphan_note_off_at_any_window_start_over_the_whole_cache(cache):
         ds = WindowDataset(cache, split, seq_len=SEQ, seed=2)
         for e in range(4 if split == "train" else 1):
             for i in range(len(ds)):
-                errors = vocab.grammar_errors(ds.window(e, i)[0])
+                errors = grammar.grammar_errors(ds.window(e, i)[0])
                 assert errors["note_off_without_on"] == errors["duplicate_note_on"] == 0, (split, e, i)
                 assert errors["special_inside"] == 0
                 checked += 1
@@ -106,7 +106,7 @@ def test_no_orphan_note_off_at_any_window_start_over_the_whole_cache(cache):
         toks = np.asarray(cache.tokens(piece))
         for s in range(2, len(toks)):
             window = np.concatenate([grammar.state_prefix(grammar.state_at(toks, s)), toks[s : s + SEQ]])
-            assert vocab.grammar_errors(window)["note_off_without_on"] == 0, (piece["path"], s)
+            assert grammar.grammar_errors(window)["note_off_without_on"] == 0, (piece["path"], s)
             checked += 1
     assert checked > 1000
 

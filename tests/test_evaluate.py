@@ -11,7 +11,7 @@ import pytest
 import torch
 from midi_factory import write_simple_midi
 
-from aurl import vocab
+from aurl import grammar, vocab
 from aurl.console import UserError
 from aurl.data.cache import build
 from aurl.data.token_cache import TokenCache
@@ -174,7 +174,7 @@ def test_sample_grammar_report_separates_the_cutoff():
     assert report["grammar_errors"]["duplicate_note_on"] == 1
     assert report["grammar_clean_share"] == pytest.approx(1 / 3)
     assert report["finalized_grammar_errors"] == 0
-    assert all(sum(vocab.grammar_errors(f).values()) == 0 for f in finalized)
+    assert all(sum(grammar.grammar_errors(f).values()) == 0 for f in finalized)
 
 
 def test_data_excerpts_match_the_sample_length(run_dir):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from midi_factory import arrangement_midi
 
-from aurl import vocab
+from aurl import codec, vocab
 from aurl.data.midi_io import read_midi, write_midi
 from aurl.score import Score
 
@@ -57,8 +57,8 @@ def test_multitrack_notes_survive_the_round_trip(tmp_path, style, seed, overlaps
     path = tmp_path / "arrangement.mid"
     arrangement_midi(seed, style, same_instrument_overlaps=overlaps).write(str(path))
     orig = read_midi(path)
-    st = vocab.EncodeStats()
-    dec = vocab.decode(vocab.encode(orig, st))
+    st = codec.EncodeStats()
+    dec = codec.decode(codec.encode(orig, st))
     total, found = preserved(orig, dec)
     assert total == orig.num_notes - st.out_of_range and total > 1000 and st.out_of_range == 2
     assert st.drums_kept == int(orig.is_drum.sum()) == int(dec.is_drum.sum()) > 200
@@ -74,7 +74,7 @@ def test_drums_come_back_as_a_drum_track_on_channel_10(tmp_path):
 
     path = tmp_path / "arrangement.mid"
     arrangement_midi(2, "pop").write(str(path))
-    dec = vocab.decode(vocab.encode(read_midi(path)))
+    dec = codec.decode(codec.encode(read_midi(path)))
     write_midi(dec, tmp_path / "back.mid")
     back = read_midi(tmp_path / "back.mid")
     assert int(back.is_drum.sum()) == int(dec.is_drum.sum()) > 200 and back.num_notes == dec.num_notes

@@ -10,11 +10,12 @@ import pytest
 import torch
 from midi_factory import write_simple_midi
 
+from aurl.codec import decode
 from aurl.generate import main
 from aurl.model import ModelConfig, MusicTransformerVAEGAN
 from aurl.model.checkpoint import save_model_file
 from aurl.model.sampling import generate, make_generator
-from aurl.vocab import START_ID, decode
+from aurl.vocab import START_ID
 
 
 def tiny(mode):
@@ -114,8 +115,9 @@ def test_module_entry_point_missing_checkpoint(tmp_path):
 def test_finalize_is_grammatical_and_keeps_the_notes(seed):
     import numpy as np
 
+    from aurl.grammar import grammar_errors
     from aurl.model.sampling import finalize
-    from aurl.vocab import NOTE_ON_OFFSET, TIME_SHIFT_OFFSET, grammar_errors
+    from aurl.vocab import NOTE_ON_OFFSET, TIME_SHIFT_OFFSET
 
     rng = np.random.default_rng(seed)
     # mostly note events and short shifts, plus specials sprinkled in (as a badly trained model might emit)
@@ -164,8 +166,8 @@ def test_generation_within_the_window_is_what_it_always_was():
 def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(ckpts, tmp_path, capsys):
     """A model file trained on 24-token windows (max_seq_len 64): generation of 100 tokens feeds at most 24
     at once, says so, stays grammatical, and the cached and uncached paths agree."""
+    from aurl.grammar import grammar_errors
     from aurl.model.checkpoint import context_length, load_model_file
-    from aurl.vocab import grammar_errors
 
     torch.manual_seed(0)
     path = save_model_file(tmp_path / "w24.pt", MusicTransformerVAEGAN(tiny("transformer")), tiny("transformer"),
@@ -224,17 +226,17 @@ def test_a_long_prompt_is_fed_as_its_end_behind_its_state():
     import numpy as np
     from midi_factory import random_score
 
-    from aurl import vocab
+    from aurl import codec, grammar, vocab
     from aurl.generate import model_prompt
 
     compared = with_prefix = 0
     for seed in range(8):
-        prompt = vocab.encode(random_score(seed, n_notes=60, n_programs=2)).astype(np.int64)
+        prompt = codec.encode(random_score(seed, n_notes=60, n_programs=2)).astype(np.int64)
         prompt = prompt[prompt != vocab.END_ID]
         fed = model_prompt(prompt, 64)
         assert 8 <= len(fed) <= 32 < len(prompt), (seed, len(fed))
         np.testing.assert_array_equal(fed[-8:], prompt[-8:])
-        errors = vocab.grammar_errors(fed)
+        errors = grammar.grammar_errors(fed)
         assert errors["note_off_without_on"] == errors["duplicate_note_on"] == 0, (seed, errors)
         with_prefix += vocab.token_kind(int(fed[0])) == "tempo"  # the state prefix opens with the tempo
         compared += 1

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from midi_factory import random_score
 
-from aurl import grammar, vocab
+from aurl import codec, grammar, vocab
 
 
 def _piece(seed: int) -> np.ndarray:
     """A grammatical stream with overlapping voices, several instruments (the same pitches on several of them
     at once: few distinct pitches), drums, velocities, tempos and pedal."""
-    return vocab.encode(random_score(seed, n_notes=160, n_programs=3, drums=True, pitches=(55, 67))).astype(np.int64)
+    return codec.encode(random_score(seed, n_notes=160, n_programs=3, drums=True, pitches=(55, 67))).astype(np.int64)
 
 
 def _notes_by_index(toks: np.ndarray) -> list[tuple]:
@@ -51,7 +51,7 @@ def _expected_window_notes(notes, s: int, e: int, t0: int, t1: int) -> list[tupl
 
 
 def _decoded(tokens) -> list[tuple]:
-    sc = vocab.decode(tokens)
+    sc = codec.decode(tokens)
     steps = lambda x: np.rint(np.asarray(x) * vocab.STEPS_PER_SECOND).astype(int).tolist()  # noqa: E731
     fam = np.where(sc.is_drum, 16, vocab.instrument_family(sc.program))
     return sorted(zip(sc.pitch.tolist(), steps(sc.start), steps(sc.end),
@@ -95,7 +95,7 @@ def test_a_window_cut_anywhere_decodes_to_the_piece_over_its_span(seed):
         e = min(len(toks), s + 60)
         prefix = grammar.state_prefix(grammar.state_at(toks, s))
         window = np.concatenate([prefix, toks[s:e]])
-        errors = vocab.grammar_errors(window)
+        errors = grammar.grammar_errors(window)
         assert errors["note_off_without_on"] == errors["duplicate_note_on"] == errors["special_inside"] == 0, s
         want = _expected_window_notes(notes, s, e, int(clock[s]), int(clock[e]))
         assert _decoded(window) == want, s
@@ -126,7 +126,7 @@ def test_the_prefix_restates_tempo_pedal_instrument_and_velocity():
 
 
 def _grammar_errors_reference(body: list[int]) -> dict[str, int]:
-    """vocab.grammar_errors' rules on an unframed body, written out with a plain set of (family, NOTE_ON id)."""
+    """grammar.grammar_errors' rules on an unframed body, written out with a plain set of (family, NOTE_ON id)."""
     errors = dict.fromkeys(("note_off_without_on", "duplicate_note_on", "unclosed_notes", "special_inside",
                             "out_of_vocab"), 0)
     sounding: set[tuple[int, int]] = set()
@@ -151,7 +151,7 @@ def _grammar_errors_reference(body: list[int]) -> dict[str, int]:
 
 
 def test_grammar_errors_on_the_walker_counts_as_before():
-    """vocab.grammar_errors now walks with aurl.grammar.Walker: the same counts on random (mostly broken)
+    """grammar.grammar_errors now walks with aurl.grammar.Walker: the same counts on random (mostly broken)
     streams with instrument changes, out-of-vocabulary ids and special tokens included."""
     rng = np.random.default_rng(0)
     compared = 0
@@ -161,7 +161,7 @@ def test_grammar_errors_on_the_walker_counts_as_before():
         body[rng.random(40) < 0.1] = rng.choice([691, 758, 759])  # drum kit, piano, chromatic percussion
         body[rng.random(40) < 0.1] = rng.integers(-3, vocab.VOCAB_SIZE + 3, 40)[:1]
         body = [int(t) for t in body if t not in (vocab.START_ID, vocab.END_ID, vocab.PAD_ID)]
-        got = vocab.grammar_errors([vocab.START_ID, 700, *body, vocab.END_ID])
+        got = grammar.grammar_errors([vocab.START_ID, 700, *body, vocab.END_ID])
         assert got == _grammar_errors_reference([700, *body])
         compared += sum(got.values())
     assert compared > 1000
@@ -226,7 +226,7 @@ def test_finalize_keeps_decodes_notes_and_closes_them_on_their_instrument(seed):
 
     row = _random_stream(seed, 400)
     fin = finalize([vocab.START_ID, *row.tolist()])
-    assert sum(vocab.grammar_errors(fin).values()) == 0
+    assert sum(grammar.grammar_errors(fin).values()) == 0
     end = row.tolist().index(vocab.END_ID) if vocab.END_ID in row.tolist() else len(row)
     want = _decoded(row[:end])  # finalize stops at the first END
     assert _decoded(fin) == want and len(want) > 30

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from midi_factory import random_score
 
-from aurl import grammar, vocab
+from aurl import codec, grammar, vocab
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.config import ModelConfig
 from aurl.model.grammar_loss import illegal_mask, unlikelihood
@@ -16,7 +16,7 @@ from aurl.model.sampling import _grammar_state, _mask_ungrammatical
 def _windows(seed: int, length: int = 80) -> list[np.ndarray]:
     """Windows cut every few tokens from a multi-instrument piece, each with its state prefix (as the loader
     cuts them), plus the piece's START-anchored opening."""
-    toks = vocab.encode(random_score(seed, n_notes=160, n_programs=3)).astype(np.int64)
+    toks = codec.encode(random_score(seed, n_notes=160, n_programs=3)).astype(np.int64)
     out = [toks[:length]]
     for s in range(5, len(toks) - length, 23):
         out.append(np.concatenate([grammar.state_prefix(grammar.state_at(toks, s)), toks[s:s + length]]))

@@ -170,11 +170,11 @@ def test_refine_tempo_recovers_the_beat_grid_of_a_binned_tempo():
 def test_drums_are_not_harmony_but_do_fill_beats():
     """A C major melody with a drum kit on top, as decode gives it from the drum kit (is_drum): the harmony
     metrics read the melody alone (a Score and note objects alike), the rhythm metrics count the drum hits."""
-    from aurl import vocab
+    from aurl import codec
 
     tune = melody(C_MAJOR, dur=1.0)
     hits = [Note(p, 0.5 * k, 0.5 * k + 0.1, 100, is_drum=True) for k, p in enumerate([36, 42, 38, 49] * 4)]
-    score = vocab.decode(vocab.encode(Score.from_notes(tune + hits)))
+    score = codec.decode(codec.encode(Score.from_notes(tune + hits)))
     assert int(score.is_drum.sum()) == len(hits)
     compared = 0
     for piece in (score, score.notes):

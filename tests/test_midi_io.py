@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from midi_factory import make_pretty_midi, random_score, write_simple_midi
 
-from aurl import vocab
+from aurl import codec, vocab
 from aurl.data.midi_io import MidiReadError, Note, Score, read_midi, read_midi_pretty, write_midi
 
 
@@ -47,19 +47,19 @@ def test_write_then_read_keeps_notes_programs_tempo_and_pedal(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_symusic_and_pretty_midi_agree(tmp_path, seed):
     # same-pitch overlaps cannot be expressed in MIDI (readers pair them differently): decode removes them
-    score = vocab.decode(vocab.encode(random_score(seed, n_notes=120)))
+    score = codec.decode(codec.encode(random_score(seed, n_notes=120)))
     path = tmp_path / "r.mid"
     write_midi(score, path)
     a, b = read_midi(path), read_midi_pretty(path)
     # symusic reports seconds as float32: agree to well below a grid step
     _assert_close_notes(a, b, tol=1e-4)
-    np.testing.assert_array_equal(vocab.encode(a), vocab.encode(b))
+    np.testing.assert_array_equal(codec.encode(a), codec.encode(b))
 
 
 def test_token_round_trip_through_a_midi_file(tmp_path):
-    tokens = vocab.encode(random_score(7))
-    write_midi(vocab.decode(tokens), tmp_path / "t.mid")
-    np.testing.assert_array_equal(vocab.encode(read_midi(tmp_path / "t.mid")), tokens)
+    tokens = codec.encode(random_score(7))
+    write_midi(codec.decode(tokens), tmp_path / "t.mid")
+    np.testing.assert_array_equal(codec.encode(read_midi(tmp_path / "t.mid")), tokens)
 
 
 # ---- bad input: each case skipped with its own reason
@@ -114,8 +114,8 @@ def test_bundled_chorales_symusic_vs_pretty_midi_and_round_trip(tmp_path):
     for f in files:
         a, b = read_midi(f), read_midi_pretty(f)
         _assert_close_notes(a, b, tol=1e-4)
-        st = vocab.EncodeStats()
-        dec = vocab.decode(vocab.encode(a, st))
+        st = codec.EncodeStats()
+        dec = codec.decode(codec.encode(a, st))
         assert st.out_of_range == 0 and st.drums_kept == 0 and a.num_notes > 100
         assert dec.num_notes == a.num_notes - st.merged
         # every original note has a decoded note of its pitch starting within one step
@@ -129,10 +129,10 @@ def test_bundled_chorales_symusic_vs_pretty_midi_and_round_trip(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_decoded_random_tokens_make_a_valid_midi_file(tmp_path, seed):
     tokens = np.random.default_rng(seed).integers(0, vocab.VOCAB_SIZE, 2000)
-    score = vocab.decode(tokens)
+    score = codec.decode(tokens)
     write_midi(score, tmp_path / "gen.mid")
     back = read_midi(tmp_path / "gen.mid")
     assert back.num_notes == score.num_notes > 0
     # within a few ms even after thousands of seconds and dozens of tempo changes (30..240 BPM)
     _assert_close_notes(score, back, tol=vocab.STEP_SECONDS / 4)
-    np.testing.assert_array_equal(vocab.encode(back), vocab.encode(score))
+    np.testing.assert_array_equal(codec.encode(back), codec.encode(score))

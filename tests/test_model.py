@@ -188,7 +188,8 @@ def test_stop_at_end_pads_after_end():
 def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not():
     """An untrained model breaks the event grammar all the time; constrained decoding never does (only notes
     still open at the length cut-off remain), and END comes only once every note is closed."""
-    from aurl.vocab import NOTE_ON_OFFSET, grammar_errors
+    from aurl.grammar import grammar_errors
+    from aurl.vocab import NOTE_ON_OFFSET
 
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer"))
@@ -302,11 +303,11 @@ def _real_windows(n_pieces: int = 3, per_piece: int = 4, length: int = 96) -> to
     import numpy as np
     from midi_factory import random_score
 
-    from aurl import grammar, vocab
+    from aurl import codec, grammar
 
     rows = []
     for seed in range(n_pieces):
-        piece = vocab.encode(random_score(seed, n_notes=120, n_programs=2)).astype(np.int64)
+        piece = codec.encode(random_score(seed, n_notes=120, n_programs=2)).astype(np.int64)
         states = grammar.PieceStates(piece)
         for start in np.linspace(0, len(piece) - length // 2, per_piece).astype(int).tolist():
             prefix = grammar.state_prefix(states.state(start)) if start else np.zeros(0, dtype=np.int64)
@@ -422,10 +423,10 @@ def test_evaluation_windows_hand_the_sounding_state_to_the_model():
     import numpy as np
     from midi_factory import random_score
 
-    from aurl import vocab
+    from aurl import codec
     from aurl.evaluate.likelihood import _padded_batches, _windows, likelihood_figures
 
-    pieces = [vocab.encode(random_score(seed, n_notes=60, n_programs=1)).astype(np.int64) for seed in (7, 8)]
+    pieces = [codec.encode(random_score(seed, n_notes=60, n_programs=1)).astype(np.int64) for seed in (7, 8)]
     cache = SimpleNamespace(val_pieces=[0, 1], tokens=lambda i: pieces[i])  # the two calls _windows makes
     windows = _windows(cache, 40, 0)
     starts = [(i, s) for i, p in enumerate(pieces) for s in range(0, len(p) - 1, 40) if len(p[s : s + 40]) >= 2]

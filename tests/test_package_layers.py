@@ -12,7 +12,7 @@ PACKAGE = Path(aurl.__file__).parent
 # bottom first; a module is in the first layer whose prefix matches it
 LAYERS = (
     ("aurl", "aurl.console", "aurl.atomic", "aurl.score", "aurl.rundir"),
-    ("aurl.vocab", "aurl.grammar"),
+    ("aurl.vocab", "aurl.grammar", "aurl.codec"),
     ("aurl.data",),
     ("aurl.model",),
     ("aurl.config",),

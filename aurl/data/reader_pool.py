@@ -23,7 +23,7 @@ from dataclasses import asdict
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 
-from aurl import vocab
+from aurl import codec
 from aurl.data.midi_io import MidiReadError
 
 
@@ -62,8 +62,8 @@ def _tokenize_file(path: str, reader, max_seconds: float) -> tuple:
         return ("skip", str(e))
     except (OSError, ValueError, RuntimeError, IndexError, KeyError, EOFError) as e:
         return ("skip", f"reader error ({type(e).__name__}: {str(e)[:120]})")
-    st = vocab.EncodeStats()
-    tokens = vocab.encode(score, st)
+    st = codec.EncodeStats()
+    tokens = codec.encode(score, st)
     if st.kept == 0:
         return ("skip", f"no usable notes ({st.out_of_range} out of range)")
     return ("ok", tokens, st.kept, score.duration, asdict(st))

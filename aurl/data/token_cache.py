@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aurl import vocab
+from aurl import codec, vocab
 from aurl.console import UserError
 from aurl.data import manifest as manifest_io
 
@@ -67,8 +67,8 @@ def _both_splits(paths: list[str], splits: list[str], val_fraction: float, seed:
 # ----------------------------------------------------------------------------------------------------------
 # The manifest's note counts
 def total_note_stats(pieces: list[dict]) -> dict[str, int]:
-    """The manifest's per-piece encode stats (aurl.vocab.EncodeStats), summed."""
-    return {k: sum(p["stats"][k] for p in pieces) for k in vocab.EncodeStats.__dataclass_fields__}
+    """The manifest's per-piece encode stats (aurl.codec.EncodeStats), summed."""
+    return {k: sum(p["stats"][k] for p in pieces) for k in codec.EncodeStats.__dataclass_fields__}
 
 
 def format_note_stats(s: dict[str, int]) -> str:

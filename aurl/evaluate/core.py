@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aurl import vocab
+from aurl import codec, vocab
 from aurl.console import UserError, print0
 from aurl.evaluate.likelihood import validation_nll
 from aurl.evaluate.metrics import compare_metrics, compute_metrics
@@ -187,7 +187,7 @@ def _samples_and_metrics(model, cache, cfg: EvalConfig, device, context: int, ou
     timings["generation_tokens_per_s"] = sum(len(r) - 1 for r in rows) / max(timings["generation_s"], 1e-9)
     t0 = time.perf_counter()
     report, finalized = _sample_report(rows)
-    scores = [vocab.decode(f) for f in finalized]
+    scores = [codec.decode(f) for f in finalized]
     files = [str(out / f"sample_{i:03d}.mid") for i in range(len(scores))] if out is not None else []
     valid = ([_write_and_check(score, Path(f)) for score, f in zip(scores, files, strict=True)] if out is not None
              else [score.num_notes > 0 for score in scores])

@@ -4,7 +4,7 @@ Samples: `num_samples` sequences of `length` new tokens after START, sampled wit
 the prior), grammar-constrained unless `grammar` is False. The grammar check runs on the sampled tokens as
 they are; notes still open when the length cut-off stops a sample are counted apart (`unclosed_at_cutoff`),
 not as errors, unless the sample ended with END. Each sample is written as MIDI through
-aurl.model.sampling.finalize + aurl.vocab.decode (as `python -m aurl.generate` does); "valid MIDI" = the file
+aurl.model.sampling.finalize + aurl.codec.decode (as `python -m aurl.generate` does); "valid MIDI" = the file
 reads back with aurl's reader with >= 1 note.
 
 Data excerpts: the validation pieces cut to the token length of a sample, so that length-dependent metrics
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aurl import vocab
+from aurl import codec, grammar, vocab
 
 if TYPE_CHECKING:
     from aurl.evaluate.core import EvalConfig
@@ -47,7 +47,7 @@ def data_excerpts(cache, length: int, max_excerpts: int) -> list:
             kinds = vocab.KIND_OF_ID[chunk]
             lead = int(np.argmax(kinds != vocab.KIND_NAMES.index("time_shift"))) if len(chunk) else 0
             chunk = np.concatenate([tempo[-1:], chunk[lead:]])
-        out.append(vocab.decode(chunk))
+        out.append(codec.decode(chunk))
     return out
 
 
@@ -61,7 +61,7 @@ def _sample_report(rows: list[list[int]]) -> tuple[dict, list]:
     for row in rows:
         ended = vocab.END_ID in row
         body = row[: row.index(vocab.END_ID) + 1] if ended else row
-        errs = vocab.grammar_errors(body)
+        errs = grammar.grammar_errors(body)
         if not ended:  # cut off by the length budget: open notes are not the model's mistake
             cutoff_open += errs.pop("unclosed_notes")
         for k, v in errs.items():
@@ -69,7 +69,7 @@ def _sample_report(rows: list[list[int]]) -> tuple[dict, list]:
         clean += sum(errs.values()) == 0
         tokens += max(1, len(body) - 1)  # generated tokens (START was the prompt)
         fin = finalize(row)
-        final_errors += sum(vocab.grammar_errors(fin).values())
+        final_errors += sum(grammar.grammar_errors(fin).values())
         finalized.append(fin)
     n_err = sum(totals.values())
     return {
