@@ -84,10 +84,14 @@ def find_synthesizer() -> Synthesizer | None:
 
 
 def midi_seconds(midi_path: str | Path) -> float:
-    """Seconds to the MIDI's last note end."""
-    from aurl.data.midi_io import read_midi
+    """Seconds to the MIDI's last note end; 0 for a file without notes (a generated sample may hold none, and
+    is rendered as the silence it is rather than failing the evaluation)."""
+    from aurl.data.midi_io import MidiReadError, read_midi
 
-    return read_midi(midi_path).duration
+    try:
+        return read_midi(midi_path).duration
+    except MidiReadError:
+        return 0.0
 
 
 def _finish(raw: np.ndarray, min_seconds: float) -> np.ndarray:
