@@ -21,6 +21,7 @@ import yaml
 
 from aurl.console import UserError, one_line
 from aurl.data.augment import AugmentConfig
+from aurl.evaluate.config import EvalConfig
 from aurl.model.config import ModelConfig
 
 # fixed choices: a value outside them is refused by the config checker (_check), naming the key
@@ -129,22 +130,30 @@ class LoggingConfig:
 
 
 @dataclass
-class StageEvalConfig:
+class StageEvalConfig(EvalConfig):
     """The evaluation at the end of a completed stage: rank 0 evaluates the stage's best model with
-    aurl.evaluate on a small budget and writes <output-dir>/eval/stageN (report, samples, pictures)."""
+    aurl.evaluate on a small budget and writes <output-dir>/eval/stageN (report, samples, pictures).
+    The options are EvalConfig's (aurl/evaluate/config.py); a stage changes three defaults and adds `enabled`.
+    The seed is train.seed; the keys of NOT_STAGE_KEYS are the evaluate CLI's alone."""
 
-    enabled: bool = True
-    """Evaluate at the end of the stage (false = skip; `python -m aurl.evaluate` can run it later)."""
     num_samples: int = 4
     """Generated samples (0 = validation likelihood only)."""
     length: int = 256
-    """New tokens per sample."""
+    """New tokens per sample after START."""
     max_val_tokens: int = 20000
     """Cap on validation target tokens (0 = the whole validation split)."""
-    temperature: float = 1.0
-    """Sampling temperature of the samples."""
-    top_p: float = 1.0
-    """Nucleus sampling mass of the samples (1 = off)."""
+    enabled: bool = True
+    """Evaluate at the end of the stage (false = skip; `python -m aurl.evaluate` can run it later)."""
+
+
+# EvalConfig's options a stage YAML refuses, each with why (one line naming the key)
+NOT_STAGE_KEYS = {
+    "eval.seed": "the stage-end evaluation samples with train.seed (python -m aurl.evaluate --seed for another)",
+    "eval.batch_size": "the stage-end evaluation validates 8 windows per pass (python -m aurl.evaluate "
+                       "--batch-size sets it)",
+    "eval.audio": "the stage end renders WAVs when FluidSynth is installed (python -m aurl.evaluate --no-audio "
+                  "renders none)",
+}
 
 
 @dataclass
@@ -279,7 +288,10 @@ def build_config(raw: dict | None, overrides: dict[str, dict[str, Any]] | None =
         for key, value in merged.get(section, {}).items():
             if key not in types_:
                 raise UserError(f"unknown config key {section}.{key} (known keys of {section}: "
-                                f"{', '.join(types_)})")
+                                f"{', '.join(k for k in types_ if f'{section}.{k}' not in NOT_STAGE_KEYS)})")
+            if f"{section}.{key}" in NOT_STAGE_KEYS:
+                raise UserError(f"config key {section}.{key} is not a stage setting: "
+                                f"{NOT_STAGE_KEYS[f'{section}.{key}']}")
             values[key] = _check(f"{section}.{key}", value, types_[key])
         try:
             kwargs[section] = cls(**values)
@@ -329,15 +341,22 @@ def validate(cfg: StageConfig) -> None:
         bad("checkpoint.keep", c.keep, "must be >= 2 (a crash during a save must leave a committed one)")
     if lg.log_every_steps < 1:
         bad("logging.log_every_steps", lg.log_every_steps, "must be >= 1")
-    ev = cfg.eval
-    for key, v in (("eval.num_samples", ev.num_samples), ("eval.max_val_tokens", ev.max_val_tokens)):
-        if v < 0:
-            bad(key, v, "must be >= 0")
-    if ev.length < 1:
-        bad("eval.length", ev.length, "must be >= 1")
+    check_eval_options(cfg.eval, lambda key: f"eval.{key}")
+
+
+def check_eval_options(ev: EvalConfig, name) -> None:
+    """The range checks of the evaluation options, for a stage's eval section and the evaluate CLI alike;
+    UserError names the option as the user wrote it (name: field -> config key or CLI flag) and its value."""
+    for key in ("num_samples", "max_val_tokens", "max_data_excerpts"):
+        if getattr(ev, key) < 0:
+            raise UserError(f"{name(key)} must be >= 0, got {getattr(ev, key)}")
+    for key in ("length", "batch_size"):
+        if getattr(ev, key) < 1:
+            raise UserError(f"{name(key)} must be >= 1, got {getattr(ev, key)}")
     from aurl.model.sampling import check_sampling_options  # the one check of sampling options
 
-    check_sampling_options(ev.temperature, 0, ev.top_p, names=("eval.temperature", "eval.top_k", "eval.top_p"))
+    check_sampling_options(ev.temperature, ev.top_k, ev.top_p, names=(name("temperature"), name("top_k"),
+                                                                       name("top_p")))
 
 
 def read_yaml(path: Path) -> Any:

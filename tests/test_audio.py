@@ -13,7 +13,8 @@ from midi_factory import make_pretty_midi
 
 from aurl.data.midi_io import Note, Score, write_midi
 from aurl.evaluate import audio
-from aurl.evaluate.core import EvalConfig, evaluate_checkpoint
+from aurl.evaluate.config import EvalConfig
+from aurl.evaluate.core import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")

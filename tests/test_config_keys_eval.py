@@ -5,6 +5,7 @@ How probes work, and the keys' coverage: tests/test_config_keys.py.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from config_probes import (
     rejects,
     run_probe,
 )
+
+from aurl.config import build_config
+from aurl.console import UserError
 
 
 def samples(run: Run) -> list[bytes]:
@@ -68,6 +72,49 @@ def _(lab, key):
 def _(lab, key):
     assert samples(lab.run(*EVAL, f"{key}=0.2")) != samples(lab.run(*EVAL))
     rejects(key, 0.0)
+
+
+# one run changes three more keys at once, each acting on its own part of the report
+EVAL_OPTIONS = (*EVAL, "eval.top_k=20", "eval.max_data_excerpts=3", "eval.pictures=false")
+
+
+@probe("eval.top_k")
+def _(lab, key):
+    assert samples(lab.run(*EVAL_OPTIONS)) != samples(lab.run(*EVAL))  # the other two keys leave samples be
+    rejects(key, -1)
+
+
+@probe("eval.max_data_excerpts")
+def _(lab, key):
+    assert lab.run(*EVAL).eval_json()["data_excerpts"] > 3
+    assert lab.run(*EVAL_OPTIONS).eval_json()["data_excerpts"] == 3
+    rejects(key, -1)
+
+
+@probe("eval.pictures")
+def _(lab, key):
+    assert lab.run(*EVAL).eval_json()["pictures"]
+    r = lab.run(*EVAL_OPTIONS)
+    assert r.eval_json()["pictures"] == [] and not list((r.out / "eval").rglob("*.png"))
+    rejects(key, 1)
+
+
+@probe("eval.grammar")
+def _(lab, key):
+    def errors(run: Run) -> int:
+        return sum(run.eval_json()["samples"]["grammar_errors"].values())
+
+    assert errors(lab.run(*EVAL)) == 0  # grammar-constrained decoding
+    assert errors(lab.run(*EVAL, f"{key}=false")) > 0  # the raw distribution of a 4-step model
+    rejects(key, 1)
+
+
+# EvalConfig's options that only the evaluate CLI sets: a stage YAML refuses them, naming the key
+@probe("eval.seed", "eval.batch_size", "eval.audio")
+def _(lab, key):
+    value = {"eval.seed": 1, "eval.batch_size": 4, "eval.audio": False}[key]
+    with pytest.raises(UserError, match=re.escape(key) + " is not a stage setting"):
+        build_config({"eval": {key.split(".")[1]: value}})
 
 
 @pytest.mark.parametrize("key", keys_of("eval"))

@@ -100,7 +100,7 @@ def _(lab, key):
 @probe("model.max_seq_len")
 def _(lab, key):
     """The context the model is given: the evaluation's validation windows, the generation KV cache."""
-    from aurl.evaluate.core import EvalConfig
+    from aurl.evaluate.config import EvalConfig
     from aurl.evaluate.likelihood import validation_nll
 
     a, b = twins(key, 64, 16)

@@ -15,7 +15,7 @@ LAYERS = (
     ("aurl.vocab", "aurl.grammar", "aurl.codec"),
     ("aurl.data",),
     ("aurl.model",),
-    ("aurl.config",),
+    ("aurl.config", "aurl.evaluate.config"),
     ("aurl.evaluate",),
     ("aurl.train",),
 )

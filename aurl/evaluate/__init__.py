@@ -17,7 +17,8 @@ FluidSynth); the whole run on one page, RUN/report.html (aurl.evaluate.report, `
 Importing this package imports neither torch nor matplotlib.
 """
 
-from aurl.evaluate.core import EvalConfig, evaluate_checkpoint, evaluate_model
+from aurl.evaluate.config import EvalConfig
+from aurl.evaluate.core import evaluate_checkpoint, evaluate_model
 from aurl.evaluate.metrics import METRIC_NAMES, compare_metrics, compute_metrics, distribution_overlap
 from aurl.evaluate.status import eval_reports, latest_eval
 from aurl.evaluate.text import format_report

@@ -18,7 +18,7 @@ from aurl.rundir import RunDir
 
 
 def _parser() -> argparse.ArgumentParser:
-    from aurl.evaluate.core import EvalConfig
+    from aurl.evaluate.config import EvalConfig
 
     d = EvalConfig()
     p = ArgParser(prog="python -m aurl.evaluate", description=__doc__.splitlines()[0])
@@ -68,7 +68,8 @@ def _check_losses(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint
+    from aurl.evaluate.config import EvalConfig
+    from aurl.evaluate.core import evaluate_checkpoint
     from aurl.evaluate.text import format_report
 
     parser = _parser()

@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from aurl import codec, vocab
-from aurl.console import UserError, print0
+from aurl.console import print0
+from aurl.evaluate.config import EvalConfig
 from aurl.evaluate.likelihood import validation_nll
 from aurl.evaluate.metrics import compare_metrics, compute_metrics
 from aurl.evaluate.samples import _sample_report, _write_and_check, data_excerpts, generate_samples
@@ -33,52 +33,6 @@ TEMPO_TOLERANCE = float(np.sqrt(vocab.tempo_of_bin(1) / vocab.tempo_of_bin(0))) 
 # quality bar of the issue for the CPU quickstart
 ENTROPY_TOLERANCE_BITS = 0.3
 SCALE_TOLERANCE = 0.1
-
-
-@dataclass
-class EvalConfig:
-    """What evaluate_model does (the evaluate CLI flags and the trainer's end-of-stage call)."""
-
-    num_samples: int = 8
-    """Generated samples (0 = skip generation and the music metrics)."""
-    length: int = 512
-    """New tokens per sample after START; also the token length of the data excerpts compared with them."""
-    seed: int = 0
-    """Seed of sampling and of the vae posterior samples of the validation bound."""
-    temperature: float = 1.0
-    """Sampling temperature (1 = the model's distribution)."""
-    top_k: int = 0
-    """Sample among the k likeliest tokens (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1 = off)."""
-    grammar: bool = True
-    """Grammar-constrained decoding (aurl.model.sampling); False samples the raw distribution, so the grammar
-    figures then measure what the model itself has learned."""
-    max_val_tokens: int = 0
-    """Cap on validation target tokens (0 = all validation pieces); a small budget for stage ends."""
-    batch_size: int = 8
-    """Windows per forward pass in the validation pass."""
-    max_data_excerpts: int = 256
-    """Cap on validation excerpts whose metrics form the data distribution (spread evenly over pieces)."""
-    pictures: bool = True
-    """Write piano-roll PNGs (and loss curves when loss records are given)."""
-    audio: bool = True
-    """Render samples and reference excerpts to WAV (aurl.evaluate.audio; skipped with one warning when no
-    synthesizer is installed)."""
-
-    def validate(self) -> EvalConfig:
-        if self.num_samples < 0:
-            raise UserError(f"--num-samples must be >= 0, got {self.num_samples}")
-        if self.length < 1:
-            raise UserError(f"--length must be >= 1, got {self.length}")
-        from aurl.model.sampling import check_sampling_options
-
-        check_sampling_options(self.temperature, self.top_k, self.top_p)
-        if self.max_val_tokens < 0:
-            raise UserError(f"--max-val-tokens must be >= 0 (0 = all), got {self.max_val_tokens}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        return self
 
 
 # ----------------------------------------------------------------------------------------------------------

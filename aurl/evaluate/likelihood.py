@@ -26,7 +26,7 @@ from aurl import vocab
 from aurl.console import UserError
 
 if TYPE_CHECKING:
-    from aurl.evaluate.core import EvalConfig
+    from aurl.evaluate.config import EvalConfig
 
 
 def _windows(cache, seq_len: int, max_tokens: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -21,7 +21,7 @@ import numpy as np
 from aurl import codec, grammar, vocab
 
 if TYPE_CHECKING:
-    from aurl.evaluate.core import EvalConfig
+    from aurl.evaluate.config import EvalConfig
 
 
 def data_excerpts(cache, length: int, max_excerpts: int) -> list:

@@ -176,15 +176,13 @@ def evaluate_stage(cfg: StageConfig, stage: int, run: RunDir, tracker=None, step
     """Rank 0, after a completed stage: aurl.evaluate on the stage's best model, into RUN/eval/stageN;
     its sounds, pictures and sample table to the stage's trackers at `step`; RUN/report.html rewritten.
     A failure here is reported and training goes on: the stage's weights are already committed."""
-    from aurl.evaluate.core import EvalConfig, evaluate_checkpoint
+    from aurl.evaluate.core import evaluate_checkpoint
     from aurl.evaluate.text import format_report
 
     best = run.best(stage)
     if not best.exists():
         return
-    # the eval section holds a subset of EvalConfig's fields (+ enabled); the rest keep EvalConfig's defaults
-    section = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "enabled"}
-    eval_cfg = EvalConfig(**section, seed=cfg.train.seed)
+    eval_cfg = dataclasses.replace(cfg.eval, seed=cfg.train.seed)  # the eval section is an EvalConfig
     try:
         result = evaluate_checkpoint(best, run.cache(cfg.data.cache_dir), eval_cfg, out_dir=run.eval(stage),
                                      device="auto")
