@@ -304,6 +304,7 @@ def build_config(raw: dict | None, overrides: dict[str, dict[str, Any]] | None =
 
 def validate(cfg: StageConfig) -> None:
     """Cross-field and range checks; UserError names the key and its value."""
+    check_augment_options(cfg.augment)  # first, as when the section checked itself on construction
     cfg.model.validate()
 
     def bad(key: str, value: Any, why: str):
@@ -342,6 +343,23 @@ def validate(cfg: StageConfig) -> None:
     if lg.log_every_steps < 1:
         bad("logging.log_every_steps", lg.log_every_steps, "must be >= 1")
     check_eval_options(cfg.eval, lambda key: f"eval.{key}")
+
+
+def check_augment_options(a: AugmentConfig) -> None:
+    """The range checks of the augment section; UserError names the key and its value."""
+    for f in dataclasses.fields(a):
+        if f.name.endswith("_prob") and not 0.0 <= getattr(a, f.name) <= 1.0:
+            raise UserError(f"augment.{f.name} must be in [0, 1], got {getattr(a, f.name)}")
+    for lo, hi in (("stretch_min", "stretch_max"), ("velocity_min", "velocity_max")):
+        if not 0 < getattr(a, lo) <= getattr(a, hi):
+            raise UserError(f"augment.{lo} / {hi} must satisfy 0 < min <= max, got {getattr(a, lo)} / {getattr(a, hi)}")
+    if a.instrument_mode not in ("group", "any"):
+        raise UserError(f"augment.instrument_mode must be 'group' or 'any', got {a.instrument_mode!r}")
+    for name in ("transpose_max", "humanize_steps"):
+        if getattr(a, name) < 0:
+            raise UserError(f"augment.{name} must be >= 0, got {getattr(a, name)}")
+    if not 0.0 <= a.swing_max < 1.0 or a.swing_beat_steps < 2:
+        raise UserError("augment.swing_max must be in [0, 1) and swing_beat_steps >= 2")
 
 
 def check_eval_options(ev: EvalConfig, name) -> None:

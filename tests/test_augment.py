@@ -7,6 +7,7 @@ import pytest
 from midi_factory import random_score
 
 from aurl import codec, grammar, vocab
+from aurl.config import build_config
 from aurl.console import UserError
 from aurl.data.augment import INSTRUMENT_GROUPS, AugmentConfig, augment_tokens, sample_rng
 from aurl.data.midi_io import Note, Score
@@ -46,7 +47,7 @@ def _window(seed: int, start: int = 37, length: int = 700) -> np.ndarray:
 )
 def test_config_rejects_bad_values_naming_the_key(bad):
     with pytest.raises(UserError, match=next(iter(bad)).split("_")[0]):
-        AugmentConfig(enabled=True, **bad)
+        build_config({"augment": {"enabled": True, **bad}})
 
 
 def test_disabled_or_zero_probability_is_identity():

@@ -24,12 +24,11 @@ Every transform is vectorized numpy on the window and is drawn from a generator 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from aurl import grammar, vocab
-from aurl.console import UserError
 
 INSTRUMENT_GROUPS: tuple[tuple[int, ...], ...] = (
     (0, 1, 2),  # piano, chromatic percussion, organ
@@ -45,7 +44,8 @@ TRANSFORMS = ("transpose", "stretch", "velocity", "instrument", "swing", "humani
 
 @dataclass
 class AugmentConfig:
-    """Ranges and probabilities of the token augmentations (YAML section `augment`)."""
+    """Ranges and probabilities of the token augmentations (YAML section `augment`; its range checks are
+    aurl.config.check_augment_options, where the YAML section is read)."""
 
     enabled: bool = False
     """Master switch; False = windows exactly as cached."""
@@ -79,22 +79,6 @@ class AugmentConfig:
     """Probability of humanizing a window."""
     humanize_steps: int = 1
     """Largest random move of a grid position, in steps."""
-
-    def __post_init__(self):
-        for f in fields(self):
-            if f.name.endswith("_prob") and not 0.0 <= getattr(self, f.name) <= 1.0:
-                raise UserError(f"augment.{f.name} must be in [0, 1], got {getattr(self, f.name)}")
-        for lo, hi in (("stretch_min", "stretch_max"), ("velocity_min", "velocity_max")):
-            a, b = getattr(self, lo), getattr(self, hi)
-            if not 0 < a <= b:
-                raise UserError(f"augment.{lo} / {hi} must satisfy 0 < min <= max, got {a} / {b}")
-        if self.instrument_mode not in ("group", "any"):
-            raise UserError(f"augment.instrument_mode must be 'group' or 'any', got {self.instrument_mode!r}")
-        for name in ("transpose_max", "humanize_steps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.swing_max < 1.0 or self.swing_beat_steps < 2:
-            raise UserError("augment.swing_max must be in [0, 1) and swing_beat_steps >= 2")
 
     @property
     def warps_time(self) -> bool:
