@@ -3,7 +3,8 @@
 Precedence, stated once: CLI `section.key=value` overrides > the YAML file > the dataclass defaults.
 An unknown section or key, or a value of the wrong type, is a UserError naming the key, raised before any
 work starts. Each component gets only its own section (data, model, augment, optim, train, checkpoint,
-logging, eval).
+logging, eval). The model, augment and eval dataclasses live beside their users (aurl/model/config.py,
+aurl/data/augment.py, aurl/evaluate/config.py); the range checks of augment and eval are here (validate).
 """
 
 from __future__ import annotations
