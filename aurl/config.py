@@ -22,7 +22,7 @@ import yaml
 
 from aurl.console import UserError, one_line
 from aurl.data.augment import AugmentConfig
-from aurl.evaluate.config import EvalConfig
+from aurl.evaluate.config import NOT_STAGE_KEYS, EvalConfig, StageEvalConfig
 from aurl.model.config import ModelConfig
 
 # fixed choices: a value outside them is refused by the config checker (_check), naming the key
@@ -128,33 +128,6 @@ class LoggingConfig:
     """Show a tqdm bar with loss, tokens/s and ETA on rank 0."""
     wandb_project: str = "aurl"
     """W&B project (offline unless WANDB_API_KEY is set and WANDB_MODE says otherwise)."""
-
-
-@dataclass
-class StageEvalConfig(EvalConfig):
-    """The evaluation at the end of a completed stage: rank 0 evaluates the stage's best model with
-    aurl.evaluate on a small budget and writes <output-dir>/eval/stageN (report, samples, pictures).
-    The options are EvalConfig's (aurl/evaluate/config.py); a stage changes three defaults and adds `enabled`.
-    The seed is train.seed; the keys of NOT_STAGE_KEYS are the evaluate CLI's alone."""
-
-    num_samples: int = 4
-    """Generated samples (0 = validation likelihood only)."""
-    length: int = 256
-    """New tokens per sample after START."""
-    max_val_tokens: int = 20000
-    """Cap on validation target tokens (0 = the whole validation split)."""
-    enabled: bool = True
-    """Evaluate at the end of the stage (false = skip; `python -m aurl.evaluate` can run it later)."""
-
-
-# EvalConfig's options a stage YAML refuses, each with why (one line naming the key)
-NOT_STAGE_KEYS = {
-    "eval.seed": "the stage-end evaluation samples with train.seed (python -m aurl.evaluate --seed for another)",
-    "eval.batch_size": "the stage-end evaluation validates 8 windows per pass (python -m aurl.evaluate "
-                       "--batch-size sets it)",
-    "eval.audio": "the stage end renders WAVs when FluidSynth is installed (python -m aurl.evaluate --no-audio "
-                  "renders none)",
-}
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""The evaluation options, owned here once: the evaluate CLI's flags (python -m aurl.evaluate) and, with a
-stage's defaults and its `enabled` switch, a stage YAML's `eval` section (aurl.config.StageEvalConfig, passed
-as is to the stage-end evaluation). Imports nothing heavy, so that aurl/config.py can embed it; the range
-checks are aurl.config.check_eval_options, for both.
+"""The evaluation options, owned here once: EvalConfig, the evaluate CLI's flags (python -m aurl.evaluate), and
+StageEvalConfig, the same options with a stage's defaults and its `enabled` switch: a stage YAML's `eval`
+section, passed as is to the stage-end evaluation. Imports nothing heavy, so that aurl/config.py can embed
+it; the range checks are aurl.config.check_eval_options, for both.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass
 class EvalConfig:
-    """What evaluate_model does: the evaluate CLI's flags; a stage YAML's `eval` section (aurl.config.StageEvalConfig)."""
+    """What evaluate_model does: the evaluate CLI's flags; a stage YAML's `eval` section (StageEvalConfig)."""
 
     num_samples: int = 8
     """Generated samples (0 = skip generation and the music metrics)."""
@@ -46,3 +46,30 @@ class EvalConfig:
 
         check_eval_options(self, lambda key: "--" + key.replace("_", "-"))
         return self
+
+
+@dataclass
+class StageEvalConfig(EvalConfig):
+    """The evaluation at the end of a completed stage: rank 0 evaluates the stage's best model with
+    aurl.evaluate on a small budget and writes <output-dir>/eval/stageN (report, samples, pictures).
+    The options are EvalConfig's; a stage changes three defaults and adds `enabled`.
+    The seed is train.seed; the keys of NOT_STAGE_KEYS are the evaluate CLI's alone (aurl.config refuses them)."""
+
+    num_samples: int = 4
+    """Generated samples (0 = validation likelihood only)."""
+    length: int = 256
+    """New tokens per sample after START."""
+    max_val_tokens: int = 20000
+    """Cap on validation target tokens (0 = the whole validation split)."""
+    enabled: bool = True
+    """Evaluate at the end of the stage (false = skip; `python -m aurl.evaluate` can run it later)."""
+
+
+# EvalConfig's options a stage YAML refuses, each with why (one line naming the key)
+NOT_STAGE_KEYS = {
+    "eval.seed": "the stage-end evaluation samples with train.seed (python -m aurl.evaluate --seed for another)",
+    "eval.batch_size": "the stage-end evaluation validates 8 windows per pass (python -m aurl.evaluate "
+                       "--batch-size sets it)",
+    "eval.audio": "the stage end renders WAVs when FluidSynth is installed (python -m aurl.evaluate --no-audio "
+                  "renders none)",
+}
