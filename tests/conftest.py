@@ -6,6 +6,11 @@ unless it is already there.
 `unavailable(reason)`: a component a test needs cannot start (SLURM, munge, the DeepSpeed op build). Under
 CI=true (CI sets it) the test fails with the reason, so CI cannot go green without the component; elsewhere
 (a laptop without root, say) it is skipped with the reason.
+
+Parallel runs (launch/test.sh: pytest-xdist, `-n 2 --dist loadgroup`): each test module is one xdist group,
+so its module- and session-scoped fixtures (reference runs, the SLURM cluster) start once, on one worker;
+the config-key modules share one group (their `lab` baseline run). Modules are handed out longest first
+(LONGEST_FIRST) so that the workers finish together. apt-get runs one at a time across workers.
 """
 
 from __future__ import annotations
@@ -15,9 +20,30 @@ import shutil
 import subprocess
 import time
 
+import fcntl
+from pathlib import Path
+
 import pytest
 
-_updated = False  # apt-get update runs once per session
+_updated = False  # apt-get update runs once per session (per xdist worker)
+
+# Test modules by measured duration (2026-12-01, 2-core machine): the longest first, so that with two
+# xdist workers neither is left alone with a long module at the end. Modules not named here follow.
+LONGEST_FIRST = ["test_train_pipeline", "test_slurm", "test_deepspeed", "test_model", "test_elastic", "test_bench",
+                 "test_tracking", "test_config_keys", "test_gpu_check"]
+
+
+def _group(item) -> str:
+    """The module's name; every test_config_keys* module is one group (they share the session's `lab`)."""
+    name = Path(str(item.fspath)).stem
+    return "test_config_keys" if name.startswith("test_config_keys") else name
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: each module keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 def in_ci() -> bool:
@@ -43,10 +69,12 @@ def ensure_debian_packages(packages: list[str], commands: list[str]) -> None:
     cmds = [] if _updated else [["apt-get", "update", "-qq"]]
     cmds.append(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages])
     t0 = time.time()
-    for cmd in cmds:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    with open("/tmp/aurl-tests-apt.lock", "w") as lock:  # another xdist worker's apt-get holds dpkg's lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for cmd in cmds:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if r.returncode != 0:
+                pytest.fail(f"{' '.join(cmd)} failed (rc {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     _updated = True
     print(f"installed {' '.join(packages)} in {time.time() - t0:.0f} s")
 
