@@ -45,8 +45,9 @@ def chunked_ce_sum(targets: torch.Tensor, mask: torch.Tensor, hidden: torch.Tens
         for s in range(0, h.shape[0], chunk):
             # the head's parameters are reached through the callable: the non-reentrant checkpoint recomputes
             # with them and gives them their gradients
-            total = total + checkpoint(_hidden_chunk_ce, head, h[s:s + chunk], None if st is None else st[s:s + chunk],
-                                       t[s:s + chunk], m[s:s + chunk], use_reentrant=False)
+            st_chunk = None if st is None else st[s:s + chunk]
+            total = total + checkpoint(_hidden_chunk_ce, head, h[s:s + chunk], st_chunk, t[s:s + chunk],
+                                       m[s:s + chunk], use_reentrant=False)
     else:
         flat = logits.reshape(-1, logits.shape[-1])
         for s in range(0, flat.shape[0], chunk):

@@ -14,8 +14,10 @@ at zero, so an untrained model (or a model file without the key, transferred int
 exactly what it did without the bias. It is learned from data, not a mask: the training data never hold a
 NOTE_ON of a sounding pitch or a NOTE_OFF of a silent one, so likelihood training drives both scalars
 negative, as far as the steps allow; raw sampling (aurl.evaluate --no-grammar) then still samples the
-model's own distribution. The multi-hot is instrument-blind, as the input is; a NOTE_OFF on one instrument
-of a pitch another instrument silenced is penalized too (never with one instrument, as in the chorales).
+model's own distribution. The multi-hot is instrument-blind, as the input is, while the grammar scopes
+notes by (instrument, pitch): with the same pitch on two instruments, the bias follows that pitch's latest
+event (it can spare a NOTE_OFF the grammar forbids, or penalize one it allows); with one instrument, as in
+the chorales, the two agree exactly.
 
 GAIN: Adam moves a parameter by about lr per step whatever its gradient, so a plain scalar would move the
 logits by at most ~0.2 nats over the quickstart's stages (lr 1e-3 for 300 steps, with warm-up and decay).
