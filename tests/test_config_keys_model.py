@@ -140,6 +140,20 @@ def _(lab, key):
     rejects(key, "yes")
 
 
+@probe("model.sounding_output_bias")
+def _(lab, key):
+    """On: two learned scalars shift NOTE_ON of sounding and NOTE_OFF of silent pitches (twins with the same
+    weights differ once they are non-zero, and only in the note-event logits); off: no such parameter."""
+    off, on = build(), build(sounding_output_bias=True)
+    assert off.sound_bias is None and on.num_parameters() - off.num_parameters() == 2
+    on.load_state_dict({**off.state_dict(), "sound_bias": torch.tensor([-0.1, -0.2])})
+    delta = forward(on.eval()).logits - forward(off.eval()).logits
+    notes = slice(vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET + vocab.NUM_PITCHES)
+    assert delta[..., notes].abs().amax() > 1 and not delta[..., : notes.start].any()
+    assert not delta[..., notes.stop:].any()
+    rejects(key, "yes")
+
+
 @probe("model.latent_dim")
 def _(lab, key):
     sizes_differ(key, 8, 16, mode="vae")

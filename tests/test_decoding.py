@@ -31,16 +31,19 @@ def test_draw_is_torch_multinomial_with_the_same_generator():
 
 
 def test_fast_decoding_gives_the_tokens_of_the_full_recompute_path():
-    """Grammar on, top-k and nucleus on, the sounding-notes input on, a prompt with notes sounding and enough
-    tokens for three context restarts: the KV-cached step, eager and torch.compile'd, draws token for token
-    what the uncached path draws (every token recomputed from the whole window). The compiled step takes two
-    graphs in all (one for the first cache length, one for every later length), not one per length."""
+    """Grammar on, top-k and nucleus on, the sounding-notes input and output bias on (both non-zero), a prompt
+    with notes sounding and enough tokens for three context restarts: the KV-cached step, eager and
+    torch.compile'd, draws token for token what the uncached path draws (every token recomputed from the
+    whole window). The compiled step takes two graphs in all (one for the first cache length, one for every
+    later length), not one per length."""
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    model = MusicTransformerVAEGAN(tiny("transformer", max_seq_len=32, sounding_embedding=True)).eval()
+    model = MusicTransformerVAEGAN(tiny("transformer", max_seq_len=32, sounding_embedding=True,
+                                        sounding_output_bias=True)).eval()
     with torch.no_grad():
         model.sound_proj.weight.normal_(0, 0.5)
+        model.sound_bias.copy_(torch.tensor([-0.05, -0.1]))  # -1.6 / -3.2 nats (GAIN 32)
         model.tok_emb.weight.mul_(4)  # peaked distributions: a token then depends on what the model was fed
     prompt = _real_windows(n_pieces=1, per_piece=2, length=30)[:, :12]
     kw = dict(temperature=1.0, top_k=40, top_p=0.95, grammar=True)

@@ -363,16 +363,25 @@ def test_sounding_embedding_is_added_to_the_token_embedding_and_honoured():
     assert torch.equal(sounding_states(ids).float() @ on.sound_proj.weight.T, feature)
 
 
+SOUNDING_KEYS = {"input": {"sounding_embedding": True}, "output_bias": {"sounding_output_bias": True},
+                 "both": {"sounding_embedding": True, "sounding_output_bias": True}}
+
+
+@pytest.mark.parametrize("keys", SOUNDING_KEYS)
 @pytest.mark.parametrize("mode", ["transformer", "vae"])
-def test_sounding_embedding_incremental_equals_full_forward_and_cached_generation_equals_uncached(mode):
-    """With the feature on (and a non-zero projection): the KV-cached decode, chunk then token by token, gives
-    the full forward's logits (the cache carries the sounding state); generation gives the same tokens with
-    and without the cache, raw and grammar-constrained, across context restarts with notes sounding before
-    the window (the state is handed over), and a context restart keeps the notes sounding in the feature."""
+def test_sounding_embedding_incremental_equals_full_forward_and_cached_generation_equals_uncached(mode, keys):
+    """With the feature on (and a non-zero projection), the output bias on (non-zero) or both: the KV-cached
+    decode, chunk then token by token, gives the full forward's logits (the cache carries the sounding state);
+    generation gives the same tokens with and without the cache, raw and grammar-constrained, across context
+    restarts with notes sounding before the window (the state is handed over), and a context restart keeps
+    the notes sounding in the feature."""
     torch.manual_seed(0)
-    model = MusicTransformerVAEGAN(tiny(mode, max_seq_len=32, sounding_embedding=True)).eval()
+    model = MusicTransformerVAEGAN(tiny(mode, max_seq_len=32, **SOUNDING_KEYS[keys])).eval()
     with torch.no_grad():
-        model.sound_proj.weight.normal_(0, 0.5)
+        if model.sound_proj is not None:
+            model.sound_proj.weight.normal_(0, 0.5)
+        if model.sound_bias is not None:
+            model.sound_bias.copy_(torch.tensor([-0.05, -0.1]))  # -1.6 / -3.2 nats (GAIN 32)
         model.tok_emb.weight.mul_(4)  # peaked distributions: a token then depends on what the model was fed
     x = _real_windows(n_pieces=1, per_piece=2, length=30)
     z = torch.randn(2, 8) if mode == "vae" else None
@@ -409,9 +418,12 @@ def test_sounding_embedding_incremental_equals_full_forward_and_cached_generatio
     # a window cut after notes started: the state handed over gives the full pass's feature
     from aurl.model.sampling import _sounding
 
-    full = model.sounding_feature(x)
-    win = model.sounding_feature(x[:, 12:], sounding=_sounding(x[:, :12]))
+    full = model.sounding_after(x)
+    win = model.sounding_after(x[:, 12:], sounding=_sounding(x[:, :12]))
     assert _sounding(x[:, :12]).any() and torch.equal(win, full[:, 12:])
+    if model.sound_proj is not None:
+        assert torch.equal(model.sounding_feature(x[:, 12:], sounding=_sounding(x[:, :12])),
+                           model.sounding_feature(x)[:, 12:])
 
 
 def test_evaluation_windows_hand_the_sounding_state_to_the_model():

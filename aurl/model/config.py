@@ -40,6 +40,8 @@ class ModelConfig:
     """RoPE frequency base (larger = slower-rotating, longer-range position channels)."""
     sounding_embedding: bool = False
     """Add the pitches sounding after each token (a multi-hot of 88, projected) to its embedding (off in files without it)."""
+    sounding_output_bias: bool = False
+    """Shift NOTE_ON / NOTE_OFF logits of sounding / silent pitches by two learned scalars (aurl.model.sounding_bias; off in files without it)."""
     grammar_unlikelihood: float = 0.0
     """Weight of -log(1 - P(tokens the grammar forbids next)) added to the training loss (0 = off; aurl.model.grammar_loss)."""
 
@@ -121,8 +123,9 @@ class ModelConfig:
         for name in ("kl_warmup_steps", "adv_warmup_steps", "adv_start_step"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
-        if not isinstance(self.sounding_embedding, bool):
-            bad("sounding_embedding", "must be true or false")
+        for name in ("sounding_embedding", "sounding_output_bias"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "must be true or false")
         if self.gumbel_tau <= 0:
             bad("gumbel_tau", "must be > 0")
         if self.rope_base <= 1:

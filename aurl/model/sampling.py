@@ -10,7 +10,7 @@ than its window, and the cached and uncached paths would differ. Both paths rest
 they give the same tokens at a fixed seed; while a sequence fits, nothing restarts.
 
 PAD, START and UNK are never sampled; END only when ``stop_at_end`` (a row that ends is padded with PAD).
-Every sequence decodes to a valid Score: aurl.vocab.decode closes hanging notes and skips special tokens.
+Every sequence decodes to a valid Score: aurl.codec.decode closes hanging notes and skips special tokens.
 
 Grammar-constrained decoding (``grammar=True``, the default): before each draw, the tokens that would break
 the event grammar of the row so far get no probability: a NOTE_ON of a pitch already sounding on the
@@ -249,7 +249,7 @@ def interpolate(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, method: str = 
 # ----------------------------------------------------------------------------------------------------------
 # Well-formed output
 def finalize(tokens) -> list[int]:
-    """A grammatical piece with the same notes as aurl.vocab.decode(tokens): START, the events up to the first
+    """A grammatical piece with the same notes as aurl.codec.decode(tokens): START, the events up to the first
     END, each NOTE_ON closed (hanging notes closed at the end), no special token inside, then END.
 
     The walker's rules (aurl.grammar.Walker, decode's): a NOTE_OFF of a silent (instrument, pitch) is dropped,

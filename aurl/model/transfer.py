@@ -4,7 +4,8 @@ Every destination parameter ends up in exactly one list of the TransferReport:
 - transferred: copied unchanged (same name, same shape);
 - grown: built from a source parameter of another shape (wider) or copied into a new layer (deeper);
 - fresh: no source (e.g. the encoder when a transformer becomes a vae), left at its initialization (the
-  sounding-notes projection of model.sounding_embedding starts at zero, so adding it keeps the function).
+  sounding-notes projection of model.sounding_embedding and the output bias of model.sounding_output_bias
+  start at zero, so adding them keeps the function).
 Source parameters with no destination (e.g. the discriminator when going back to a vae) are listed in
 `dropped`, never silently lost.
 
@@ -133,6 +134,9 @@ def transfer_weights(src_state_dict: dict[str, torch.Tensor], src_cfg: ModelConf
     if "sound_proj.weight" in report.dropped:
         report.exact = False
         report.notes.append("model.sounding_embedding off in the destination: the sounding-notes feature is dropped")
+    if "sound_bias" in report.dropped:
+        report.exact = False
+        report.notes.append("model.sounding_output_bias off in the destination: the sounding-notes output bias is dropped")
     if dst_cfg.n_layers < src_cfg.n_layers or (dst_cfg.is_vae and src_cfg.is_vae
                                                 and dst_cfg.encoder_layers < src_cfg.encoder_layers):
         report.exact = False

@@ -16,6 +16,9 @@
 - every mode, with model.sounding_embedding: the pitches sounding after each token (aurl.model.sounding,
   exact from the tokens) are projected and added to its embedding, in the decoder and the encoder; a KV
   cache carries that state on, so incremental decoding sees what the full forward sees.
+- every mode, with model.sounding_output_bias: the same state shifts the decoder's NOTE_ON / NOTE_OFF logits
+  by two learned scalars (aurl.model.sounding_bias), in every place logits are made: decode() (sampling, the
+  KV-cached step, validation, the fakes, the grammar term) and the chunked training loss.
 
 No distribution code here: the trainer wraps the model (one forward signature for DDP/DeepSpeed).
 With DDP, vae_gan (only) leaves some parameters unused per phase: wrap it with find_unused_parameters=True.
@@ -36,6 +39,7 @@ from aurl.model.grammar_loss import unlikelihood
 from aurl.model.head_loss import chunked_ce_sum
 from aurl.model.layers import KVCache, Stack, init_weights
 from aurl.model.sounding import sounding_states
+from aurl.model.sounding_bias import sounding_logit_bias
 from aurl.vocab import NUM_PITCHES, PAD_ID
 
 
@@ -87,6 +91,8 @@ class MusicTransformerVAEGAN(nn.Module):
         if cfg.sounding_embedding:
             self.sound_proj = nn.Linear(NUM_PITCHES, d, bias=False)
             nn.init.zeros_(self.sound_proj.weight)
+        # the same state shifts the note-event logits (aurl.model.sounding_bias); zero at first, for the same reason
+        self.sound_bias = nn.Parameter(torch.zeros(2)) if cfg.sounding_output_bias else None
         if cfg.is_vae:
             self.encoder = Stack(d, cfg.encoder_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, False, cfg.rope_base,
                                  cfg.max_seq_len)
@@ -165,23 +171,37 @@ class MusicTransformerVAEGAN(nn.Module):
         return {"kl_per_dim": (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0),
                 "mu_var_per_dim": mu.var(0, unbiased=False)}
 
-    def sounding_feature(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                         sounding: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The sounding-notes feature [B, T, d] added to the token embeddings (None when
-        model.sounding_embedding is off): the projection of the pitches sounding after each token.
+    def sounding_after(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                       sounding: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The pitches sounding after each token [B, T, 88] bool (None when neither model.sounding_embedding
+        nor model.sounding_output_bias needs them).
 
         sounding [B, 88] bool: the pitches sounding before input_ids[:, 0]. None = the state `cache` has
         reached (the pitches sounding after its last token), or nothing sounding without a cache. A cache
-        keeps the state after this chunk, so incremental decoding sees exactly the full forward's feature.
+        keeps the state after this chunk, so incremental decoding sees exactly the full forward's state.
         """
-        if self.sound_proj is None:
+        if self.sound_proj is None and self.sound_bias is None:
             return None
         before = sounding if sounding is not None or cache is None else cache.sounding
         states = sounding_states(input_ids, before)
         if cache is not None:  # in place: the cache's tensors keep their storage (a compiled step's inputs)
             cache.sounding.copy_(states[:, -1])
+        return states
+
+    def _project_sounding(self, states: torch.Tensor | None) -> torch.Tensor | None:
+        if self.sound_proj is None:
+            return None
         w = self.sound_proj.weight
         return self.sound_proj(states.to(w.dtype))
+
+    def sounding_feature(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                         sounding: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The sounding-notes feature [B, T, d] added to the token embeddings (None when
+        model.sounding_embedding is off): the projection of the pitches sounding after each token
+        (cache, sounding: see sounding_after)."""
+        if self.sound_proj is None:
+            return None
+        return self._project_sounding(self.sounding_after(input_ids, cache, sounding))
 
     def embed(self, input_ids: torch.Tensor, sounding: torch.Tensor | None = None) -> torch.Tensor:
         """What the encoder reads: token embeddings (+ the sounding-notes feature)."""
@@ -195,22 +215,33 @@ class MusicTransformerVAEGAN(nn.Module):
         """Causal decoder logits [B, T, V] for input_ids (continuing `cache` if given), conditioned on z.
         word_dropout: share of input tokens whose embedding is zeroed (training only, see model.word_dropout);
         it zeroes the token embedding only: the sounding-notes feature stays (it is state, not content).
-        sounding: the pitches sounding before input_ids[:, 0] (see sounding_feature)."""
-        return F.linear(self.decode_hidden(input_ids, z, cache, word_dropout, sounding), self.tok_emb.weight)
+        sounding: the pitches sounding before input_ids[:, 0] (see sounding_after)."""
+        return self.head(*self.decode_hidden(input_ids, z, cache, word_dropout, sounding))
 
     def decode_hidden(self, input_ids: torch.Tensor, z: torch.Tensor | None = None,
                       cache: KVCache | None = None, word_dropout: float = 0.0,
-                      sounding: torch.Tensor | None = None) -> torch.Tensor:
-        """decode() before the tied output head: the decoder's final hidden states [B, T, d_model]."""
+                      sounding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """decode() before the output head: the decoder's final hidden states [B, T, d_model], and the
+        pitches sounding after each token [B, T, 88] that the head's output bias reads (None without)."""
         x = self.tok_emb(input_ids)
         if word_dropout > 0:
             x = x * (torch.rand(x.shape[:2], device=x.device) >= word_dropout).unsqueeze(-1).to(x.dtype)
-        feature = self.sounding_feature(input_ids, cache, sounding)
+        states = self.sounding_after(input_ids, cache, sounding)
+        feature = self._project_sounding(states)
         if feature is not None:
             x = x + feature.to(x.dtype)
         if z is not None:
             x = x + self.latent_proj(z.to(x.dtype)).unsqueeze(1)
-        return self.decoder(x, cache)
+        return self.decoder(x, cache), states
+
+    def head(self, hidden: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [..., V] from hidden states [..., d_model]: the tied output head, plus the sounding-notes
+        output bias (model.sounding_output_bias) from the pitches sounding there [..., 88]. The one place
+        logits are made (decode() and the chunked loss both call it)."""
+        logits = F.linear(hidden, self.tok_emb.weight)
+        if self.sound_bias is None:
+            return logits
+        return logits + sounding_logit_bias(states, self.sound_bias, logits.dtype)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight
@@ -282,8 +313,8 @@ class MusicTransformerVAEGAN(nn.Module):
         # the logits are never whole (head_loss), unless the fakes or the grammar term need them
         if chunked and not cfg.is_gan and not return_logits and not cfg.grammar_unlikelihood:
             logits = None
-            h = self.decode_hidden(inp, z, word_dropout=word_dropout)
-            ce_sum = chunked_ce_sum(tgt, tgt_mask, hidden=h, weight=self.tok_emb.weight)
+            h, states = self.decode_hidden(inp, z, word_dropout=word_dropout)
+            ce_sum = chunked_ce_sum(tgt, tgt_mask, hidden=h, head=self.head, states=states)
         else:
             logits = self.decode(inp, z, word_dropout=word_dropout)
             if chunked:  # vae_gan's fakes need the logits: only the loss's own copies are chunked
