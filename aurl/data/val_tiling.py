@@ -21,6 +21,7 @@ from aurl import vocab
 CHUNK_TOKENS = 1 << 21  # pieces laid end to end per pass: bounds the pass's arrays (~100 MB) at any corpus size
 _KIND = {name: i for i, name in enumerate(vocab.KIND_NAMES)}
 _P = vocab.NUM_PITCHES
+_FAMILY_OF_ID = vocab.family_of_token(np.arange(len(vocab.KIND_OF_ID))).astype(np.int64)  # a table: one gather
 
 
 def tile_starts(pieces: list[np.ndarray], seq_len: int) -> list[np.ndarray]:
@@ -82,14 +83,15 @@ class _States:
         self.where = {k: np.flatnonzero(kinds == _KIND[k]) for k in ("tempo", "sustain", "velocity")}
         is_family = (kinds == _KIND["instrument"]) | (kinds == _KIND["drum_kit"])
         self.where["family"] = np.flatnonzero(is_family)
-        self.fam_value = vocab.family_of_token(t[self.where["family"]])
+        self.fam_value = _FAMILY_OF_ID[t[self.where["family"]]]
         on = np.flatnonzero(kinds == _KIND["note_on"])
         off = np.flatnonzero(kinds == _KIND["note_off"])
         # the family and velocity in force at each note: the latest such token at or before it, in its piece
         fam_in_force = self._in_force(is_family, on, off)
         vel_in_force = self._in_force(kinds == _KIND["velocity"], on)
-        piece_on, piece_off = self.piece_of(on), self.piece_of(off)
-        fam_on, fam_off = (np.where(i >= self.first[p], vocab.family_of_token(t[i]), vocab.DEFAULT_FAMILY)
+        piece = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+        piece_on, piece_off = piece[on].astype(np.int64), piece[off].astype(np.int64)
+        fam_on, fam_off = (np.where(i >= self.first[p], _FAMILY_OF_ID[t[i]], vocab.DEFAULT_FAMILY)
                            for i, p in zip(fam_in_force, (piece_on, piece_off), strict=True))
         scope_on = (fam_on * _P + t[on] - vocab.NOTE_ON_OFFSET).astype(np.int16)
         scope_off = (fam_off * _P + t[off] - vocab.NOTE_OFF_OFFSET).astype(np.int16)
