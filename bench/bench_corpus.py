@@ -12,7 +12,9 @@ the same run (the bundled chorales, 349 files, built the same way):
   rewritten, indented, at every flush) would have cost this build;
 - an unchanged rebuild (must tokenize nothing and write no manifest), one changed file (must be the only
   one tokenized), the loader's first batch in a fresh process (target < 2 s), and every corrupt file
-  skipped and named. Exit code 1 when one of those properties fails.
+  skipped and named. Exit code 1 when one of those properties fails;
+- the validation dataset: its construction and its layout on first use, on the cache and on its manifest
+  repeated over the same shards to --scaled-pieces pieces (a corpus that size, without building one).
 """
 
 from __future__ import annotations
@@ -54,8 +56,29 @@ batch = next(iter(loader))
 t_batch = time.perf_counter()
 val = WindowDataset(cache, "val", seq_len=int(sys.argv[2]), seed=0)
 t_val = time.perf_counter()
+n_val = len(val)  # the validation layout, built on first use
+t_layout = time.perf_counter()
 assert batch["input_ids"].shape == (int(sys.argv[3]), int(sys.argv[2]))
-print(t_open - t_import, t_batch - t_import, t_val - t_batch, len(ds), len(val))
+print(t_open - t_import, t_batch - t_import, t_val - t_batch, t_layout - t_val, len(ds), n_val)
+"""
+# the cache's manifest repeated `factor` times over its real shards (paths made distinct): a validation split
+# of a corpus `factor` times the size, without building one
+SCALED_VAL_CODE = """
+import sys, time
+from aurl.data import manifest as manifest_io
+from aurl.data.dataset import WindowDataset
+from aurl.data.token_cache import TokenCache
+m = manifest_io.load(sys.argv[1], tables=True)
+factor, cols = int(sys.argv[3]), m["pieces"].columns
+cols.update({k: v * factor for k, v in cols.items()})
+cols["path"] = [f"{i // (len(cols['path']) // factor)}/{p}" for i, p in enumerate(cols["path"])]
+cache = TokenCache(sys.argv[1], m)
+t = time.perf_counter()
+val = WindowDataset(cache, "val", seq_len=int(sys.argv[2]), seed=0)
+t_construct = time.perf_counter()
+n = len(val)
+t_layout = time.perf_counter()
+print(len(cols["path"]), len(val.paths), n, t_construct - t, t_layout - t_construct)
 """
 
 
@@ -151,10 +174,16 @@ def bench(args) -> dict:
                               "expected": changed.relative_to(root).as_posix(), "manifest_bytes": manifest_files(cache)}
 
         out, m = run_measured(FIRST_BATCH_CODE, cache, args.seq_len, args.batch)
-        open_s, first_s, val_s, n_train, n_val = out.split()
+        open_s, first_s, val_s, layout_s, n_train, n_val = out.split()
         fig["loader"] = {"open_s": float(open_s), "first_batch_s": float(first_s), "val_dataset_s": float(val_s),
-                         "train_windows": int(n_train), "val_windows": int(n_val), "process_s": m["seconds"],
-                         "rss_mib": m["rss_mib"]}
+                         "val_layout_s": float(layout_s), "train_windows": int(n_train), "val_windows": int(n_val),
+                         "process_s": m["seconds"], "rss_mib": m["rss_mib"]}
+        factor = max(1, -(-args.scaled_pieces // fig["build"]["pieces"]))
+        out, m = run_measured(SCALED_VAL_CODE, cache, args.seq_len, factor)
+        pieces, val_pieces, windows, construct_s, layout_s = out.split()
+        fig["scaled_val"] = {"factor": factor, "pieces": int(pieces), "val_pieces": int(val_pieces),
+                             "val_windows": int(windows), "construct_s": float(construct_s),
+                             "layout_s": float(layout_s), "rss_mib": m["rss_mib"]}
         fig["corrupt_named"] = sorted(set(stamp["corrupt"]) & set(fig["build"]["skipped"]))
     if args.delete_corpus:
         shutil.rmtree(root)
@@ -176,7 +205,7 @@ def checks(fig: dict) -> list[tuple[str, bool]]:
 
 
 def report(fig: dict) -> list[str]:
-    b, base = fig["build"], fig["baseline"]
+    b, base, sv = fig["build"], fig["baseline"], fig["scaled_val"]
     mib = sum(fig["manifest_bytes"].values()) / 2**20
     rows = [("bundled chorales (baseline)", base["files"], base["seconds"], base["tokens"], base["rss_mib"]),
             (f"synthetic corpus, {fig['files']:,} files", fig["files"], b["seconds"], b["tokens"], b["rss_mib"])]
@@ -204,9 +233,12 @@ def report(fig: dict) -> list[str]:
               + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in fig["one_changed"]["manifest_bytes"].items()),
               f"loader (fresh process): cache open {fig['loader']['open_s']:.2f} s, first batch"
               f" {fig['loader']['first_batch_s']:.2f} s after the imports (target < {FIRST_BATCH_TARGET_S:g} s);"
-              f" the validation windows' index {fig['loader']['val_dataset_s']:.1f} s more"
-              f" ({fig['loader']['train_windows']:,} train / {fig['loader']['val_windows']:,} val windows);"
-              f" its peak RSS {fig['loader']['rss_mib']:.0f} MiB",
+              f" validation dataset {fig['loader']['val_dataset_s']:.3f} s, its layout on first use"
+              f" {fig['loader']['val_layout_s']:.2f} s ({fig['loader']['train_windows']:,} train /"
+              f" {fig['loader']['val_windows']:,} val windows); its peak RSS {fig['loader']['rss_mib']:.0f} MiB",
+              f"validation on the manifest repeated {sv['factor']}x ({sv['pieces']:,} pieces, {sv['val_pieces']:,}"
+              f" in validation): constructed in {sv['construct_s']:.3f} s, laid out on first use in"
+              f" {sv['layout_s']:.2f} s ({sv['val_windows']:,} windows); peak RSS {sv['rss_mib']:.0f} MiB",
               ""]
     lines += [f"{'ok  ' if ok else 'FAIL'} {what}" for what, ok in checks(fig)]
     return lines
@@ -220,6 +252,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus")
     p.add_argument("--seq-len", type=int, default=512, help="loader window, tokens")
     p.add_argument("--batch", type=int, default=8, help="loader batch size")
+    p.add_argument("--scaled-pieces", type=int, default=100_000,
+                   help="pieces of the repeated manifest the validation layout is also timed on")
     p.add_argument("--delete-corpus", action="store_true", help="remove the corpus folder at the end")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()

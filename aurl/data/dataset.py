@@ -15,12 +15,14 @@ Training: each piece gives ceil(length / seq_len) windows per epoch (at least on
 begins at the piece's opening (START); the others start where a uniform draw puts them, clipped to the piece
 so that every token is covered equally often and the windows at either end (START, END) are reached.
 Validation: windows are laid back to back, the same every epoch, each starting where the previous one's own
-tokens end. Everything about sample (epoch, index) -- which piece, where, which augmentation -- is a pure
-function of (seed, epoch, index), so a resumed run sees the very same batches.
+tokens end (laid out on first use, all pieces at once: aurl/data/val_tiling.py). Everything about sample
+(epoch, index) -- which piece, where, which augmentation -- is a pure function of (seed, epoch, index), so a
+resumed run sees the very same batches.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict, defaultdict
 from dataclasses import replace
@@ -32,6 +34,7 @@ from aurl import grammar, vocab
 from aurl.console import UserError
 from aurl.data.augment import TRANSFORMS, AugmentConfig, augment_tokens, sample_rng
 from aurl.data.token_cache import TokenCache
+from aurl.data.val_tiling import tile_starts
 
 MAX_SEQ_LEN = 2048
 STATE_CACHE_PIECES = 256  # per-piece state indexes kept per process (~40 bytes per token each)
@@ -88,17 +91,23 @@ class WindowDataset(torch.utils.data.Dataset):
         self._length = np.array(pieces["length"], dtype=np.int64)
         self._end_starts: dict[int, int] = {}  # piece -> start of its window that ends with END (lazy)
         self._states: OrderedDict[int, grammar.PieceStates] = OrderedDict()  # the latest pieces' states (LRU)
-        if split == "train":
-            self._val_starts = None
-            self._windows = np.maximum(1, -(-self._length // seq_len))
-        else:  # back to back: each window starts where the previous one's own tokens end
-            self._val_starts = [self._tiled_starts(p) for p in range(len(self.paths))]
-            self._windows = np.array([len(s) for s in self._val_starts], dtype=np.int64)
-        self._first = np.concatenate([[0], np.cumsum(self._windows)])
         self._raw_len = seq_len + (WARP_MARGIN if self.augment is not None and self.augment.warps_time else 0)
 
+    @functools.cached_property
+    def _layout(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the first sample of each piece, the total last; the validation windows' starts back to back, or
+        None for training). Validation windows start where the previous one's own tokens end, which takes
+        the state at every start (aurl/data/val_tiling.py): laid out on first use, not at construction."""
+        if self.split == "train":
+            windows, starts = np.maximum(1, -(-self._length // self.seq_len)), None
+        else:
+            tiles = tile_starts([self._tokens(p) for p in range(len(self._length))], self.seq_len)
+            windows = np.array([len(t) for t in tiles], dtype=np.int64)
+            starts = np.concatenate(tiles)
+        return np.concatenate([[0], np.cumsum(windows)]).astype(np.int64), starts
+
     def __len__(self) -> int:
-        return int(self._first[-1])
+        return int(self._layout[0][-1])
 
     # ------------------------------------------------------------------------------------------ positions
     def _tokens(self, piece: int) -> np.ndarray:
@@ -133,14 +142,6 @@ class WindowDataset(torch.utils.data.Dataset):
     def _own_len(self, piece: int, start: int) -> int:
         return self.seq_len - len(self._state(piece, start)[0])
 
-    def _tiled_starts(self, piece: int) -> list[int]:
-        n, pos, starts = int(self._length[piece]), 0, []
-        while True:
-            starts.append(pos)
-            pos += self._own_len(piece, pos)
-            if pos >= n:
-                return starts
-
     def _end_start(self, piece: int) -> int:
         """The latest start whose window (prefix included) still holds the piece's END."""
         if piece not in self._end_starts:
@@ -162,9 +163,10 @@ class WindowDataset(torch.utils.data.Dataset):
         """
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} outside [0, {len(self)})")
-        piece = int(np.searchsorted(self._first, index, side="right") - 1)
-        if self._val_starts is not None:
-            return piece, self._val_starts[piece][index - int(self._first[piece])]
+        first, val_starts = self._layout
+        piece = int(np.searchsorted(first, index, side="right") - 1)
+        if val_starts is not None:
+            return piece, int(val_starts[index])
         n, L = int(self._length[piece]), self.seq_len
         if n <= L or (_mix64(self.seed, epoch, index) >> 11) * 2.0**-53 < self.start_share:
             return piece, 0
@@ -242,7 +244,7 @@ class WindowDataset(torch.utils.data.Dataset):
         return {
             "pieces": len(self._length),
             "epochs": epochs,
-            "windows_per_piece_per_epoch": float(self._windows.mean()),
+            "windows_per_piece_per_epoch": float(np.diff(self._layout[0]).mean()),
             "distinct_variants_per_piece": float(variants.mean()),
             "min_distinct_variants_per_piece": int(variants.min()),
             "distinct_without_augmentation": float(starts.mean()),

@@ -167,13 +167,14 @@ class ManifestWriter:
         """True when the next write must be a whole snapshot (no snapshot of these options yet)."""
         return self.base_id is None
 
-    def write_snapshot(self, pieces: list[dict], skipped: list[dict]) -> None:
-        """The whole manifest, atomically; the journal it replaces becomes stale, then goes."""
+    def write_snapshot(self, pieces: PieceTable, skipped: PieceTable) -> None:
+        """The whole manifest (entries sorted by path), atomically; the journal it replaces becomes stale, then
+        goes."""
         self.close()
         self.base_id = uuid.uuid4().hex
         body = {**self.header, "id": self.base_id,
-                "pieces": {"columns": PieceTable.from_rows(sorted(pieces, key=lambda p: p["path"])).columns},
-                "skipped": {"columns": PieceTable.from_rows(sorted(skipped, key=lambda p: p["path"])).columns}}
+                "pieces": {"columns": pieces.sorted_by_path().columns},
+                "skipped": {"columns": skipped.sorted_by_path().columns}}
         atomic_write_bytes(self.cache_dir / MANIFEST, (_dumps(body) + "\n").encode())
         (self.cache_dir / JOURNAL).unlink(missing_ok=True)
         self.snapshot_entries, self.journal_entries = len(pieces) + len(skipped), 0

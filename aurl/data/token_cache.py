@@ -134,6 +134,14 @@ class TokenCache:
         blob = json.dumps([self.vocab_hash, content], separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def column(self, key: str, skipped: bool = False) -> list:
+        """One column of the manifest's pieces (or skipped files), in path order ([] when no entry has it)."""
+        return self._manifest["skipped" if skipped else "pieces"].columns.get(key, [])
+
+    def note_stats(self) -> dict[str, int]:
+        """total_note_stats over the pieces, from the columns."""
+        return {k: sum(v or 0 for v in self.column(f"stats.{k}")) for k in codec.EncodeStats.__dataclass_fields__}
+
     def split(self, name: str) -> list[dict]:
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
