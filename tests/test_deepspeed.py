@@ -131,16 +131,19 @@ def test_zero2_three_stages_and_plain_export(zero2_reference, tmp_path):
 #   validation at step 6 4.4e-4: the first step after the resume matches, then the runs drift apart far faster
 #   than under DDP (1.7e-7 over 10 steps, test_elastic.py). Not explained yet (fp32 reduce-scatter order under
 #   Adam, or something ZeRO-3's universal load does not restore); ELASTIC_TOL["zero3"] is set from it.
-# FIRST_STEP_TOL bounds the first record moved by the resumed optimizer state (a resume that dropped Adam's
-# moments is caught there: see the commit that names the mutation).
+# - With model.sounding_output_bias on in the tiny config (2026-12-01, two test workers): ZeRO-2 still 1.8e-8
+#   (the first step after each resume: 0), ZeRO-3 5.1e-4, its first resumed step 3.6e-5 (the bias's two
+#   scalars are scaled by 32, their float noise with them).
+# FIRST_STEP_TOL bounds the first record moved by the resumed optimizer state, per ZeRO stage, 4x above the
+# measured (ZeRO-2: the old bound, the measured difference is 0).
 ELASTIC_TOL = {"zero2": 1e-5, "zero3": 2e-3}
-FIRST_STEP_TOL = 2e-5
+FIRST_STEP_TOL = {"zero2": 2e-5, "zero3": 1.5e-4}
 
 
 def elastic_chain(zero: str, reference: Path, out: Path, chain: list[tuple[int, int | None]]) -> KilledRuns:
     """Stage 1 on processes[0], killed right after committing step k (the test-only fault point), resumed on
     the next count, and so on; (n, None) runs to the end. Checks every record of every run against the
-    reference's stage 1 within ELASTIC_TOL[zero], the first step after each resume within FIRST_STEP_TOL."""
+    reference's stage 1 within ELASTIC_TOL[zero], the first step after each resume within FIRST_STEP_TOL[zero]."""
     runs = KilledRuns(out, ds_cmd(zero, out, "--stage", "1"), ENV)
     for processes, k in chain:
         runs.cmd = ds_cmd(zero, out, "--stage", "1", processes=processes)
@@ -163,7 +166,7 @@ def elastic_chain(zero: str, reference: Path, out: Path, chain: list[tuple[int, 
     first = max(rel(r["loss"], by_key[key(r)]["loss"]) for r in firsts)  # train or val: both carry "loss"
     print(f"elastic {zero} {[p for p, _ in chain]}: logged values within {worst:.3g} (relative) of the "
           f"uninterrupted run, the loss after the first step of each resume within {first:.3g}")
-    assert first <= FIRST_STEP_TOL, first
+    assert first <= FIRST_STEP_TOL[zero], first
     assert assert_replays_reference(ref, runs.segments, runs.resumes,
                                     close=lambda a, b: rel(a, b) <= ELASTIC_TOL[zero]) >= len(ref)
     assert not list((out / "checkpoints" / "stage1").glob(".universal-*"))  # converted, loaded, removed
@@ -256,7 +259,7 @@ def test_zero3_kill9_in_the_gan_stage_resumes_like_zero3_and_exports(zero3_refer
 
 def test_zero3_elastic_resume_two_to_one(zero3_reference, tmp_path):
     """ZeRO-3 (parameters sharded too): stage 1 killed on 2 processes mid-stage, resumed on 1 through the
-    universal checkpoint; the first step after it within FIRST_STEP_TOL of the uninterrupted ZeRO-3 run, every
+    universal checkpoint; the first step after it within FIRST_STEP_TOL["zero3"] of the uninterrupted ZeRO-3 run, every
     record within ELASTIC_TOL["zero3"] (see the measured figures above)."""
     out = tmp_path / "run"
     # killed after step 3, the end of the first epoch (3 steps per epoch): the ZeRO-2 chain covers mid-epoch

@@ -40,13 +40,15 @@ ENV = {**{k: v for k, v in os.environ.items() if k not in ("AURL_ACCELERATE_CONF
                                                            KILL_AT_ENV)},
        "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "AURL_SKIP_ENV": "1", "CUDA_VISIBLE_DEVICES": "",
        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-# Measured (2026-12-01, 2-core shared CPU machine under load, the chain below, twice): the largest difference of
-# any logged value (loss, lr, grad norm...) between the elastic run and the uninterrupted one 1.67e-7, of any
-# weight 7.45e-9 (float32 sums in another order); one optimizer step moves the weights by 1.35e-4. The
-# tolerances sit ~10x above the measured differences; the test prints the three figures and asserts that one
-# step moves the weights >= 100x WEIGHT_ATOL (a run that skipped or repeated a step could not pass).
+# Measured (2026-12-01, 2-core CPU machine, the chain below): the largest difference of any logged value (loss,
+# lr, grad norm...) between the elastic run and the uninterrupted one 1.67e-7 (twice), of any weight 7.45e-9
+# (float32 sums in another order); with model.sounding_output_bias on in the tiny config (its two scalars are
+# scaled by 32, so their float noise is too), 5e-7 and 1.19e-7 (one float32 ulp at 1.0, an RMSNorm weight;
+# twice, idle and with two test workers); one optimizer step moves the weights by 1.35e-4. The tolerances sit
+# 4x above the measured differences; the test prints the three figures and asserts that one step moves the
+# weights >= 100x WEIGHT_ATOL (a run that skipped or repeated a step could not pass).
 LOSS_TOL = 2e-6
-WEIGHT_ATOL = 1e-7
+WEIGHT_ATOL = 5e-7
 
 
 def cmd(out: Path) -> list[str]:
