@@ -72,7 +72,8 @@ def main() -> None:
     args = p.parse_args()
 
     from aurl.data.augment import AugmentConfig
-    from aurl.data.cache import build, scan_midi_files
+    from aurl.data.cache import build
+    from aurl.data.folder_diff import scan_midi_files
 
     if args.data is None:
         from aurl.data.corpus import ensure_bach_midi

@@ -15,12 +15,11 @@ the config-key modules share one group (their `lab` baseline run). Modules are h
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import time
-
-import fcntl
 from pathlib import Path
 
 import pytest

@@ -85,7 +85,7 @@ def test_scan_finds_what_rglob_finds_in_pathlib_order(tmp_path):
     """The build's scan (one os.scandir walk) against the definition it replaces: rglob's MIDI files, sorted
     as Paths (by parts: "a/z.mid" before "a-b/x.mid", though "-" sorts before "/"), with size and mtime;
     links to files followed, linked folders not entered, ".mid" alone is no suffix."""
-    from aurl.data.cache import MIDI_SUFFIXES, scan_midi_stats
+    from aurl.data.folder_diff import MIDI_SUFFIXES, scan_midi_stats
 
     data = tmp_path / "midi"
     for rel in ("a/z.mid", "a-b/x.mid", "a.mid", "B/C/d.MiD", "e.midi", ".mid", "..mid", "f.mid.txt", "g.kar"):

@@ -6,7 +6,7 @@ How a build works, and why:
 - Files (recursive, .mid/.midi in any case) whose size and mtime match the manifest are not touched; any
   other file is hashed (sha256), and one whose content is unchanged is kept as is. Only new or changed
   files are tokenized; a file gone from the folder leaves the manifest (its shard bytes are reclaimed once
-  no piece uses the shard).
+  no piece uses the shard). That sorting of the folder against the manifest is aurl/data/folder_diff.py.
 - Files are read and tokenized in worker processes, each file with a timeout (aurl/data/reader_pool.py): a
   reader crash (even a segfault) or hang costs only that file, which is skipped with the reason. Skipped
   files are kept in the manifest with their reason (and are not retried until changed).
@@ -36,13 +36,12 @@ from aurl import vocab
 from aurl.atomic import atomic_write_bytes
 from aurl.console import UserError, check_writable_folder, one_line
 from aurl.data import manifest as manifest_io
-from aurl.data.manifest import PieceTable
+from aurl.data.folder_diff import Entries, diff_folder, scan_midi_stats
 from aurl.data.midi_io import MAX_SECONDS, read_midi
-from aurl.data.reader_pool import read_files, sha256_file, sha256_or_empty
+from aurl.data.reader_pool import read_files, sha256_or_empty
 from aurl.data.token_cache import TokenCache, format_note_stats, piece_split
 
 FORMAT_VERSION = 1
-MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_FLUSH_S = 5.0
 
@@ -86,40 +85,6 @@ class BuildSummary:
         ]
         lines += [f"    {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
-
-
-def scan_midi_files(data_dir: Path) -> list[Path]:
-    return [data_dir / rel for rel, _, _ in scan_midi_stats(data_dir)]
-
-
-def scan_midi_stats(data_dir: Path) -> list[tuple[str, int, int]]:
-    """(path relative to data_dir, size, mtime_ns) of every MIDI file below it, in pathlib's order (by path
-    parts: each folder's entries by name, a subfolder's files where its name sorts). The files rglob("*")
-    finds (no descent into linked folders, unreadable ones passed over), but in one os.scandir walk with one
-    stat a file: rglob, is_file, stat and relative_to cost ~4x that, seconds at 100,000 files."""
-    found: list[tuple[str, int, int]] = []
-    todo: list[tuple[str, os.DirEntry | str]] = [("", str(data_dir))]  # a stack: the next entry last
-    while todo:
-        rel, entry = todo.pop()
-        if isinstance(entry, os.DirEntry) and not entry.is_dir(follow_symlinks=False):
-            st = entry.stat()
-            found.append((rel, st.st_size, st.st_mtime_ns))
-            continue
-        try:
-            with os.scandir(entry) as it:
-                entries = sorted(it, key=lambda e: e.name, reverse=True)
-        except PermissionError:
-            continue
-        prefix = f"{rel}/" if rel else ""
-        todo += [(prefix + e.name, e) for e in entries
-                 if e.is_dir(follow_symlinks=False) or (_suffix(e.name) in MIDI_SUFFIXES and e.is_file())]
-    return found
-
-
-def _suffix(name: str) -> str:
-    """pathlib's Path.suffix, lower case."""
-    i = name.rfind(".")
-    return name[i:].lower() if 0 < i < len(name) - 1 else ""
 
 
 def build(
@@ -188,68 +153,6 @@ def _first_missing_folder(path: Path) -> Path | None:
     return missing
 
 
-@dataclass
-class _Entries:
-    """The pieces (or skipped files) a build ends with: the old manifest's rows it keeps as they are, by
-    column (a dict per entry costs seconds at 100,000 files, and an unchanged rebuild needs none), and the
-    entries it writes: new, changed, or touched (same content, new size/mtime)."""
-
-    kept: PieceTable
-    new: list[dict] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.kept) + len(self.new)
-
-    def table(self) -> PieceTable:
-        """All of them by column, sorted by path (the kept rows are: the manifest is)."""
-        return self.kept.concat(PieceTable.from_rows(self.new)).sorted_by_path() if self.new else self.kept
-
-    def column(self, key: str) -> list:
-        return self.kept.columns.get(key, []) + [e.get(key) for e in self.new]
-
-
-def _diff(scan: list[tuple[str, int, int]], data: Path, old: dict | None, same_dir: bool, summary: BuildSummary):
-    """Sort the folder's files against the old manifest's columns: -> (pieces and skipped as _Entries, the
-    touched entries among their new ones, paths whose old entry goes (removed or changed files), files to
-    tokenize as (relative path, entry so far), in scan order)."""
-    tables = {"pieces": old["pieces"], "skipped": old["skipped"]} if old else {}
-    where: dict[str, tuple[str, int]] = {}  # path -> (table, row)
-    for key, table in tables.items():
-        where.update((path, (key, i)) for i, path in enumerate(table.columns.get("path", [])))
-    keep: dict[str, list[int]] = {"pieces": [], "skipped": []}
-    recheck: dict[str, list[tuple[int, dict]]] = {"pieces": [], "skipped": []}
-    todo: list[tuple[str, dict]] = []
-    for rel, size, mtime_ns in scan:
-        prev = where.get(rel)
-        if prev is None:  # a new file: hashed by the worker that reads it
-            todo.append((rel, {"path": rel, "size": size, "mtime_ns": mtime_ns}))
-            continue
-        key, i = prev
-        columns = tables[key].columns
-        if same_dir and columns["size"][i] == size and columns["mtime_ns"][i] == mtime_ns:
-            keep[key].append(i)
-        else:
-            recheck[key].append((i, {"path": rel, "size": size, "mtime_ns": mtime_ns}))
-    out = {key: _Entries(tables[key].select(keep[key]) if tables else PieceTable({})) for key in keep}
-    touched: list[dict] = []
-    for key, rows in recheck.items():
-        if not rows:
-            continue
-        for prev, (_, meta) in zip(tables[key].select([i for i, _ in rows]).rows(), rows, strict=True):
-            meta["sha256"] = sha256_file(data / meta["path"])
-            if prev["sha256"] == meta["sha256"]:
-                touched.append({**prev, **meta})
-                out[key].new.append(touched[-1])
-            else:
-                todo.append((meta["path"], meta))
-    todo.sort(key=lambda t: t[0].split("/"))  # scan order
-    summary.reused = len(out["pieces"]) + len(out["skipped"])
-    scanned = {rel for rel, _, _ in scan}
-    gone = [rel for rel in where if rel not in scanned]
-    summary.removed = len(gone)
-    return out["pieces"], out["skipped"], touched, gone + [rel for rel, _ in todo if rel in where], todo
-
-
 @dataclass(frozen=True)
 class _BuildOptions:
     """build()'s arguments past the two folders (see build)."""
@@ -282,7 +185,9 @@ def _build_locked(data: Path, cache: Path, opts: _BuildOptions) -> BuildSummary:
     same_dir = old is not None and old["options"].get("data_dir") == str(data)
     scan = scan_midi_stats(data)
     summary = BuildSummary(cache_dir=str(cache), data_dir=str(data), files=len(scan))
-    pieces, skipped, touched, removed, todo = _diff(scan, data, old, same_dir, summary)
+    diff = diff_folder(scan, data, old, same_dir)
+    summary.reused, summary.removed = diff.reused, len(diff.gone)
+    pieces, skipped, touched, removed, todo = diff.pieces, diff.skipped, diff.touched, diff.drop, diff.todo
     writer = manifest_io.ManifestWriter(cache, opts.header(data), old)
     if writer.rewrites:  # other options (or none before): every piece's split is computed again
         if len(pieces.kept):
@@ -312,7 +217,7 @@ class _Flusher:
     lists tokens that are not on disk), then its entries to the manifest's journal, or the whole manifest
     when the build rewrites it. `pieces` and `skipped` are the build's entries, their new ones extended here."""
 
-    def __init__(self, cache: Path, writer: manifest_io.ManifestWriter, pieces: _Entries, skipped: _Entries,
+    def __init__(self, cache: Path, writer: manifest_io.ManifestWriter, pieces: Entries, skipped: Entries,
                  flush_seconds: float, touched: list[dict], removed: list[str]):
         self.cache, self.writer, self.flush_seconds = cache, writer, flush_seconds
         self.pieces, self.skipped = pieces, skipped
@@ -395,7 +300,7 @@ def _tokenize_new_files(todo: list[tuple[str, dict]], data: Path, opts: _BuildOp
         results.close()
 
 
-def _finish_manifest(writer: manifest_io.ManifestWriter, pieces: _Entries, skipped: _Entries, data: Path,
+def _finish_manifest(writer: manifest_io.ManifestWriter, pieces: Entries, skipped: Entries, data: Path,
                      n_files: int) -> None:
     """Compact the journal into the manifest when it has grown, and close it; NoUsableFile when no file gave
     tokens (said before any shard is reclaimed: an existing cache of other data stays as it was)."""

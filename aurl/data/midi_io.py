@@ -1,4 +1,5 @@
-"""MIDI in and out: read with symusic (fast), pretty_midi as the reference reader, write with pretty_midi.
+"""MIDI in and out: read with symusic (fast), write with pretty_midi (tests/test_midi_io.py checks the reader
+against pretty_midi's).
 
 What is read and written is an ``aurl.score.Score`` (re-exported here with ``Note``).
 """
@@ -88,21 +89,6 @@ def read_midi(path: str | Path, max_seconds: float = MAX_SECONDS) -> Score:
         sustain_time=sus_time[o],
         sustain_on=sus_on[o],
     )
-
-
-def read_midi_pretty(path: str | Path) -> Score:
-    """The reference reader (pretty_midi, ~400x slower): used to check symusic, not in the pipeline."""
-    import pretty_midi
-
-    pm = pretty_midi.PrettyMIDI(str(path))
-    notes, sustain = [], []
-    for inst in pm.instruments:
-        notes += [Note(n.pitch, n.start, n.end, n.velocity, inst.program, inst.is_drum) for n in inst.notes]
-        if not inst.is_drum:
-            sustain += [(c.time, c.value >= 64) for c in inst.control_changes if c.number == SUSTAIN_CC]
-    times, bpms = pm.get_tempo_changes()
-    sustain.sort(key=lambda x: x[0])
-    return Score.from_notes(notes, tempos=list(zip(times, bpms, strict=True)), sustain=sustain)
 
 
 # ----------------------------------------------------------------------------------------------------------

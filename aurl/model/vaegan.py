@@ -295,33 +295,11 @@ class MusicTransformerVAEGAN(nn.Module):
         n_tok = tgt_mask.sum().clamp_min(1)
         metrics: dict[str, torch.Tensor] = {}
 
-        z = mu = logvar = None
-        if cfg.is_vae:
-            if phase == "discriminator":
-                with torch.no_grad():
-                    mu, logvar = self.encode(input_ids, real)
-            else:
-                mu, logvar = self.encode(input_ids, real)
-            # training samples z (reparameterized); evaluation uses the posterior mean (deterministic)
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-
+        z, mu, logvar = self._posterior(input_ids, real, grad=phase != "discriminator")
         if phase == "discriminator":
             return self._discriminator_phase(input_ids, real, inp, z, tgt_mask)
 
-        word_dropout = cfg.word_dropout if cfg.is_vae and self.training else 0.0
-        chunked = self.chunked_loss and self.training
-        # the logits are never whole (head_loss), unless the fakes or the grammar term need them
-        if chunked and not cfg.is_gan and not return_logits and not cfg.grammar_unlikelihood:
-            logits = None
-            h, states = self.decode_hidden(inp, z, word_dropout=word_dropout)
-            ce_sum = chunked_ce_sum(tgt, tgt_mask, hidden=h, head=self.head, states=states)
-        else:
-            logits = self.decode(inp, z, word_dropout=word_dropout)
-            if chunked:  # vae_gan's fakes need the logits: only the loss's own copies are chunked
-                ce_sum = chunked_ce_sum(tgt, tgt_mask, logits=logits)
-            else:
-                ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
-                ce_sum = (ce * tgt_mask.reshape(-1)).sum()
+        ce_sum, logits = self._reconstruction(inp, tgt, tgt_mask, z, need_logits=return_logits)
         recon = ce_sum / n_tok
         metrics["recon"] = recon.detach()  # nats per target token
         metrics["tokens"] = n_tok.detach().float()  # targets in this batch: weights for averaging recon
@@ -339,6 +317,31 @@ class MusicTransformerVAEGAN(nn.Module):
             loss = loss + self._adversarial_term(logits, input_ids, real, tgt_mask, step, metrics)
         metrics["loss"] = loss.detach()
         return ModelOutput(loss, metrics, logits if return_logits else None)
+
+    def _posterior(self, input_ids, real, grad: bool):
+        """-> (z, mu, logvar) of the vae modes, (None, None, None) otherwise. Training samples z
+        (reparameterized); evaluation uses the posterior mean (deterministic). grad=False: D's phase."""
+        if not self.cfg.is_vae:
+            return None, None, None
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            mu, logvar = self.encode(input_ids, real)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        return z, mu, logvar
+
+    def _reconstruction(self, inp, tgt, tgt_mask, z, need_logits: bool):
+        """-> (summed cross-entropy over the masked targets, the logits or None). In training with
+        chunked_loss the logits are never whole (head_loss), unless the fakes or the grammar term need them."""
+        cfg = self.cfg
+        word_dropout = cfg.word_dropout if cfg.is_vae and self.training else 0.0
+        chunked = self.chunked_loss and self.training
+        if chunked and not cfg.is_gan and not need_logits and not cfg.grammar_unlikelihood:
+            h, states = self.decode_hidden(inp, z, word_dropout=word_dropout)
+            return chunked_ce_sum(tgt, tgt_mask, hidden=h, head=self.head, states=states), None
+        logits = self.decode(inp, z, word_dropout=word_dropout)
+        if chunked:  # vae_gan's fakes need the logits: only the loss's own copies are chunked
+            return chunked_ce_sum(tgt, tgt_mask, logits=logits), logits
+        ce = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tgt.reshape(-1), reduction="none")
+        return (ce * tgt_mask.reshape(-1)).sum(), logits
 
     def _discriminator_phase(self, input_ids, real, inp, z, tgt_mask) -> ModelOutput:
         """D's loss on real windows and on the generator's fakes (G frozen: no gradient reaches it)."""
