@@ -20,16 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from aurl.model.sounding import scoped_states
+from aurl.model.sounding import forbidden_next, scoped_states
 from aurl.vocab import (
-    END_ID,
-    NOTE_OFF_OFFSET,
-    NOTE_ON_OFFSET,
-    NUM_PITCHES,
     PAD_ID,
     START_ID,
     UNK_ID,
-    VOCAB_SIZE,
 )
 
 _ALWAYS_ILLEGAL = (PAD_ID, START_ID, UNK_ID)
@@ -40,10 +35,7 @@ def illegal_mask(inputs: torch.Tensor) -> torch.Tensor:
     input position (the state after inputs[:, :t+1]; a window carries its state as a prefix, so the window's
     own tokens give the whole state)."""
     here, anything, _ = scoped_states(inputs)  # pitches sounding on the instrument in force; any note at all
-    mask = torch.zeros(*inputs.shape, VOCAB_SIZE, dtype=torch.bool, device=inputs.device)
-    mask[..., NOTE_ON_OFFSET:NOTE_ON_OFFSET + NUM_PITCHES] = here
-    mask[..., NOTE_OFF_OFFSET:NOTE_OFF_OFFSET + NUM_PITCHES] = ~here
-    mask[..., END_ID] = anything
+    mask = forbidden_next(here, anything)
     mask[..., list(_ALWAYS_ILLEGAL)] = True
     return mask
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from aurl.console import UserError
-from aurl.model.sounding import GrammarState, family_after, scoped_states, sounding_states
+from aurl.model.sounding import GrammarState, family_after, forbidden_next, scoped_states, sounding_states
 from aurl.model.stepper import Stepper, exp_noise, filter_logits
 from aurl.vocab import (
     END_ID,
@@ -200,11 +200,8 @@ def _mask_ungrammatical(logits: torch.Tensor, state: GrammarState) -> None:
     """-inf (in place) on NOTE_ON of a pitch sounding on the instrument in force, NOTE_OFF of a pitch silent
     on it, and END while any note sounds."""
     sounding, family = state
-    ninf = float("-inf")
     here = sounding.gather(1, family.view(-1, 1, 1).expand(-1, 1, NUM_PITCHES)).squeeze(1)  # [B, 88]
-    logits[:, NOTE_ON_OFFSET : NOTE_ON_OFFSET + NUM_PITCHES].masked_fill_(here, ninf)
-    logits[:, NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES].masked_fill_(~here, ninf)
-    logits[:, END_ID].masked_fill_(sounding.flatten(1).any(-1), ninf)
+    logits.masked_fill_(forbidden_next(here, sounding.flatten(1).any(-1)), float("-inf"))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from aurl.vocab import (
     DEFAULT_FAMILY,
     DRUM_FAMILY,
     DRUM_KIT_ID,
+    END_ID,
     INSTRUMENT_OFFSET,
     NOTE_OFF_OFFSET,
     NOTE_ON_OFFSET,
@@ -35,6 +36,7 @@ from aurl.vocab import (
     NUM_INSTRUMENTS,
     NUM_PITCHES,
     PAD_ID,
+    VOCAB_SIZE,
 )
 
 
@@ -107,3 +109,15 @@ def scoped_states(input_ids: torch.Tensor, before: GrammarState | None = None
         anything |= states.any(-1)
         after[:, f] = states[:, -1] if T else sounding0[:, f]
     return here, anything, (after, family[:, -1].clone() if T else family0.clone())
+
+
+def forbidden_next(here: torch.Tensor, anything: torch.Tensor) -> torch.Tensor:
+    """The grammar's note rules as a mask: [..., 88] pitches sounding on the instrument in force and [...]
+    whether any note sounds -> [..., VOCAB_SIZE] bool, True where the next token would break the grammar: a
+    NOTE_ON of a sounding pitch, a NOTE_OFF of a silent one, END while a note sounds. One rule for the
+    sampler's mask (aurl.model.sampling) and the unlikelihood term (aurl.model.grammar_loss)."""
+    mask = torch.zeros(*here.shape[:-1], VOCAB_SIZE, dtype=torch.bool, device=here.device)
+    mask[..., NOTE_ON_OFFSET:NOTE_ON_OFFSET + NUM_PITCHES] = here
+    mask[..., NOTE_OFF_OFFSET:NOTE_OFF_OFFSET + NUM_PITCHES] = ~here
+    mask[..., END_ID] = anything
+    return mask
