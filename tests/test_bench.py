@@ -119,6 +119,22 @@ def test_peer_comparison_runs_both_sides_in_fast_mode():
     assert "2 optimizer steps" in out and "batch 4" in out  # the same budget on both sides
 
 
+
+def test_model_bench_generation_runs_every_way_and_they_agree(monkeypatch):
+    """bench_model.py's generation part at 16 tokens (eager: TORCH_COMPILE_DISABLE, inductor's CPU compile takes
+    minutes here), so the script that measures issue 14's decoding target cannot rot unseen: three rows, each
+    giving the same tokens as the no-cache baseline; an unknown --gen-size is refused by name."""
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
+    script = bench.find_scripts()["model"]
+    rc, out, _ = bench.run_script(script, ["--gen-tokens", "16", "--skip-training"], timeout_s=300)
+    assert rc == 0, out[-3000:]
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("compiled step", "eager step",
+                                                                                   "no cache"))]
+    assert len(rows) == 3, out
+    assert all(row[-1] == "True" for row in rows), out  # every way sampled the no-cache baseline's tokens
+    rc, out, _ = bench.run_script(script, ["--gen-size", "stage9", "--skip-training"], timeout_s=120)
+    assert rc == 2 and "--gen-size 'stage9'" in out, out
+
 # ---------------------------------------------------------------------------------------------------------
 # bench/bench_soak.py (the kill -9 soak): its plan, its comparison, and a real run of its --fast mode
 # ---------------------------------------------------------------------------------------------------------
