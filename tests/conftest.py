@@ -28,7 +28,7 @@ _updated = False  # apt-get update runs once per session (per xdist worker)
 
 # Test modules by measured duration (2026-12-01, 2-core machine): the longest first, so that with two
 # xdist workers neither is left alone with a long module at the end. Modules not named here follow.
-LONGEST_FIRST = ["test_train_pipeline", "test_slurm", "test_deepspeed", "test_model", "test_elastic", "test_bench",
+LONGEST_FIRST = ["test_train_pipeline", "test_slurm", "test_deepspeed", "test_vaegan", "test_elastic", "test_bench",
                  "test_tracking", "test_config_keys", "test_gpu_check"]
 
 
