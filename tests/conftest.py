@@ -11,6 +11,10 @@ Parallel runs (launch/test.sh: pytest-xdist, `-n 2 --dist loadgroup`): each test
 so its module- and session-scoped fixtures (reference runs, the SLURM cluster) start once, on one worker;
 the config-key modules share one group (their `lab` baseline run). Modules are handed out longest first
 (LONGEST_FIRST) so that the workers finish together. apt-get runs one at a time across workers.
+
+Where a test goes (README, Layout; tests/test_layout.py): a unit test in the test module of the aurl module it
+tests; a test that uses a feature module's module- or session-scoped fixture stays beside that fixture (in
+another module it would start the fixture a second time, in another group).
 """
 
 from __future__ import annotations
