@@ -11,6 +11,10 @@ Parallel runs (launch/test.sh: pytest-xdist, `-n 2 --dist loadgroup`): each test
 so its module- and session-scoped fixtures (reference runs, the SLURM cluster) start once, on one worker;
 the config-key modules share one group (their `lab` baseline run). Modules are handed out longest first
 (LONGEST_FIRST) so that the workers finish together. apt-get runs one at a time across workers.
+
+Where a test goes (README, Layout; tests/test_layout.py): a unit test in the test module of the aurl module it
+tests; a test that uses a feature module's module- or session-scoped fixture stays beside that fixture (in
+another module it would start the fixture a second time, in another group).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ _updated = False  # apt-get update runs once per session (per xdist worker)
 
 # Test modules by measured duration (2026-12-01, 2-core machine): the longest first, so that with two
 # xdist workers neither is left alone with a long module at the end. Modules not named here follow.
-LONGEST_FIRST = ["test_train_pipeline", "test_slurm", "test_deepspeed", "test_model", "test_elastic", "test_bench",
+LONGEST_FIRST = ["test_train_pipeline", "test_slurm", "test_deepspeed", "test_vaegan", "test_elastic", "test_bench",
                  "test_tracking", "test_config_keys", "test_gpu_check"]
 
 

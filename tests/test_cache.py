@@ -1,4 +1,6 @@
-"""The token cache: contents, incrementality, bad input, reader isolation, interruption, split, CLI."""
+"""The token cache built from a MIDI folder (aurl.data.cache): contents, incrementality, bad input,
+interruption, the split of a build, the bundled corpus, the CLI. (The scan and the diff: test_folder_diff.py;
+reader isolation: test_reader_pool.py; the manifest: test_manifest.py; the split rule: test_token_cache.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from midi_factory import crashing_reader, write_simple_midi
+from midi_factory import write_simple_midi
 
 from aurl import codec, vocab
 from aurl.console import UserError
@@ -20,7 +22,7 @@ from aurl.data.augment import AugmentConfig
 from aurl.data.cache import build, ensure_cache
 from aurl.data.manifest import load as load_manifest
 from aurl.data.midi_io import read_midi
-from aurl.data.token_cache import TokenCache, assign_split
+from aurl.data.token_cache import TokenCache
 
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent
@@ -80,39 +82,6 @@ def test_incremental_unchanged_changed_added_removed(tmp_path):
         np.testing.assert_array_equal(tc.tokens(p), codec.encode(read_midi(data / p["path"])))
 
 
-
-def test_scan_finds_what_rglob_finds_in_pathlib_order(tmp_path):
-    """The build's scan (one os.scandir walk) against the definition it replaces: rglob's MIDI files, sorted
-    as Paths (by parts: "a/z.mid" before "a-b/x.mid", though "-" sorts before "/"), with size and mtime;
-    links to files followed, linked folders not entered, ".mid" alone is no suffix."""
-    from aurl.data.folder_diff import MIDI_SUFFIXES, scan_midi_stats
-
-    data = tmp_path / "midi"
-    for rel in ("a/z.mid", "a-b/x.mid", "a.mid", "B/C/d.MiD", "e.midi", ".mid", "..mid", "f.mid.txt", "g.kar"):
-        (data / rel).parent.mkdir(parents=True, exist_ok=True)
-        (data / rel).write_bytes(b"x" * len(rel))
-    (data / "link.mid").symlink_to(data / "a.mid")
-    (data / "linked").symlink_to(data / "a", target_is_directory=True)
-    want = sorted(p for p in data.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
-    want = [(p.relative_to(data).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in want]
-    assert scan_midi_stats(data) == want
-    assert [rel for rel, _, _ in want].index("a/z.mid") < [rel for rel, _, _ in want].index("a-b/x.mid")
-
-
-def test_unchanged_rebuild_builds_no_dict_per_entry(tmp_path, monkeypatch):
-    """At 100,000 files the dicts cost seconds: an unchanged rebuild diffs against the manifest's columns."""
-    from aurl.data.manifest import PieceTable
-
-    data, cache = _folder(tmp_path), tmp_path / "cache"
-    _build(data, cache)
-
-    def no_rows(*_):
-        raise AssertionError("a dict per manifest entry")
-
-    monkeypatch.setattr(PieceTable, "rows", no_rows)
-    monkeypatch.setattr(PieceTable, "from_rows", classmethod(no_rows))
-    s = _build(data, cache)
-    assert (s.tokenized, s.reused, s.pieces) == (0, 6, 6)
 
 def _bad_folder(root: Path) -> Path:
     data = _folder(root, n=2)
@@ -192,17 +161,6 @@ def test_cli_exit_codes_and_summary(tmp_path):
     assert r.returncode == 0 and "velocity   configured 0.50  changed" in r.stdout, r.stdout + r.stderr
 
 
-def test_reader_crash_and_hang_cost_only_that_file(tmp_path):
-    data = _folder(tmp_path, n=3)
-    write_simple_midi(data / "crash.mid", seed=5)
-    write_simple_midi(data / "hang.mid", seed=6)
-    s = build(data, tmp_path / "cache", workers=2, timeout_s=3, progress=False, reader=crashing_reader)
-    reasons = dict(s.skipped)
-    assert s.pieces == 3
-    assert "reader crashed" in reasons["crash.mid"] and str(-signal.SIGSEGV) in reasons["crash.mid"]
-    assert "timed out after 3 s" in reasons["hang.mid"]
-
-
 def _processes_mentioning(text: str) -> list[int]:
     """Pids whose environment mentions text (Linux): the build and its workers carry a marker variable."""
     pids = []
@@ -273,28 +231,6 @@ def test_ctrl_c_flushes_what_was_tokenized(tmp_path):
             proc.kill()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert len(TokenCache.open(cache).pieces) == 4
-
-
-def test_split_is_by_piece_disjoint_seeded_and_stable_under_additions():
-    pieces = [{"path": f"p{i}.mid"} for i in range(200)]
-    assign_split(pieces, 0.2, seed=3)
-    val = {p["path"] for p in pieces if p["split"] == "val"}
-    assert 20 <= len(val) <= 60
-    again = [{"path": f"p{i}.mid"} for i in range(200)]
-    assign_split(again, 0.2, seed=3)
-    assert val == {p["path"] for p in again if p["split"] == "val"}
-    other = [{"path": f"p{i}.mid"} for i in range(200)]
-    assign_split(other, 0.2, seed=4)
-    assert val != {p["path"] for p in other if p["split"] == "val"}
-    more = [{"path": f"p{i}.mid"} for i in range(300)]
-    assign_split(more, 0.2, seed=3)
-    assert val == {p["path"] for p in more[:200] if p["split"] == "val"}
-    two = [{"path": "a.mid"}, {"path": "b.mid"}]
-    assign_split(two, 0.01, seed=0)
-    assert sorted(p["split"] for p in two) == ["train", "val"]  # both splits non-empty when possible
-    none = [{"path": f"p{i}.mid"} for i in range(10)]
-    assign_split(none, 0.0, seed=0)
-    assert all(p["split"] == "train" for p in none)
 
 
 def test_built_split_is_disjoint_and_changes_without_retokenizing(tmp_path):

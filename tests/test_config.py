@@ -119,24 +119,6 @@ def test_config_hash_ignores_logging_but_not_model():
     assert a.hash() == b.hash() != c.hash()
 
 
-def test_stage_prefixed_overrides():
-    from aurl.train.pipeline import stage_overrides
-
-    assert stage_overrides(["train.epochs=2", "stage2.optim.lr=1e-4"], 2) == {"train": {"epochs": 2},
-                                                                            "optim": {"lr": 1e-4}}
-    assert stage_overrides(["stage2.optim.lr=1e-4"], 1) == {}
-    with pytest.raises(UserError):
-        stage_overrides(["stage7.optim.lr=1"], 1)
-
-
-@pytest.mark.parametrize("folder", ["quickstart", "tiny", "."])
-def test_pipelines_load(folder):
-    from aurl.train.pipeline import load_pipeline
-
-    cfgs = load_pipeline(Path(__file__).resolve().parents[1] / "configs" / "training_configs" / folder, [])
-    assert cfgs[1].model.mode == "transformer" and cfgs[3].model.mode == "vae_gan"
-
-
 def test_cli_values_parse_like_users_mean():
     cfg = load_config(None, ["optim.lr=1e-4", "train.mixed_precision=no", "logging.progress_bar=false"])
     assert cfg.optim.lr == 1e-4 and cfg.train.mixed_precision == "no" and cfg.logging.progress_bar is False

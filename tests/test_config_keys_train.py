@@ -122,7 +122,7 @@ def _(lab, key):
     keys = sorted(step_weights(eager, 1))
     assert sorted(step_weights(r, 1)) == keys and len(keys) > 10
     # the same function: the first loss as the eager run's up to the compiled kernels' rounding (the bound of
-    # tests/test_speed.py::test_compile_in_place_keeps_the_state_dict)
+    # tests/test_distributed.py::test_compile_in_place_keeps_the_state_dict)
     assert abs(r.train()[1] - eager.train()[1]) < 1e-4, (r.train()[1], eager.train()[1])
     rejects(key, "yes")
 

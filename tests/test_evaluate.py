@@ -11,7 +11,7 @@ import pytest
 import torch
 from midi_factory import write_simple_midi
 
-from aurl import grammar, vocab
+from aurl import vocab
 from aurl.console import UserError
 from aurl.data.cache import build
 from aurl.data.token_cache import TokenCache
@@ -19,7 +19,7 @@ from aurl.evaluate import EvalConfig, evaluate_checkpoint, evaluate_model, forma
 from aurl.evaluate.__main__ import main
 from aurl.evaluate.likelihood import validation_nll
 from aurl.evaluate.metrics import METRIC_NAMES
-from aurl.evaluate.samples import _sample_report, data_excerpts
+from aurl.evaluate.samples import data_excerpts
 from aurl.evaluate.status import eval_reports
 from aurl.model import ModelConfig, MusicTransformerVAEGAN, save_model_file
 
@@ -159,22 +159,6 @@ def test_evaluate_model_in_memory_with_loss_curves(run_dir, tmp_path):
     assert (tmp_path / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
     assert str(tmp_path / "loss_curves.png") in r["pictures"]
     assert model.training  # evaluation hands the model back in the mode it found it
-
-
-def test_sample_grammar_report_separates_the_cutoff():
-    on, off = vocab.note_on_id(60), vocab.note_off_id(60)
-    shift = vocab.time_shift_id(8)
-    cut = [vocab.START_ID, on, shift]  # cut off by the length budget: the open note is not an error
-    ended = [vocab.START_ID, on, shift, vocab.END_ID, vocab.PAD_ID]  # ended with the note open: an error
-    bad = [vocab.START_ID, off, on, on, shift, off]
-    report, finalized = _sample_report([cut, ended, bad])
-    assert report["unclosed_at_cutoff"] == 1
-    assert report["grammar_errors"]["unclosed_notes"] == 1
-    assert report["grammar_errors"]["note_off_without_on"] == 1
-    assert report["grammar_errors"]["duplicate_note_on"] == 1
-    assert report["grammar_clean_share"] == pytest.approx(1 / 3)
-    assert report["finalized_grammar_errors"] == 0
-    assert all(sum(grammar.grammar_errors(f).values()) == 0 for f in finalized)
 
 
 def test_data_excerpts_match_the_sample_length(run_dir):

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_vaegan import batch, tiny
 
 from aurl.console import UserError
 from aurl.model import ModelConfig, MusicTransformerVAEGAN
@@ -144,3 +145,23 @@ def test_refuses_a_checkpoint_of_the_previous_vocabulary(saved, tmp_path):
     torch.save(blob, tmp_path / "v1.pt")
     with pytest.raises(UserError, match="vocabulary differs.*version 1, this code's 2.*instrument.*max_shift_steps.*note_scope.*version"):
         load_model_file(tmp_path / "v1.pt")
+
+
+def test_model_file_without_the_sounding_key_loads_with_it_off(tmp_path):
+    """A model file written before model.sounding_embedding existed (no such config field, no sound_proj
+    weight) loads as off and computes what it did; one written with it on loads on."""
+    from aurl.model.checkpoint import load_model_file, save_model_file
+
+    torch.manual_seed(0)
+    old = MusicTransformerVAEGAN(tiny("transformer")).eval()
+    path = save_model_file(tmp_path / "old.pt", old, tiny("transformer"))
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]["sounding_embedding"]
+    torch.save(blob, path)
+    loaded, cfg, _ = load_model_file(path)
+    x, _ = batch(b=2, t=16)
+    assert cfg.sounding_embedding is False and loaded.sound_proj is None
+    assert torch.equal(loaded.decode(x), old.decode(x))
+    on = MusicTransformerVAEGAN(tiny("transformer", sounding_embedding=True)).eval()
+    loaded, cfg, _ = load_model_file(save_model_file(tmp_path / "new.pt", on, on.cfg))
+    assert cfg.sounding_embedding is True and loaded.sound_proj is not None

@@ -1,4 +1,5 @@
-"""aurl.model.sampling (its non-grammar parts): the logit filters, the option check, latent interpolation."""
+"""aurl.model.sampling: the logit filters, the option check, latent interpolation, stopping at END, and
+grammar-constrained decoding on an untrained model (the grammar mask itself: test_grammar.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import math
 
 import pytest
 import torch
+from test_vaegan import tiny
 
 from aurl.console import UserError
-from aurl.model.sampling import check_sampling_options, filter_logits, interpolate
+from aurl.model import MusicTransformerVAEGAN
+from aurl.model.sampling import check_sampling_options, filter_logits, generate, interpolate, make_generator
+from aurl.vocab import END_ID, PAD_ID, START_ID
 
 LOGITS = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
 
@@ -51,3 +55,50 @@ def test_slerp_ends_at_both_points_and_keeps_the_norm():
     assert torch.allclose(path[0], a) and torch.allclose(path[-1], b, atol=1e-6)
     assert torch.allclose(path.norm(dim=-1), torch.full((5,), 3.0))  # lerp's midpoint would have 3 / sqrt(2)
     assert math.isclose(float(interpolate(a, b, 3, "lerp")[1].norm()), 3 / math.sqrt(2), rel_tol=1e-6)
+
+
+def test_stop_at_end_pads_after_end():
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    with torch.no_grad():
+        model.tok_emb.weight[END_ID] *= 50  # make END likely
+    out = generate(model, torch.full((3, 1), START_ID), 30, generator=make_generator(0), stop_at_end=True)
+    assert out.shape == (3, 31)
+    for row in out.tolist():
+        if END_ID in row:
+            assert all(t == PAD_ID for t in row[row.index(END_ID) + 1 :])
+
+
+def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not():
+    """An untrained model breaks the event grammar all the time; constrained decoding never does (only notes
+    still open at the length cut-off remain), and END comes only once every note is closed."""
+    from aurl.grammar import grammar_errors
+    from aurl.vocab import NOTE_ON_OFFSET
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    prompt = torch.full((4, 1), START_ID)
+    prompt = torch.cat([prompt, torch.full((4, 1), NOTE_ON_OFFSET + 39)], 1)  # a prompt with a note sounding
+    raw = generate(model, prompt, 200, generator=make_generator(1), grammar=False)
+    assert sum(grammar_errors(row)["note_off_without_on"] for row in raw.tolist()) > 0
+    with torch.no_grad():
+        model.tok_emb.weight[END_ID] *= 20  # make END tempting
+    for use_cache in (True, False):
+        out = generate(model, prompt, 200, generator=make_generator(1), grammar=True, use_cache=use_cache,
+                       stop_at_end=True)
+        for row in out.tolist():
+            errs = grammar_errors(row)
+            ended = END_ID in row
+            assert errs["note_off_without_on"] == errs["duplicate_note_on"] == errs["special_inside"] == 0, errs
+            if ended:
+                assert errs["unclosed_notes"] == 0, row
+
+
+def test_filters_and_interpolation():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    assert torch.isinf(filter_logits(logits, 1.0, top_k=2)).tolist() == [[False, False, True, True]]
+    kept = ~torch.isinf(filter_logits(logits, 1.0, top_p=0.8))
+    assert kept.tolist() == [[True, True, False, False]]
+    za, zb = torch.randn(8), torch.randn(8)
+    path = interpolate(za, zb, 5)
+    assert path.shape == (5, 8) and torch.allclose(path[0], za, atol=1e-5) and torch.allclose(path[-1], zb, atol=1e-5)

@@ -1,12 +1,12 @@
 """model.sounding_output_bias (aurl.model.sounding_bias): the note state shifts the NOTE_ON / NOTE_OFF logits,
 in the full forward, the chunked training loss and the grammar term alike. (The KV-cached and compiled decode
-with the key on: tests/test_model.py and tests/test_decoding.py.)"""
+with the key on: tests/test_vaegan.py and tests/test_stepper.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_model import _real_windows, _walker_sounding, batch, tiny
+from test_vaegan import _real_windows, _walker_sounding, batch, tiny
 
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.head_loss import chunked_ce_sum

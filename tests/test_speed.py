@@ -1,12 +1,11 @@
 """train.compile and train.activation_checkpointing (aurl.train.distributed.apply_speed_options), on tiny
-models in this process: the forward compiles to one graph in every mode, a compiled model keeps its state
-dict, checkpointing computes the same loss and gradients while keeping far fewer bytes for the backward pass,
-and the chunked head loss equals the plain one."""
+models in this process: the forward compiles to one graph in every mode, and checkpointing computes the same
+loss and gradients while keeping far fewer bytes for the backward pass. (A compiled model keeps its state
+dict: test_distributed.py; the chunked head loss: test_head_loss.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ import torch
 from aurl.config import TrainConfig
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.config import ModelConfig
-from aurl.model.head_loss import chunked_ce_sum
 from aurl.vocab import PAD_ID, VOCAB_SIZE
 
 
@@ -57,29 +55,6 @@ def test_training_forward_is_one_graph(mode, phase, checkpointing):
     assert explained.graph_count == 1 and explained.op_count > 50  # it traced the model, not an empty call
 
 
-def test_compile_in_place_keeps_the_state_dict():
-    """train.compile compiles in place: the same module, the same state-dict keys (no `_orig_mod.`), and a
-    checkpoint of it loads into an uncompiled model; the compiled forward is the eager one up to rounding."""
-    torch.manual_seed(0)
-    eager = MusicTransformerVAEGAN(tiny("vae")).eval()
-    compiled = MusicTransformerVAEGAN(tiny("vae")).eval()
-    compiled.load_state_dict(eager.state_dict())
-    from aurl.train.distributed import apply_speed_options
-
-    apply_speed_options(compiled, TrainConfig(compile=True), CpuAccelerator())
-    keys = list(compiled.state_dict())
-    assert keys == list(eager.state_dict()) and len(keys) > 20
-    assert not any("_orig_mod" in k for k in keys)
-    fresh = MusicTransformerVAEGAN(tiny("vae"))
-    fresh.load_state_dict(compiled.state_dict(), strict=True)
-    ids, mask = batch()
-    torch._dynamo.reset()
-    with torch.no_grad():
-        a, b = eager(ids, mask).loss, compiled(ids, mask).loss
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really ran compiled
-    assert abs(float(a) - float(b)) < 1e-4, (float(a), float(b))  # measured: ~1e-6 (fused kernels' rounding)
-
-
 def saved_bytes(model, ids, mask, phase="generator") -> tuple[int, torch.Tensor, dict[str, torch.Tensor]]:
     """(bytes the autograd graph keeps for the backward pass, the loss, the gradients)."""
     kept = []
@@ -117,23 +92,3 @@ def test_activation_checkpointing_same_gradients_less_kept(mode):
     assert sorted(ck_grads) == sorted(base_grads) and len(base_grads) > 10
     for name, g in base_grads.items():
         torch.testing.assert_close(ck_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_chunked_cross_entropy_equals_the_plain_sum():
-    """Chunks of 7 tokens over 3 x 20 targets (not a multiple), from hidden states and from logits."""
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(3, 20, 16, generator=g, requires_grad=True)
-    w = torch.randn(VOCAB_SIZE, 16, generator=g, requires_grad=True)
-    tgt = torch.randint(0, VOCAB_SIZE, (3, 20), generator=g)
-    mask = torch.rand(3, 20, generator=g) > 0.3
-    logits = torch.nn.functional.linear(h, w)
-    plain = (torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), tgt.reshape(-1), reduction="none")
-             * mask.reshape(-1)).sum()
-    (gh, gw) = torch.autograd.grad(plain, (h, w))
-    head = functools.partial(torch.nn.functional.linear, weight=w)
-    for kwargs in ({"hidden": h, "head": head}, {"logits": torch.nn.functional.linear(h, w)}):
-        chunked = chunked_ce_sum(tgt, mask, chunk=7, **kwargs)
-        torch.testing.assert_close(chunked, plain)
-        ch, cw = torch.autograd.grad(chunked, (h, w))
-        torch.testing.assert_close(ch, gh)
-        torch.testing.assert_close(cw, gw)

@@ -1,5 +1,5 @@
-"""aurl.train.trainer (StageTrainer) and aurl.train.engine, in this process on the tiny configs: the one
-writer of the production model, and the Engine each launch gets. The end-to-end runs (kill -9 and resume
+"""aurl.train.trainer (StageTrainer), in this process on the tiny configs: the one writer of the production
+model. (The Engine each launch gets: test_engine.py.) The end-to-end runs (kill -9 and resume
 bit for bit, multi-process, DeepSpeed) are in test_train_pipeline.py, test_launch.py and test_deepspeed.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from run_helpers import model_tensors
 
 from aurl.rundir import RunDir
-from aurl.train.pipeline import load_pipeline, make_accelerator, run_pipeline
+from aurl.train.pipeline import load_pipeline, run_pipeline
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "training_configs" / "tiny"
 QUICK = ("train.max_steps=2", "eval.enabled=false", "logging.tracker=none", "logging.progress_bar=false",
@@ -38,17 +38,3 @@ def test_best_model_is_the_most_advanced_stage_and_rerunning_a_finished_stage_ke
     assert run_pipeline(cfgs, run.root, (1,)) == 0
     assert run.best_model.stat().st_mtime_ns == stamp
     assert same_weights(run.best_model, run.best(2)) > 5
-
-
-def test_plain_launch_gets_the_ddp_engine():
-    from aurl.model import MusicTransformerVAEGAN
-    from aurl.train.engine import DDPEngine, Engine
-    from aurl.train.trainer import _adamw
-
-    cfg = load_pipeline(TINY, ["model.mode=vae_gan"])[3]
-    model = MusicTransformerVAEGAN(cfg.model)
-    opt_g, opt_d = _adamw(model.generator_parameters(), 1e-3, cfg.optim), _adamw(model.discriminator_parameters(),
-                                                                                  1e-3, cfg.optim)
-    engine = Engine.prepare(make_accelerator("no"), model, opt_g, opt_d, cfg)
-    assert isinstance(engine, DDPEngine) and engine.extra_state is None
-    assert engine.unwrap() is model  # one process: nothing wraps it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from test_model import _real_windows, tiny
+from test_vaegan import _real_windows, tiny
 
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.sampling import generate, make_generator, sample_next

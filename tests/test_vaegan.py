@@ -1,4 +1,6 @@
-"""MusicTransformerVAEGAN: causality, latent-only dependence, adversarial gradient, KV cache, tiny overfit."""
+"""aurl.model.vaegan (MusicTransformerVAEGAN): causality, latent-only dependence, adversarial gradient, KV
+cache, tiny overfit, the sounding-notes input. Its helpers (tiny, batch, _real_windows, _walker_sounding)
+serve the other model tests too."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import torch
 
 from aurl.console import UserError
 from aurl.model import ModelConfig, MusicTransformerVAEGAN
-from aurl.model.sampling import filter_logits, generate, interpolate, make_generator
+from aurl.model.sampling import generate, make_generator
 from aurl.vocab import END_ID, PAD_ID, START_ID, UNK_ID, VOCAB_SIZE
 
 MODES = ["transformer", "vae", "vae_gan"]
@@ -173,53 +175,6 @@ def test_kv_cache_equals_full_recompute(mode):
     assert torch.allclose(torch.cat(parts, 1), model.decode(x, z), atol=1e-5)
 
 
-def test_stop_at_end_pads_after_end():
-    torch.manual_seed(0)
-    model = MusicTransformerVAEGAN(tiny("transformer"))
-    with torch.no_grad():
-        model.tok_emb.weight[END_ID] *= 50  # make END likely
-    out = generate(model, torch.full((3, 1), START_ID), 30, generator=make_generator(0), stop_at_end=True)
-    assert out.shape == (3, 31)
-    for row in out.tolist():
-        if END_ID in row:
-            assert all(t == PAD_ID for t in row[row.index(END_ID) + 1 :])
-
-
-def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not():
-    """An untrained model breaks the event grammar all the time; constrained decoding never does (only notes
-    still open at the length cut-off remain), and END comes only once every note is closed."""
-    from aurl.grammar import grammar_errors
-    from aurl.vocab import NOTE_ON_OFFSET
-
-    torch.manual_seed(0)
-    model = MusicTransformerVAEGAN(tiny("transformer"))
-    prompt = torch.full((4, 1), START_ID)
-    prompt = torch.cat([prompt, torch.full((4, 1), NOTE_ON_OFFSET + 39)], 1)  # a prompt with a note sounding
-    raw = generate(model, prompt, 200, generator=make_generator(1), grammar=False)
-    assert sum(grammar_errors(row)["note_off_without_on"] for row in raw.tolist()) > 0
-    with torch.no_grad():
-        model.tok_emb.weight[END_ID] *= 20  # make END tempting
-    for use_cache in (True, False):
-        out = generate(model, prompt, 200, generator=make_generator(1), grammar=True, use_cache=use_cache,
-                       stop_at_end=True)
-        for row in out.tolist():
-            errs = grammar_errors(row)
-            ended = END_ID in row
-            assert errs["note_off_without_on"] == errs["duplicate_note_on"] == errs["special_inside"] == 0, errs
-            if ended:
-                assert errs["unclosed_notes"] == 0, row
-
-
-def test_filters_and_interpolation():
-    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
-    assert torch.isinf(filter_logits(logits, 1.0, top_k=2)).tolist() == [[False, False, True, True]]
-    kept = ~torch.isinf(filter_logits(logits, 1.0, top_p=0.8))
-    assert kept.tolist() == [[True, True, False, False]]
-    za, zb = torch.randn(8), torch.randn(8)
-    path = interpolate(za, zb, 5)
-    assert path.shape == (5, 8) and torch.allclose(path[0], za, atol=1e-5) and torch.allclose(path[-1], zb, atol=1e-5)
-
-
 @pytest.mark.parametrize("field,value", [("mode", "gan"), ("n_heads", 3), ("dropout", 1.5), ("vocab_size", 10)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(UserError, match=f"model.{field}"):
@@ -316,29 +271,6 @@ def _real_windows(n_pieces: int = 3, per_piece: int = 4, length: int = 96) -> to
     return torch.from_numpy(np.stack(rows))
 
 
-def test_sounding_feature_matches_the_grammar_walker_on_real_windows_and_on_any_tokens():
-    """The feature's multi-hot is the Walker's sounding set after every token, instruments ignored: on
-    loader-cut windows, and on random (ungrammatical) streams; continuing from a state (`before`) gives the
-    same states as one pass over the whole sequence. (The sampler's grammar state, which keeps instruments
-    apart, is checked against the walker in tests/test_grammar.py.)"""
-    from aurl.model.sounding import sounding_states
-
-    windows = _real_windows()
-    random_ids, _ = batch(b=4, t=300, seed=5)
-    compared = busy = 0
-    for ids in (windows, random_ids):
-        states = sounding_states(ids)
-        for b, row in enumerate(ids.tolist()):
-            assert torch.equal(states[b], _walker_sounding(row))
-            compared += len(row)
-            busy += int(states[b].any(-1).sum())
-        for cut in (1, 37, ids.shape[1] - 1):
-            rest = sounding_states(ids[:, cut:], before=states[:, cut - 1])
-            assert torch.equal(rest, states[:, cut:])
-    assert compared == windows.numel() + random_ids.numel() == 12 * 96 + 4 * 300
-    assert busy > compared // 2  # mostly positions where notes sound: the comparison is not of empty sets
-
-
 def test_sounding_embedding_is_added_to_the_token_embedding_and_honoured():
     """model.sounding_embedding on: each position's input is tok_emb + W @ (walker's multi-hot); off (the
     default, and a model file without the key): no such weight, the embedding alone."""
@@ -424,63 +356,3 @@ def test_sounding_embedding_incremental_equals_full_forward_and_cached_generatio
     if model.sound_proj is not None:
         assert torch.equal(model.sounding_feature(x[:, 12:], sounding=_sounding(x[:, :12])),
                            model.sounding_feature(x)[:, 12:])
-
-
-def test_evaluation_windows_hand_the_sounding_state_to_the_model():
-    """aurl.evaluate cuts validation pieces into raw windows: each comes with the pitches sounding before its
-    cut (the Walker's state there), and the validation NLL is the decoder's CE given that state (as
-    generation hands it over when its context slides), not the CE of a window that starts silent."""
-    from types import SimpleNamespace
-
-    import numpy as np
-    from midi_factory import random_score
-
-    from aurl import codec
-    from aurl.evaluate.likelihood import _padded_batches, _windows, likelihood_figures
-
-    pieces = [codec.encode(random_score(seed, n_notes=60, n_programs=1)).astype(np.int64) for seed in (7, 8)]
-    cache = SimpleNamespace(val_pieces=[0, 1], tokens=lambda i: pieces[i])  # the two calls _windows makes
-    windows = _windows(cache, 40, 0)
-    starts = [(i, s) for i, p in enumerate(pieces) for s in range(0, len(p) - 1, 40) if len(p[s : s + 40]) >= 2]
-    assert len(windows) == len(starts) > 4
-    handed = 0
-    for (w, before), (i, s) in zip(windows, starts, strict=True):
-        ref = _walker_sounding(pieces[i][:s].tolist())[-1] if s else torch.zeros(88, dtype=torch.bool)
-        assert np.array_equal(w, pieces[i][s : s + 40]) and np.array_equal(before, ref.numpy())
-        handed += int(before.any())
-    assert handed > 0
-    torch.manual_seed(0)
-    model = MusicTransformerVAEGAN(tiny("transformer", sounding_embedding=True)).eval()
-    with torch.no_grad():
-        model.sound_proj.weight.normal_(0, 0.5)
-    got = likelihood_figures(model, _padded_batches(windows, 3), 0, "cpu")
-    silent = likelihood_figures(model, ((ids, mask) for ids, mask, _ in _padded_batches(windows, 3)), 0, "cpu")
-    ce = n = 0.0
-    with torch.no_grad():
-        for w, before in windows:
-            ids = torch.from_numpy(w)[None]
-            logits = model.decode(ids[:, :-1], sounding=torch.from_numpy(before)[None])
-            ce += float(torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum"))
-            n += len(w) - 1
-    assert got["tokens"] == n and abs(got["loss"] - ce / n) < 1e-5  # float32 vs float64 sums: 3e-8 measured
-    assert abs(silent["loss"] - got["loss"]) > 1e-4  # 1.4e-3 measured: the state changes the NLL
-
-
-def test_model_file_without_the_sounding_key_loads_with_it_off(tmp_path):
-    """A model file written before model.sounding_embedding existed (no such config field, no sound_proj
-    weight) loads as off and computes what it did; one written with it on loads on."""
-    from aurl.model.checkpoint import load_model_file, save_model_file
-
-    torch.manual_seed(0)
-    old = MusicTransformerVAEGAN(tiny("transformer")).eval()
-    path = save_model_file(tmp_path / "old.pt", old, tiny("transformer"))
-    blob = torch.load(path, weights_only=True)
-    del blob["config"]["sounding_embedding"]
-    torch.save(blob, path)
-    loaded, cfg, _ = load_model_file(path)
-    x, _ = batch(b=2, t=16)
-    assert cfg.sounding_embedding is False and loaded.sound_proj is None
-    assert torch.equal(loaded.decode(x), old.decode(x))
-    on = MusicTransformerVAEGAN(tiny("transformer", sounding_embedding=True)).eval()
-    loaded, cfg, _ = load_model_file(save_model_file(tmp_path / "new.pt", on, on.cfg))
-    assert cfg.sounding_embedding is True and loaded.sound_proj is not None

@@ -1,9 +1,11 @@
-"""aurl.model.sounding.scoped_states: the grammar state per token in the (instrument, pitch) scope equals the
-sampler's token-by-token state (_track, itself checked against aurl.grammar.Walker in test_grammar.py)."""
+"""aurl.model.sounding: scoped_states, the grammar state per token in the (instrument, pitch) scope,
+equals the sampler's token-by-token state (_track, itself checked against aurl.grammar.Walker in
+test_grammar.py); sounding_states, the model's sounding-notes feature, equals the Walker's sounding set."""
 
 from __future__ import annotations
 
 import torch
+from test_vaegan import _real_windows, _walker_sounding, batch
 
 from aurl import vocab
 from aurl.model.sampling import _track
@@ -45,3 +47,26 @@ def test_a_split_stream_continues_from_the_carried_state():
         h2, a2, (after2, family2) = scoped_states(ids[:, 20:], state)
         assert torch.equal(torch.cat([h1, h2], 1), here) and torch.equal(torch.cat([a1, a2], 1), anything)
         assert torch.equal(after2, after) and torch.equal(family2, family)
+
+
+def test_sounding_feature_matches_the_grammar_walker_on_real_windows_and_on_any_tokens():
+    """The feature's multi-hot is the Walker's sounding set after every token, instruments ignored: on
+    loader-cut windows, and on random (ungrammatical) streams; continuing from a state (`before`) gives the
+    same states as one pass over the whole sequence. (The sampler's grammar state, which keeps instruments
+    apart, is checked against the walker in tests/test_grammar.py.)"""
+    from aurl.model.sounding import sounding_states
+
+    windows = _real_windows()
+    random_ids, _ = batch(b=4, t=300, seed=5)
+    compared = busy = 0
+    for ids in (windows, random_ids):
+        states = sounding_states(ids)
+        for b, row in enumerate(ids.tolist()):
+            assert torch.equal(states[b], _walker_sounding(row))
+            compared += len(row)
+            busy += int(states[b].any(-1).sum())
+        for cut in (1, 37, ids.shape[1] - 1):
+            rest = sounding_states(ids[:, cut:], before=states[:, cut - 1])
+            assert torch.equal(rest, states[:, cut:])
+    assert compared == windows.numel() + random_ids.numel() == 12 * 96 + 4 * 300
+    assert busy > compared // 2  # mostly positions where notes sound: the comparison is not of empty sets
