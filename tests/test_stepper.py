@@ -57,3 +57,21 @@ def test_fast_decoding_gives_the_tokens_of_the_full_recompute_path():
         assert torch.equal(out, ref)
         compared += int((out[:, 12:] != 0).sum())
     assert compared == 2 * 2 * 90
+
+
+def test_the_compiled_step_serves_each_model_its_own_tokens():
+    """The compiled step drops the guards on the model's module tree (stepper.keep_tensor_guards) but keeps the
+    tensor guards: two models of the same shapes share its graphs and each draws its own eager tokens (the
+    parameters are graph inputs); a model whose feed-forward is wider fails a tensor guard and is compiled
+    for, instead of running the other model's kernels on its weights."""
+    prompt = _real_windows(n_pieces=1, per_piece=1, length=16)[:, :6]
+    compared = 0
+    for seed, d_ff in ((1, 64), (2, 64), (3, 96)):
+        torch.manual_seed(seed)
+        model = MusicTransformerVAEGAN(tiny("transformer", max_seq_len=48, d_ff=d_ff)).eval()
+        with torch.no_grad():
+            model.tok_emb.weight.mul_(4)  # peaked distributions: the tokens tell the models apart
+        outs = [generate(model, prompt, 30, generator=make_generator(0), compile=compile) for compile in (False, True)]
+        assert torch.equal(outs[0], outs[1]), f"model {seed} (d_ff {d_ff})"
+        compared += outs[0].shape[1] - 6
+    assert compared == 3 * 30
