@@ -10,9 +10,12 @@ token ids (memory and time do not depend on the ids), `--steps` optimizer steps 
 step (generator forward + backward + AdamW, and in vae_gan the discriminator's phase + its AdamW), the model
 switched exactly as the trainer switches it (MusicTransformerVAEGAN.set_activation_checkpointing).
 
-Reported per variant: on CPU the process's peak RSS (ru_maxrss) and the step's own share of it: the peak minus
-the RSS before the first step (weights, optimizer states once allocated by the first step, and the Python and
-torch runtime are in both); on CUDA torch.cuda.max_memory_allocated and the same difference. Step time: the
+Reported per variant: on CPU the process's peak RSS (VmHWM) over the first step and the step's own share of
+it: that peak minus the RSS before the first step (weights and the Python and torch runtime are in both, the
+optimizer states the first step allocates are counted); and the later steps' share: their peak minus the
+memory before them (the peak is reset after the first step: freed heap returned by malloc_trim, VmHWM reset
+by /proc/self/clear_refs), i.e. what every step after the first adds: activations, gradients, transients.
+On CUDA torch.cuda.max_memory_allocated and the same differences. Step time: the
 median of the steps after the first (the first allocates the optimizer states and warms the allocator).
 """
 
@@ -33,9 +36,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_bytes(device: torch.device) -> int:
+    """The peak since the process started or since reset_peak()."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    with open("/proc/self/status") as f:  # VmHWM, the peak RSS that reset_peak() can reset (ru_maxrss cannot)
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak from the memory in use now: freed heap pages are returned first (malloc_trim), then
+    Linux's peak RSS is reset (clear_refs 5); on CUDA, the allocator's peak statistics."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def current_bytes(device: torch.device) -> int:
@@ -63,10 +81,12 @@ def child(args) -> dict:
     mask = torch.ones_like(ids, dtype=torch.bool)
     bf16 = args.precision == "bf16"
     before = current_bytes(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    reset_peak(device)
+    times, first_peak = [], 0
     for step in range(args.steps):
+        if step == 1:  # the later steps: the optimizer states exist, the step's own memory is what it adds
+            first_peak, later_before = peak_bytes(device), current_bytes(device)
+            reset_peak(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(ids, mask, step=step)
@@ -82,9 +102,11 @@ def child(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    peak = peak_bytes(device)
-    return {"peak": peak, "step_peak": peak - before, "step_s": statistics.median(times[1:] or times),
-            "loss": float(out.loss)}
+    if args.steps == 1:
+        first_peak = peak_bytes(device)
+    later = {"later_step_peak": peak_bytes(device) - later_before} if args.steps > 1 else {}
+    return {"peak": first_peak, "step_peak": first_peak - before, **later,
+            "step_s": statistics.median(times[1:] or times), "loss": float(out.loss)}
 
 
 def run_variant(args, checkpointing: bool, precision: str) -> dict:
@@ -116,17 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     what = "max_memory_allocated" if args.device.startswith("cuda") else "peak RSS"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; {args.config.name}, "
           f"batch {args.batch} x {args.seq_len} tokens, {args.steps} steps per variant; memory = {what}")
-    print(f"{'precision':<10} {'checkpointing':<14} {'peak MiB':>9} {'step MiB':>9} {'step s':>8} "
-          f"{'step mem':>9} {'step time':>10}")
+    print(f"{'precision':<10} {'checkpointing':<14} {'peak MiB':>9} {'step MiB':>9} {'later MiB':>10} {'step s':>8} "
+          f"{'step mem':>9} {'later mem':>10} {'step time':>10}")
     for precision in (("no", "bf16") if args.precision == "both" else (args.precision,)):
         base = run_variant(args, False, precision)
         ckpt = run_variant(args, True, precision)
         for name, r in (("off", base), ("on", ckpt)):
+            later = r.get("later_step_peak")
             print(f"{precision:<10} {name:<14} {r['peak'] / 2**20:>9,.0f} {r['step_peak'] / 2**20:>9,.0f} "
-                  f"{r['step_s']:>8.2f} {r['step_peak'] / base['step_peak']:>8.2f}x "
-                  f"{r['step_s'] / base['step_s']:>9.2f}x", flush=True)
-    print("step MiB = peak minus the memory before the first step (weights, the runtime); ratios vs off "
-          "(target: step memory <= 0.5x at <= 1.35x step time)")
+                  f"{(later or 0) / 2**20:>10,.0f} {r['step_s']:>8.2f} {r['step_peak'] / base['step_peak']:>8.2f}x "
+                  f"{(later or 0) / (base.get('later_step_peak') or 1):>9.2f}x {r['step_s'] / base['step_s']:>9.2f}x",
+                  flush=True)
+    print("step MiB = the first step's peak minus the memory before it (weights and runtime in both; the optimizer "
+          "states it allocates counted); later MiB = the later steps' peak minus the memory before them (the "
+          "optimizer states already there: activations, gradients, transients); ratios vs off (target: step "
+          "memory <= 0.5x at <= 1.35x step time)")
     return 0
 
 
