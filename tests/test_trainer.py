@@ -38,3 +38,21 @@ def test_best_model_is_the_most_advanced_stage_and_rerunning_a_finished_stage_ke
     assert run_pipeline(cfgs, run.root, (1,)) == 0
     assert run.best_model.stat().st_mtime_ns == stamp
     assert same_weights(run.best_model, run.best(2)) > 5
+
+
+def test_validation_windows_are_laid_out_at_the_first_validation_not_at_setup(tmp_path):
+    """On a large cache the validation layout takes seconds (bench/RESULTS.md: 4.5 s at 100,000 files), so the
+    trainer builds its validation loader at the first validation: after setup nothing has laid it out, and
+    the first validation does, once, over every validation window."""
+    from aurl.train.pipeline import make_accelerator
+    from aurl.train.trainer import StageTrainer
+
+    cfg = load_pipeline(TINY, list(QUICK))[1]
+    trainer = StageTrainer(cfg, 1, RunDir(tmp_path / "run"), make_accelerator("no"))
+    trainer.setup()
+    assert "_layout" not in vars(trainer.val_ds)  # functools.cached_property: set on first use
+    trainer.resume()
+    trainer.start()
+    trainer.validate()
+    assert "_layout" in vars(trainer.val_ds) and len(trainer.val_loader) >= 1
+    trainer.finish("stopped")

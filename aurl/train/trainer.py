@@ -19,6 +19,7 @@ another number of processes resumes: aurl.train.elastic). The learning rate is a
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -154,7 +155,6 @@ class StageTrainer:
         # after a mid-epoch resume (the resumed run starts its iterator at another point of that stream)
         self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, num_workers=d.num_workers,
                                        generator=torch.Generator().manual_seed(t.seed))
-        self.val_loader = make_val_loader(self.val_ds, self.cfg, rank, world)
         accum = self.layout.grad_accum
         steps_per_epoch = len(self.sampler) // accum
         assert steps_per_epoch >= 1, f"{len(self.sampler)} batches per epoch < grad_accum {accum}"
@@ -162,6 +162,13 @@ class StageTrainer:
         self.total_steps = t.epochs * steps_per_epoch
         if t.max_steps:
             self.total_steps = min(self.total_steps, t.max_steps)
+
+    @functools.cached_property
+    def val_loader(self) -> DataLoader:
+        """Built at the first validation, not in setup: it lays the validation windows out (every piece's
+        states, aurl/data/val_tiling.py; seconds on a 100,000-file cache), which the first step need not wait for."""
+        acc = self.accelerator
+        return make_val_loader(self.val_ds, self.cfg, acc.process_index, acc.num_processes)
 
     def setup_model(self) -> None:
         """The model (seeded init, or the previous stage's best weights), its optimizers, and the Engine.
