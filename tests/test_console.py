@@ -51,7 +51,10 @@ def test_only_rank_0_speaks(monkeypatch, capsys, env, rank):
 
 
 def test_a_folder_under_a_file_is_refused_naming_the_file(tmp_path):
+    """Mutation: only the folders above the path checked, not the path itself -> fails (--out a file)."""
     (tmp_path / "run").write_text("not a folder")
     check_writable_folder("--out", tmp_path / "new" / "deeper")  # missing folders are fine: created later
     with pytest.raises(UserError, match=f"--out {tmp_path}/run/ckpt: {tmp_path}/run is a file, not a folder"):
         check_writable_folder("--out", tmp_path / "run" / "ckpt")
+    with pytest.raises(UserError, match=f"--out {tmp_path}/run: {tmp_path}/run is a file, not a folder"):
+        check_writable_folder("--out", tmp_path / "run")
