@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,31 +13,39 @@ import torch
 from aurl import atomic
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
-    """Mutation: the temp file not unlinked on failure -> fails (a .state.json.*.tmp is left)."""
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=["OSError", "Ctrl-C"])
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, error):
+    """Mutations: the temp file not unlinked on failure -> fails (a .state.json.*.tmp is left); cleaned up
+    on Exception only -> the Ctrl-C case fails; the temp file made in the system temp folder (mkstemp without
+    dir=) -> fails (os.replace across filesystems is not a rename, and is not atomic)."""
     target = tmp_path / "state.json"
     atomic.atomic_write_json(target, {"step": 1})
+    temp_files = []
 
     def crash(src, dst):
-        raise OSError("disk full")
+        temp_files.append(Path(src))
+        raise error
 
     monkeypatch.setattr(atomic.os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(type(error)):
         atomic.atomic_write_json(target, {"step": 2})
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert [p.parent for p in temp_files] == [tmp_path] and not temp_files[0].exists()
 
 
-def test_the_file_gets_open_s_mode_and_the_folders_are_made(tmp_path):
-    """Mutation: the fchmod left out (mkstemp's 0600) -> fails."""
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_the_file_gets_open_s_mode_and_the_folders_are_made(tmp_path, umask, mode):
+    """Mutations: the fchmod left out (mkstemp's 0600) -> fails; the mode fixed at 0644 whatever the umask
+    -> the 0027 case fails."""
+    old = os.umask(umask)
     try:
         atomic.atomic_write_text(tmp_path / "a" / "b" / "notes.txt", "x")
         atomic.atomic_torch_save({"w": torch.arange(3)}, tmp_path / "w.pt")
     finally:
         os.umask(old)
     assert (tmp_path / "a" / "b" / "notes.txt").read_text() == "x"
-    assert (tmp_path / "a" / "b" / "notes.txt").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "w.pt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a" / "b" / "notes.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "w.pt").stat().st_mode & 0o777 == mode
     assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["w"], torch.arange(3))
