@@ -45,3 +45,16 @@ def test_samples_get_their_errors_and_one_row_per_metric():
     rows = [line for line in text.splitlines() if line.split()[:1] and line.split()[0] in METRIC_NAMES]
     assert len(rows) == len(METRIC_NAMES) > 5 and all(row.split()[1:] == ["0.500", "n/a", "0.25"] for row in rows)
     assert text.splitlines()[-1] == "quality bar: all_valid_midi yes, zero_grammar_errors NO"
+
+
+def test_the_latent_the_discriminator_and_unconstrained_sampling_get_their_say():
+    """Mutations: the latent line left out -> fails; the ", unconstrained sampling" note left out -> fails
+    (grammar errors from a sampler without its grammar are not the model's alone)."""
+    result = _result("elbo_bound", samples=True)
+    result["validation"] |= {"latent": {"active_units": 12, "latent_dim": 16, "zswap_gap": 0.125},
+                             "discriminator": {"acc_real": 0.75, "acc_fake": 0.5}}
+    result["eval_config"]["grammar"] = False
+    lines = format_report(result).splitlines()
+    assert lines[3] == "  latent           12/16 active units, z-swap gap 0.1250 nats/token (> 0: z carries its window)"
+    assert lines[4] == "  discriminator    accuracy on real windows 0.75, on generated 0.50"
+    assert "(unclosed_notes 2, unconstrained sampling); clean samples" in format_report(result)
