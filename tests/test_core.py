@@ -14,16 +14,19 @@ from midi_factory import random_score
 from test_vaegan import tiny
 
 from aurl import codec
+from aurl.evaluate import core, samples
 from aurl.evaluate.config import EvalConfig
 from aurl.evaluate.core import _jsonable, evaluate_model
 from aurl.evaluate.likelihood import validation_nll
 from aurl.model import MusicTransformerVAEGAN
 
 
-def test_the_likelihood_sees_the_context_given_never_more_than_max_seq_len():
-    """Mutation: evaluate_model calling validation_nll without `context` (windows of max_seq_len) -> fails."""
+def test_the_likelihood_sees_the_context_given_never_more_than_max_seq_len(monkeypatch):
+    """Mutations: evaluate_model calling validation_nll without `context` (windows of max_seq_len) -> fails;
+    the samples generated without `context` (a trained window of 20 sampled with 64) -> fails."""
     pieces = [codec.encode(random_score(seed, n_notes=40, n_programs=1)).astype(np.int64) for seed in (3, 4)]
-    cache = SimpleNamespace(val_pieces=[0, 1], tokens=lambda i: pieces[i], cache_dir="(in memory)")
+    rows = [{"index": i, "length": len(p)} for i, p in enumerate(pieces)]  # a manifest's rows, as the cache's
+    cache = SimpleNamespace(val_pieces=rows, tokens=lambda row: pieces[row["index"]], cache_dir="(in memory)")
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer")).eval()  # max_seq_len 64
     cfg = EvalConfig(num_samples=0)
@@ -32,6 +35,16 @@ def test_the_likelihood_sees_the_context_given_never_more_than_max_seq_len():
         assert result["context"] == used and result["checkpoint"] == "x.pt" and "samples" not in result
         assert result["validation"] == validation_nll(model, cache, cfg.validate(), "cpu", used)
         assert result["validation"]["windows"] == sum(math.ceil((len(p) - 1) / used) for p in pieces)
+
+    sampled_with = []
+
+    def generate_samples(model, cfg, device, context=None):
+        sampled_with.append(context)
+        return samples.generate_samples(model, cfg, device, context)
+
+    monkeypatch.setattr(core, "generate_samples", generate_samples)
+    result = evaluate_model(model, cache, EvalConfig(num_samples=1, length=8, pictures=False), context=20)
+    assert sampled_with == [20] and result["samples"]["num"] == 1
 
 
 def test_the_result_becomes_strict_json():
