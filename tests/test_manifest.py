@@ -18,7 +18,9 @@ def _piece(path: str, length: int, **more) -> dict:
 
 
 def test_the_journal_applies_over_its_snapshot_only(tmp_path):
-    """Mutation: the journal's "base" not compared with the snapshot's id (a stale journal applied) -> fails."""
+    """Mutations: the journal's "base" not compared with the snapshot's id (a stale journal applied) -> fails;
+    append not ending a torn last line first (the next entry joins it, unreadable) -> fails; the writer
+    appending over a snapshot of other options (header not compared) -> fails."""
     writer = ManifestWriter(tmp_path, HEADER, None)
     assert writer.rewrites
     writer.write_snapshot(PieceTable.from_rows([_piece("b.mid", 20), _piece("a.mid", 10), _piece("c.mid", 30)]),
@@ -37,6 +39,11 @@ def test_the_journal_applies_over_its_snapshot_only(tmp_path):
     assert got["skipped"] == [{"path": "e.mid", "reason": "no notes"}] and got["journal_entries"] == 5
     tables = load(tmp_path, tables=True)
     assert tables["pieces"].columns["length"] == [10, 22, 40] and tables["pieces"].columns["stats.kept"] == [5, 11, 20]
+    writer = ManifestWriter(tmp_path, HEADER, got)  # the next build ends the torn line before its own entries
+    writer.append([_piece("g.mid", 8)])
+    writer.close()
+    assert [p["path"] for p in load(tmp_path)["pieces"]] == ["a.mid", "b.mid", "d.mid", "g.mid"]
+    assert ManifestWriter(tmp_path, {**HEADER, "vocab_hash": "def"}, got).rewrites  # another vocabulary
     lines = (tmp_path / JOURNAL).read_text().splitlines()
     (tmp_path / JOURNAL).write_text("\n".join([json.dumps({"base": "an-earlier-snapshot"}), *lines[1:]]) + "\n")
     assert load(tmp_path)["pieces"] == old["pieces"]  # stale: the snapshot alone
