@@ -26,7 +26,8 @@ def _commit(stage_dir, step: int, committed: bool = True) -> None:
 
 
 def test_a_stage_resumes_from_its_newest_commit_or_is_refused_naming_the_change(tmp_path):
-    """Mutation: resume_point not checking the entry against this run (check_resumable left out) -> fails."""
+    """Mutations: resume_point not checking the entry against this run (check_resumable left out) -> fails;
+    run_record without its "settings" (a changed key named only as a config_hash) -> fails."""
     cfg, acc = load_pipeline(TINY, [])[1], make_accelerator("no")
     run = resume.run_record(cfg, acc)
     assert (run["world_size"], run["zero_stage"], run["mixed_precision"]) == (1, None, "no")
@@ -50,3 +51,7 @@ def test_a_stage_resumes_from_its_newest_commit_or_is_refused_naming_the_change(
     with pytest.raises(UserError, match=f"stage 1 was started with other settings .*seed: recorded {run['seed']}"):
         resume.decide(acc, rundir, 1, other)
     assert resume.decide(acc, rundir, 2, other).checkpoint is None  # stage 2 has nothing to resume
+    lr = cfg.optim.lr
+    other = resume.run_record(replace(cfg, optim=replace(cfg.optim, lr=lr * 2)), acc)
+    with pytest.raises(UserError, match=f"other settings .*optim.lr: recorded {lr!r}, now {lr * 2!r}"):
+        resume.decide(acc, rundir, 1, other)  # named, not as a config_hash that differs
