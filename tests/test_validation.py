@@ -48,13 +48,17 @@ def test_every_window_once_over_the_ranks(cap, seen):
 
 
 def test_the_value_does_not_depend_on_the_batch_size_and_the_model_goes_back_to_training():
-    """Mutation: evaluate without its closing model.train() -> fails."""
+    """Mutations: evaluate without its closing model.train() -> fails; without its model.eval() (dropout
+    on in validation) or its @torch.no_grad (an autograd graph kept per batch) -> fails (seen by a hook on
+    the forward)."""
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer")).train()
+    forwards = []
+    model.register_forward_pre_hook(lambda m, args: forwards.append((m.training, torch.is_grad_enabled())))
     accelerator = make_accelerator("no")
     figures = [evaluate(model, make_val_loader(Windows(), _stage(size, 0), 0, 1), accelerator, _stage(size, 0), 5)
                for size in (3, 4)]
-    assert model.training
+    assert model.training and forwards == [(False, False)] * (4 + 3)  # 10 windows: 4 batches of 3, 3 of 4
     assert figures[0]["tokens"] == figures[1]["tokens"] == 10 * 23
     # float32 logits summed in float64: the two batchings differ by 1.3e-7 (measured 2026-12-01)
     assert figures[0]["loss"] == pytest.approx(figures[1]["loss"], abs=1e-5) and figures[0]["loss"] > 1
