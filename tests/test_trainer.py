@@ -43,7 +43,9 @@ def test_best_model_is_the_most_advanced_stage_and_rerunning_a_finished_stage_ke
 def test_validation_windows_are_laid_out_at_the_first_validation_not_at_setup(tmp_path):
     """On a large cache the validation layout takes seconds (bench/RESULTS.md: 4.5 s at 100,000 files), so the
     trainer builds its validation loader at the first validation: after setup nothing has laid it out, and
-    the first validation does, once, over every validation window."""
+    the first validation does, once, over every validation window. Mutations: the loader built in
+    setup_loaders -> fails; len(self.val_ds) printed in setup -> fails; val_loader a plain property (a new
+    loader, workers and sampler at every validation) -> fails."""
     from aurl.train.pipeline import make_accelerator
     from aurl.train.trainer import StageTrainer
 
@@ -55,4 +57,5 @@ def test_validation_windows_are_laid_out_at_the_first_validation_not_at_setup(tm
     trainer.start()
     trainer.validate()
     assert "_layout" in vars(trainer.val_ds) and len(trainer.val_loader) >= 1
+    assert trainer.val_loader is trainer.val_loader  # built once (a plain property: a new loader per validation)
     trainer.finish("stopped")
