@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+import torch
 
 from aurl import bench
 
@@ -134,6 +135,31 @@ def test_model_bench_generation_runs_every_way_and_they_agree(monkeypatch):
     assert all(row[-1] == "True" for row in rows), out  # every way sampled the no-cache baseline's tokens
     rc, out, _ = bench.run_script(script, ["--gen-size", "stage9", "--skip-training"], timeout_s=120)
     assert rc == 2 and "--gen-size 'stage9'" in out, out
+
+
+def test_model_bench_times_each_way_as_named_at_the_asked_length(monkeypatch):
+    """The three rows of bench_model.py's generation really are three ways, each timed over --gen-tokens:
+    the run above cannot see either (any two ways give the same tokens, and 16 tokens time as noise).
+    Mutations: "no cache" sampled with the cache (a baseline that is no baseline) -> fails; the timed run
+    sampling the warm-up's 8 tokens instead of n_tokens -> fails. (In process and eager: generate recorded.)"""
+    import importlib.util
+
+    from test_vaegan import tiny
+
+    spec = importlib.util.spec_from_file_location("bench_model", bench.BENCH_DIR / "bench_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real_generate, calls = module.generate, []
+
+    def recording_generate(model, prompt, n_tokens, **kw):
+        calls.append((n_tokens, kw.get("compile", False), kw.get("use_cache", True)))
+        return real_generate(model, prompt, n_tokens, **{**kw, "compile": False})  # eager: no inductor here
+
+    monkeypatch.setattr(module, "generate", recording_generate)
+    module.bench_generation(tiny("transformer"), 12, torch.device("cpu"))
+    # (tokens, compiled, with the KV cache): a warm-up of 8, then the timed run, per way
+    assert calls == [(8, True, True), (12, True, True), (8, False, True), (12, False, True),
+                     (8, False, False), (12, False, False)]
 
 # ---------------------------------------------------------------------------------------------------------
 # bench/bench_soak.py (the kill -9 soak): its plan, its comparison, and a real run of its --fast mode
