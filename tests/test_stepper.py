@@ -63,7 +63,10 @@ def test_the_compiled_step_serves_each_model_its_own_tokens():
     """The compiled step drops the guards on the model's module tree (stepper.keep_tensor_guards) but keeps the
     tensor guards: two models of the same shapes share its graphs and each draws its own eager tokens (the
     parameters are graph inputs); a model whose feed-forward is wider fails a tensor guard and is compiled
-    for, instead of running the other model's kernels on its weights."""
+    for, instead of running the other model's kernels on its weights; other sampling settings are compiled for
+    too. Mutations: the filter dropping tensor guards too -> fails (RuntimeError: the d_ff 96 model ran the
+    d_ff 64 graph); the filter keeping only tensor guards (the step's own constants unguarded) -> fails (the
+    top_k 5 call ran the top_k 0 graph)."""
     prompt = _real_windows(n_pieces=1, per_piece=1, length=16)[:, :6]
     compared = 0
     for seed, d_ff in ((1, 64), (2, 64), (3, 96)):
@@ -74,4 +77,8 @@ def test_the_compiled_step_serves_each_model_its_own_tokens():
         outs = [generate(model, prompt, 30, generator=make_generator(0), compile=compile) for compile in (False, True)]
         assert torch.equal(outs[0], outs[1]), f"model {seed} (d_ff {d_ff})"
         compared += outs[0].shape[1] - 6
+    # other sampling settings, same model and shapes: the settings are Python constants of the graph, guarded
+    outs = [generate(model, prompt, 30, temperature=0.7, top_k=5, generator=make_generator(0), compile=compile)
+            for compile in (False, True)]
+    assert torch.equal(outs[0], outs[1]), "top_k 5, temperature 0.7"
     assert compared == 3 * 30
