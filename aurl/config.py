@@ -327,8 +327,6 @@ def check_augment_options(a: AugmentConfig) -> None:
     for lo, hi in (("stretch_min", "stretch_max"), ("velocity_min", "velocity_max")):
         if not 0 < getattr(a, lo) <= getattr(a, hi):
             raise UserError(f"augment.{lo} / {hi} must satisfy 0 < min <= max, got {getattr(a, lo)} / {getattr(a, hi)}")
-    if a.instrument_mode not in ("group", "any"):
-        raise UserError(f"augment.instrument_mode must be 'group' or 'any', got {a.instrument_mode!r}")
     for name in ("transpose_max", "humanize_steps"):
         if getattr(a, name) < 0:
             raise UserError(f"augment.{name} must be >= 0, got {getattr(a, name)}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class AugmentConfig:
     """Largest velocity factor."""
     instrument_prob: float = 0.2
     """Probability of substituting instruments."""
-    instrument_mode: str = "group"
+    instrument_mode: Literal["group", "any"] = "group"
     """"group": within a group of related GM families; "any": any family."""
     swing_prob: float = 0.1
     """Probability of swinging a window."""

@@ -111,8 +111,6 @@ def diff_folder(scan: list[tuple[str, int, int]], data: Path, old: dict | None, 
                       todo, reused=len(out["pieces"]) + len(out["skipped"]))
 
 
-
-
 @dataclass
 class FolderDiff:
     """diff_folder's answer."""

@@ -87,10 +87,7 @@ class TokenCache:
 
     def __init__(self, cache_dir: Path, manifest: dict):
         self.cache_dir = Path(cache_dir)
-        self._manifest = manifest
-        for key in ("pieces", "skipped"):  # a build hands over lists of dicts; open() hands over tables
-            if isinstance(manifest[key], list):
-                manifest[key] = manifest_io.PieceTable.from_rows(manifest[key])
+        self._manifest = manifest  # "pieces" and "skipped" by column (manifest.PieceTable), from open() or a build
         self.vocab_hash: str = manifest["vocab_hash"]
         table: manifest_io.PieceTable = manifest["pieces"]
         options = manifest["options"]
