@@ -11,6 +11,19 @@ import torch
 
 from aurl import bench
 
+
+def _bench_module(name: str):
+    """bench/bench_<name>.py imported as a module (the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", bench.BENCH_DIR / f"bench_{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"bench_{name}"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 SCRIPT = '''
 import argparse, time
 p = argparse.ArgumentParser()
@@ -120,7 +133,6 @@ def test_peer_comparison_runs_both_sides_in_fast_mode():
     assert "2 optimizer steps" in out and "batch 4" in out  # the same budget on both sides
 
 
-
 def test_model_bench_generation_runs_every_way_and_they_agree(monkeypatch):
     """bench_model.py's generation part at 16 tokens (eager: TORCH_COMPILE_DISABLE, inductor's CPU compile takes
     minutes here), so the script that measures issue 14's decoding target cannot rot unseen: three rows, each
@@ -142,13 +154,9 @@ def test_model_bench_times_each_way_as_named_at_the_asked_length(monkeypatch):
     the run above cannot see either (any two ways give the same tokens, and 16 tokens time as noise).
     Mutations: "no cache" sampled with the cache (a baseline that is no baseline) -> fails; the timed run
     sampling the warm-up's 8 tokens instead of n_tokens -> fails. (In process and eager: generate recorded.)"""
-    import importlib.util
-
     from test_vaegan import tiny
 
-    spec = importlib.util.spec_from_file_location("bench_model", bench.BENCH_DIR / "bench_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module("model")
     real_generate, calls = module.generate, []
 
     def recording_generate(model, prompt, n_tokens, **kw):
@@ -165,14 +173,7 @@ def test_model_bench_times_each_way_as_named_at_the_asked_length(monkeypatch):
 # bench/bench_soak.py (the kill -9 soak): its plan, its comparison, and a real run of its --fast mode
 # ---------------------------------------------------------------------------------------------------------
 def _soak_module():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("bench_soak", bench.BENCH_DIR / "bench_soak.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_soak"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return _bench_module("soak")
 
 
 def test_soak_plan_spreads_kills_over_stages_saves_and_boundaries():
