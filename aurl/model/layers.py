@@ -80,8 +80,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0,
                 key_mask: torch.Tensor | None = None):
-        """key_mask (bidirectional stacks only): [B, 1, 1, T] bool, True at keys that may be attended to."""
-        B, T, _ = x.shape
+        """x [B, T, d], or [B, d] for one token (see Stack.forward). key_mask (bidirectional stacks only):
+        [B, 1, 1, T] bool, True at keys that may be attended to."""
+        B, T = x.shape[0], (x.shape[1] if x.dim() == 3 else 1)
         H, Dh = self.n_heads, self.head_dim
         q = self.q(x).view(B, T, H, Dh).transpose(1, 2)
         k = self.k(x).view(B, T, H, Dh).transpose(1, 2)
@@ -104,7 +105,7 @@ class Attention(nn.Module):
         # no dropout on the attention weights: it would force SDPA's math path on CPU (an L x L random mask
         # per head: 10x slower at L = 2,048); the block drops out its residual branches instead
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        return self.o(y.transpose(1, 2).reshape(B, T, H * Dh))
+        return self.o(y.transpose(1, 2).reshape(*x.shape[:-1], H * Dh))
 
 
 def key_padding_mask(pad_mask: torch.Tensor) -> torch.Tensor | None:
@@ -166,18 +167,24 @@ class Stack(nn.Module):
                 pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """pad_mask [B, T] bool (bidirectional stacks): True at real tokens; PAD keys are then never attended
         to, so what a real position computes does not depend on how much PAD follows the window."""
+        T = x.shape[1]
         start = cache.length if cache is not None else 0
-        cos, sin = self.rotary(start, x.shape[1], x.device)
+        cos, sin = self.rotary(start, T, x.device)
         key_mask = key_padding_mask(pad_mask) if pad_mask is not None and not self.causal else None
         recompute = self.checkpointing and cache is None and torch.is_grad_enabled()
+        # one cached token runs on [B, d]: compiled, a [1, 1, d] hidden state would reach each matrix product
+        # as a [1, d] view with stride 0, which ATen's mm copies first (12 copies a decoded token)
+        one_token = cache is not None and T == 1
+        if one_token:
+            x = x.squeeze(1)
         for i, block in enumerate(self.blocks):
             if recompute:
                 x = checkpoint(block, x, cos, sin, self.causal, None, i, key_mask, use_reentrant=False)
             else:
                 x = block(x, cos, sin, self.causal, cache, i, key_mask)
         if cache is not None:
-            cache.length += x.shape[1]
-        return self.norm(x)
+            cache.length += T
+        return self.norm(x).unsqueeze(1) if one_token else self.norm(x)
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:

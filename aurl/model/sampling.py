@@ -87,9 +87,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
     L = min(int(context or cfg.max_seq_len), cfg.max_seq_len)
     keep = L - max(1, L // 4)
     win = 0 if n <= L else n - keep  # the context is seq[:, win:n]
-    # one slot more than the window ever holds: a slice of the cache is then never the whole buffer, which a
-    # compiled step would otherwise specialise a third graph for
-    cache = model.new_cache(B, L + 1) if use_cache else None
+    cache = model.new_cache(B, L) if use_cache else None
     # the pitches sounding before the context window (model.sounding_embedding: a window that slides past a
     # NOTE_ON still sees the note sounding); the cache carries the state on from there
     before = _sounding(seq[:, :win])
@@ -112,7 +110,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, temperature: f
             win = n - keep
             before = _sounding(seq[:, :win])
             if use_cache:
-                cache = model.new_cache(B, L + 1)
+                cache = model.new_cache(B, L)
                 logits = model.decode(seq[:, win:n], z, cache, sounding=before)[:, -1].clone()
         if not use_cache:
             logits = model.decode(seq[:, win:n], z, sounding=before)[:, -1]

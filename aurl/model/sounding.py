@@ -40,6 +40,12 @@ from aurl.vocab import (
 )
 
 
+def _running_max(x: torch.Tensor) -> torch.Tensor:
+    """cummax over dim 1. Over one position it is x itself: a decoded token then skips a kernel that
+    torch.compile cannot fuse (one call of its own, ~5 us, twice a token)."""
+    return x if x.shape[1] == 1 else x.cummax(dim=1).values
+
+
 def sounding_states(input_ids: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
     """[B, T] token ids -> [B, T, 88] bool: the pitches sounding after each token.
 
@@ -52,8 +58,8 @@ def sounding_states(input_ids: torch.Tensor, before: torch.Tensor | None = None)
     ids = input_ids.unsqueeze(-1)
     never = torch.full((), -1, device=input_ids.device, dtype=torch.long)
     # index of the latest NOTE_ON / NOTE_OFF of each pitch so far (-1: none yet in this sequence)
-    last_on = torch.where(ids == NOTE_ON_OFFSET + pitches, time, never).cummax(dim=1).values
-    last_off = torch.where(ids == NOTE_OFF_OFFSET + pitches, time, never).cummax(dim=1).values
+    last_on = _running_max(torch.where(ids == NOTE_ON_OFFSET + pitches, time, never))
+    last_off = _running_max(torch.where(ids == NOTE_OFF_OFFSET + pitches, time, never))
     states = last_on > last_off
     if before is not None:  # no event of the pitch yet in this sequence: the state before it holds
         untouched = (last_on < 0) & (last_off < 0)
