@@ -150,10 +150,11 @@ def test_model_bench_generation_runs_every_way_and_they_agree(monkeypatch):
 
 
 def test_model_bench_times_each_way_as_named_at_the_asked_length(monkeypatch):
-    """The three rows of bench_model.py's generation really are three ways, each timed over --gen-tokens:
-    the run above cannot see either (any two ways give the same tokens, and 16 tokens time as noise).
-    Mutations: "no cache" sampled with the cache (a baseline that is no baseline) -> fails; the timed run
-    sampling the warm-up's 8 tokens instead of n_tokens -> fails. (In process and eager: generate recorded.)"""
+    """The three rows of bench_model.py's generation really are three ways, each timed over --gen-tokens, as
+    many rounds as asked, interleaved: the run above cannot see any of it (any two ways give the same tokens,
+    and 16 tokens time as noise). Mutations: "no cache" sampled with the cache (a baseline that is no
+    baseline) -> fails; the timed run sampling the warm-up's 8 tokens instead of n_tokens -> fails; the
+    rounds ignored (one timed run per way) -> fails. (In process and eager: generate recorded.)"""
     from test_vaegan import tiny
 
     module = _bench_module("model")
@@ -164,10 +165,10 @@ def test_model_bench_times_each_way_as_named_at_the_asked_length(monkeypatch):
         return real_generate(model, prompt, n_tokens, **{**kw, "compile": False})  # eager: no inductor here
 
     monkeypatch.setattr(module, "generate", recording_generate)
-    module.bench_generation(tiny("transformer"), 12, torch.device("cpu"))
-    # (tokens, compiled, with the KV cache): a warm-up of 8, then the timed run, per way
-    assert calls == [(8, True, True), (12, True, True), (8, False, True), (12, False, True),
-                     (8, False, False), (12, False, False)]
+    module.bench_generation(tiny("transformer"), 12, torch.device("cpu"), rounds=2)
+    # (tokens, compiled, with the KV cache): a warm-up of 8 per way, then two rounds of one timed run per way
+    ways = [(True, True), (False, True), (False, False)]
+    assert calls == [(8, *w) for w in ways] + [(12, *w) for w in ways] * 2
 
 # ---------------------------------------------------------------------------------------------------------
 # bench/bench_soak.py (the kill -9 soak): its plan, its comparison, and a real run of its --fast mode
