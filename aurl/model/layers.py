@@ -67,6 +67,9 @@ class KVCache:
         self.max_len = max_len
         self.length = 0  # tokens already stored
         self.sounding: torch.Tensor | None = None  # [B, 88] bool: pitches sounding after the last token stored
+        # per layer, a copy of the q, k and v weights stacked [3 d, d], taken when the cache is made: one
+        # decoded token's three projections are then one matrix-vector product (None: three)
+        self.qkv: list[torch.Tensor] | None = None
 
 
 class Attention(nn.Module):
@@ -78,15 +81,23 @@ class Attention(nn.Module):
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.o = nn.Linear(d_model, d_model, bias=False)
 
+    def stacked_qkv(self) -> torch.Tensor:
+        """The q, k and v weights as one [3 d, d] matrix (a copy: KVCache.qkv)."""
+        return torch.cat([self.q.weight, self.k.weight, self.v.weight]).detach()
+
     def forward(self, x, cos, sin, causal: bool, cache: KVCache | None = None, layer: int = 0,
                 key_mask: torch.Tensor | None = None):
         """x [B, T, d], or [B, d] for one token (see Stack.forward). key_mask (bidirectional stacks only):
         [B, 1, 1, T] bool, True at keys that may be attended to."""
         B, T = x.shape[0], (x.shape[1] if x.dim() == 3 else 1)
         H, Dh = self.n_heads, self.head_dim
-        q = self.q(x).view(B, T, H, Dh).transpose(1, 2)
-        k = self.k(x).view(B, T, H, Dh).transpose(1, 2)
-        v = self.v(x).view(B, T, H, Dh).transpose(1, 2)
+        if x.dim() == 2 and cache is not None and cache.qkv is not None:
+            # one decoded token: a third of the kernel calls, each weight read in one pass (bench/RESULTS.md)
+            q, k, v = F.linear(x, cache.qkv[layer]).view(B, 3, H, 1, Dh).unbind(1)
+        else:
+            q = self.q(x).view(B, T, H, Dh).transpose(1, 2)
+            k = self.k(x).view(B, T, H, Dh).transpose(1, 2)
+            v = self.v(x).view(B, T, H, Dh).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, is_causal = key_mask, causal
         assert key_mask is None or not causal, "the causal decoder needs no key mask: PAD only ever follows"

@@ -132,7 +132,7 @@ class Stepper:
         rotary = self.model.decoder.rotary
         state = self.grammar.state or ()
         return [t for t in (logits, noise, self.z, self.finished, self.grammar.banned, cache.sounding, *state,
-                            *cache.k, *cache.v, rotary.cos, rotary.sin) if t is not None]
+                            *cache.k, *cache.v, *(cache.qkv or ()), rotary.cos, rotary.sin) if t is not None]
 
     def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         self.grammar.apply(logits)

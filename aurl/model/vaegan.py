@@ -248,6 +248,7 @@ class MusicTransformerVAEGAN(nn.Module):
         cache = KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, max_len or self.cfg.max_seq_len,
                         self.cfg.head_dim, p.device, p.dtype)
         cache.sounding = torch.zeros(batch, NUM_PITCHES, dtype=torch.bool, device=p.device)
+        cache.qkv = [block.attn.stacked_qkv() for block in self.decoder.blocks]
         return cache
 
     def kl_beta(self, step: int) -> float:
