@@ -36,8 +36,10 @@ def test_fast_decoding_gives_the_tokens_of_the_full_recompute_path():
     torch.compile'd, draws token for token what the uncached path draws (every token recomputed from the
     whole window). The compiled step is one graph for every cache length (the length a symbol, even when it
     is compiled at length 1, after a one-token prompt), compiled once and reused by the second call.
-    Mutation: the step compiled without dynamic=True (the length a constant of the graph, its guard
-    never checked again) -> fails."""
+    Peaked attention (q and k weights x 20), so that a token depends on which keys were attended to.
+    Mutations: the step compiled without dynamic=True (the length a constant of the graph, its guard never
+    checked again) -> fails; the decoded token's stacked projection in the order k, q, v -> fails (with the
+    tiny model's near-uniform attention it passed)."""
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
@@ -47,6 +49,9 @@ def test_fast_decoding_gives_the_tokens_of_the_full_recompute_path():
         model.sound_proj.weight.normal_(0, 0.5)
         model.sound_bias.copy_(torch.tensor([-0.05, -0.1]))  # -1.6 / -3.2 nats (GAIN 32)
         model.tok_emb.weight.mul_(4)  # peaked distributions: a token then depends on what the model was fed
+        for block in model.decoder.blocks:  # peaked attention: a token then depends on which keys it attends to
+            block.attn.q.weight.mul_(20)
+            block.attn.k.weight.mul_(20)
     prompt = _real_windows(n_pieces=1, per_piece=2, length=30)[:, :12]
     kw = dict(temperature=1.0, top_k=40, top_p=0.95, grammar=True)
     ref = generate(model, prompt, 90, generator=make_generator(5), use_cache=False, **kw)
