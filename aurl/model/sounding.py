@@ -102,7 +102,7 @@ def scoped_states(input_ids: torch.Tensor, before: GrammarState | None = None
     sounding0, family0 = before if before is not None else empty_state(B, device)
     time = torch.arange(T, device=device).expand(B, T)
     set_here = family_after(input_ids, torch.full_like(input_ids, -1))
-    latest = torch.where(set_here >= 0, time, -1).cummax(dim=1).values
+    latest = _running_max(torch.where(set_here >= 0, time, -1))
     family = torch.where(latest >= 0, set_here.gather(1, latest.clamp(min=0)), family0.view(B, 1))
     here = torch.zeros(B, T, NUM_PITCHES, dtype=torch.bool, device=device)
     anything = torch.zeros(B, T, dtype=torch.bool, device=device)
