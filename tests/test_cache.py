@@ -251,6 +251,37 @@ def test_ensure_cache_on_the_bundled_corpus_subset(tmp_path, monkeypatch):
     assert all(p["path"].startswith("bwv") for p in tc.pieces)
 
 
+def test_ensure_cache_reads_the_manifest_once_and_returns_what_open_reads(tmp_path, monkeypatch):
+    """ensure_cache hands back the cache its build holds in memory instead of reading the manifest again
+    (~0.6 s at 100,000 files): one read per call (the build's, of the old manifest), on a first build, an
+    unchanged folder and a changed one, and the same cache as TokenCache.open reads from disk."""
+    import aurl.data.manifest as manifest_io
+
+    data, cache = _folder(tmp_path, n=5), tmp_path / "cache"
+    (data / "broken.mid").write_bytes(b"MThd not really")
+    reads = []
+    real_load = manifest_io.load
+    monkeypatch.setattr(manifest_io, "load", lambda *a, **kw: reads.append(a) or real_load(*a, **kw))
+    compared = 0
+    for change in (None, None, "piece_01.MIDI"):
+        if change:
+            (data / change).unlink()
+            write_simple_midi(data / "added.mid", seed=9, n_notes=12)
+        reads.clear()
+        tc = ensure_cache(data, cache, val_fraction=0.4, split_seed=3, workers=0, progress=False)
+        assert len(reads) == 1
+        disk = TokenCache.open(cache)
+        assert tc.fingerprint == disk.fingerprint
+        assert tc.pieces == disk.pieces and tc.manifest["skipped"] == disk.manifest["skipped"]
+        assert [p["path"] for p in tc.train_pieces] == [p["path"] for p in disk.train_pieces]
+        assert [p["path"] for p in tc.val_pieces] == [p["path"] for p in disk.val_pieces]
+        for p in tc.pieces:
+            np.testing.assert_array_equal(tc.tokens(p), disk.tokens(p))
+            compared += 1
+        assert [s["path"] for s in tc.manifest["skipped"]] == ["broken.mid"]
+    assert compared == 5 + 5 + 5  # five pieces each time (one gone, one added the third time)
+
+
 def test_a_cache_of_the_previous_vocabulary_is_rebuilt_not_misread(tmp_path):
     """A cache built with vocabulary version 1 (drums dropped, NOTE_OFF by pitch alone): opening it is refused,
     and the next build tokenizes every file again with this vocabulary (nothing reused)."""
