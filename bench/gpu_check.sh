@@ -94,19 +94,21 @@ step() {
     echo "$name (exit $rc)" >> "$FAILED"
   fi
 }
-# the limits, seconds, sum to 480 (the ~8 minutes above); --cpu takes ~1.5 minutes of them on 2 cores
+# the limits, seconds, sum to 480 (the ~8 minutes above; a device run may last 600 s, the wheels' install
+# included), guessed before any GPU run: step 1 holds the trainer's two cold compilations (stages 1 and 2),
+# step 4 the decoding step's two; --cpu takes ~1.5 minutes of them on 2 cores
 {
-  step 180 "1. training tokens/s and MFU: plain trainer vs train.compile=true, bf16" \
+  step 210 "1. training tokens/s and MFU: plain trainer vs train.compile=true, bf16" \
     "$PY" bench/bench_train.py --config "$CONFIG" --stages "$TRAIN_STAGES" "${STEPS[@]}" --device "$DEVICE" \
     --override train.mixed_precision=bf16 "${VARIANTS[@]}"
   if [ "$CPU" = 0 ]; then
-    step 60 "2a. accelerate launch, accelerate_configs/single_gpu.yaml, 1 process" \
+    step 45 "2a. accelerate launch, accelerate_configs/single_gpu.yaml, 1 process" \
       "$PY" bench/bench_train.py --config "$CONFIG" --stages "$LAUNCH_STAGE" "${STEPS[@]}" --device "$DEVICE" \
       --override train.mixed_precision=bf16 \
       --launch "${ACC[*]} --config_file accelerate_configs/single_gpu.yaml --mixed_precision bf16"
   fi
   # DeepSpeed may JIT-build an op on its first run (~40 s on 2 cores)
-  step 90 "2b. accelerate launch, accelerate_configs/deepspeed_zero2.yaml, 1 process" \
+  step 75 "2b. accelerate launch, accelerate_configs/deepspeed_zero2.yaml, 1 process" \
     "$PY" bench/bench_train.py --config "$CONFIG" --stages "$LAUNCH_STAGE" "${STEPS[@]}" --device "$DEVICE" \
     --override "$DS_OVERRIDE" \
     --launch "${ACC[*]} --config_file accelerate_configs/deepspeed_zero2.yaml ${DS_PRECISION[*]}"
