@@ -34,3 +34,45 @@ def test_gpu_check_runs_on_cpu_and_records_every_step(tmp_path):
     assert len(rates) == 2, text  # --cpu: stage 1 plain and under deepspeed_zero2
     assert len(re.findall(r"^bf16\s+(off|on)\s+[\d,]+", text, re.M)) == 2
     assert len(re.findall(r"^batch +(1|16): [\d,]+ tokens/s", text, re.M)) == 2
+
+
+@pytest.mark.slow
+def test_gpu_check_records_a_failing_step_and_goes_on(tmp_path):
+    """A step that fails does not cost the others (a GPU lease has one try): the check records the step's
+    name and exit code, runs the next steps, still appends its section, and exits 1. The failure is a real
+    one: PYTHON is a wrapper that refuses to run bench/bench_train.py (steps 1 and 2b) and runs everything
+    else with this Python, so steps 3 and 4 still measure."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text("#!/usr/bin/env bash\n"
+                       "if [ \"${1:-}\" = bench/bench_train.py ]; then echo 'no bench_train here' >&2; exit 3; fi\n"
+                       f"exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# earlier results\n")
+    env = {**os.environ, "PYTHON": str(wrapper), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(results)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# earlier results\n\n## GPU check (bench/gpu_check.sh --cpu): CPU "), text[:500]
+    step1 = "1. training tokens/s and MFU: plain trainer vs train.compile=true, bf16"
+    step2b = "2b. accelerate launch, accelerate_configs/deepspeed_zero2.yaml, 1 process"
+    for name in (step1, step2b):
+        assert f"\nno bench_train here\nFAILED: {name}: exit 3\n" in text, text
+    assert f"FAILED steps: {step1} (exit 3); {step2b} (exit 3)\n```" in text
+    # the steps after the failures ran and printed their figures
+    assert len(re.findall(r"^bf16\s+(off|on)\s+[\d,]+", text, re.M)) == 2, text
+    assert len(re.findall(r"^batch +(1|16): [\d,]+ tokens/s", text, re.M)) == 2, text
+    assert "2 step(s) failed" in r.stderr
+
+
+def test_gpu_check_refuses_a_results_file_in_a_missing_folder_before_any_step(tmp_path):
+    """--results in a folder that does not exist: one line and exit 2 at once, not after minutes of steps
+    whose figures could not then be written."""
+    missing = tmp_path / "nowhere" / "RESULTS.md"
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(missing)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"gpu_check.sh: --results {missing}: its folder {missing.parent} does not exist"
+    assert r.stdout == ""

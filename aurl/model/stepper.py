@@ -105,7 +105,8 @@ def compiled_step(stepper: Stepper, logits: torch.Tensor, noise: torch.Tensor | 
     # token than the Python wrapper, bench/RESULTS.md)
     cpu = logits.device.type == "cpu"
     options = {"guard_filter_fn": keep_tensor_guards} | ({"cpp_wrapper": True} if cpu else {})
-    with torch._dynamo.config.patch(specialize_float=True):
+    # enable_aot_compile: torch 2.11 (the GPU machine's) offers .aot_compile only with it on (2.13's default)
+    with torch._dynamo.config.patch(specialize_float=True, enable_aot_compile=True):
         compiled = torch.compile(_one_step, fullgraph=True, dynamic=True, options=options).aot_compile((args, {}))
     _COMPILED_STEPS.append(compiled)
     return compiled.fn
