@@ -129,21 +129,26 @@ model = MusicTransformerVAEGAN(cfg).to(device).eval()
 
 def timed(prompt, n, compile):
     t0 = time.perf_counter()
-    generate(model, prompt, n, generator=torch.Generator(device).manual_seed(0), compile=compile)
+    tokens = generate(model, prompt, n, generator=torch.Generator(device).manual_seed(0), compile=compile)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, tokens
 
 
 # the compiled step is compiled ahead of time (stepper.compiled_step), which TORCH_COMPILE_DISABLE does not stop
 ways = [False] if os.environ.get("TORCH_COMPILE_DISABLE") == "1" else [False, True]
+eager_tokens = {}
 for compile in ways:
     for batch in (1, 16):
         prompt = torch.full((batch, 1), START_ID, dtype=torch.long, device=device)
-        first = timed(prompt, 8, compile)  # warm-up; compiled: holds the step's compilation for these shapes
-        s = timed(prompt, new, compile)
+        first, _ = timed(prompt, 8, compile)  # warm-up; compiled: holds the step's compilation for these shapes
+        s, tokens = timed(prompt, new, compile)
         label = f"batch {batch:>2}" + (", compiled step" if compile else "")
-        extra = f"; compilation, the first call of 8 tokens: {first:.1f} s" if compile else ""
+        extra = ""
+        if compile:  # the compiled step has never run on a GPU before this check: are its tokens right?
+            same = torch.equal(tokens, eager_tokens[batch])
+            extra = f"; compilation, the first call of 8 tokens: {first:.1f} s; the eager step's tokens: {same}"
+        eager_tokens.setdefault(batch, tokens)
         print(f"{label}: {batch * new / s:,.0f} tokens/s ({new} new tokens per row, {s:.2f} s{extra})")
 if len(ways) == 1:
     print("compiled step (compile=True): skipped, TORCH_COMPILE_DISABLE=1 (--cpu: inductor takes ~20 s a batch "
