@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One-shot GPU check (issue 14): run once on a machine with one GPU (at most ~8 minutes on an H100/H200:
-# the steps' own time limits below sum to 8); appends the figures, with the device name and the date, to
-# bench/RESULTS.md.
+# One-shot GPU check (issue 14): run once on a machine with one GPU (at most ~8 minutes on an H100/H200: its
+# steps' own time limits on GPU sum to 8, LIMITS below); appends the figures, with the device name and the
+# date, to bench/RESULTS.md.
 #
 #   bash bench/gpu_check.sh                     # the full-size stage-1 and stage-2 configs, bf16, on GPU 0
 #   bash bench/gpu_check.sh --cpu               # the same steps at tiny sizes on CPU (tests/test_gpu_check.py)
@@ -65,11 +65,18 @@ if [ "$CPU" = 1 ]; then
   MEM=(--config configs/training_configs/tiny/tiny_stage3.yaml --seq-len 64 --batch 2 --steps 2)
   GEN=(configs/training_configs/tiny/tiny_stage1.yaml 16)
   DS_PRECISION=(--mixed_precision no); DS_OVERRIDE=train.mixed_precision=no
+  # each step's limit (steps 1, 2a, 2b, 3, 4), seconds: a 2-core machine may run this beside a parallel test
+  # suite, and on a fresh one step 2b waits for DeepSpeed's CPU op build (1-2 minutes, tests/test_deepspeed.py)
+  LIMITS=(240 0 300 120 120)
 else
   CONFIG=configs/training_configs; STEPS=(--steps 10 --warmup 5); DEVICE=cuda; TRAIN_STAGES=1,2; LAUNCH_STAGE=2; VARIANTS=(--variants compile)
   MEM=(--config configs/training_configs/stage3_advanced.yaml --seq-len 2048 --batch 16 --steps 3)
   GEN=(configs/training_configs/stage1_base.yaml 256)
   DS_PRECISION=(); DS_OVERRIDE=train.mixed_precision=bf16
+  # sum 480 s (the ~8 minutes above; a device run may last 600 s, the wheels' install included), guessed
+  # before any GPU run: step 1 holds the trainer's two cold compilations (stages 1 and 2), step 4 the
+  # decoding step's two
+  LIMITS=(210 45 75 45 105)
 fi
 DEVICE_NAME=$("$PY" -c "import torch, platform
 print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU ' + (platform.processor() or platform.machine()))") \
@@ -94,27 +101,24 @@ step() {
     echo "$name (exit $rc)" >> "$FAILED"
   fi
 }
-# the limits, seconds, sum to 480 (the ~8 minutes above; a device run may last 600 s, the wheels' install
-# included), guessed before any GPU run: step 1 holds the trainer's two cold compilations (stages 1 and 2),
-# step 4 the decoding step's two; --cpu takes ~1.5 minutes of them on 2 cores
 {
-  step 210 "1. training tokens/s and MFU: plain trainer vs train.compile=true, bf16" \
+  step "${LIMITS[0]}" "1. training tokens/s and MFU: plain trainer vs train.compile=true, bf16" \
     "$PY" bench/bench_train.py --config "$CONFIG" --stages "$TRAIN_STAGES" "${STEPS[@]}" --device "$DEVICE" \
     --override train.mixed_precision=bf16 "${VARIANTS[@]}"
   if [ "$CPU" = 0 ]; then
-    step 45 "2a. accelerate launch, accelerate_configs/single_gpu.yaml, 1 process" \
+    step "${LIMITS[1]}" "2a. accelerate launch, accelerate_configs/single_gpu.yaml, 1 process" \
       "$PY" bench/bench_train.py --config "$CONFIG" --stages "$LAUNCH_STAGE" "${STEPS[@]}" --device "$DEVICE" \
       --override train.mixed_precision=bf16 \
       --launch "${ACC[*]} --config_file accelerate_configs/single_gpu.yaml --mixed_precision bf16"
   fi
   # DeepSpeed may JIT-build an op on its first run (~40 s on 2 cores)
-  step 75 "2b. accelerate launch, accelerate_configs/deepspeed_zero2.yaml, 1 process" \
+  step "${LIMITS[2]}" "2b. accelerate launch, accelerate_configs/deepspeed_zero2.yaml, 1 process" \
     "$PY" bench/bench_train.py --config "$CONFIG" --stages "$LAUNCH_STAGE" "${STEPS[@]}" --device "$DEVICE" \
     --override "$DS_OVERRIDE" \
     --launch "${ACC[*]} --config_file accelerate_configs/deepspeed_zero2.yaml ${DS_PRECISION[*]}"
-  step 45 "3. peak memory of a stage-3 step, activation checkpointing off / on, bf16" \
+  step "${LIMITS[3]}" "3. peak memory of a stage-3 step, activation checkpointing off / on, bf16" \
     "$PY" bench/bench_memory.py "${MEM[@]}" --precision bf16 --device "$DEVICE"
-  step 105 "4. generation tokens/s (aurl.model.sampling.generate, KV cache, grammar on), eager and compiled step" \
+  step "${LIMITS[4]}" "4. generation tokens/s (aurl.model.sampling.generate, KV cache, grammar on), eager and compiled step" \
     "$PY" - "${GEN[@]}" "$DEVICE" <<'EOF'
 import os, sys, time
 import torch

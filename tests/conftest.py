@@ -3,6 +3,9 @@
 `ensure_debian_packages(packages, commands)`: apt-get install what a test needs (SLURM, FluidSynth, Chromium)
 unless it is already there.
 
+`ensure_deepspeed_op(env)`: DeepSpeed's CPU op built (once per machine, in env's TORCH_EXTENSIONS_DIR) before
+a test launches DeepSpeed, or unavailable().
+
 `unavailable(reason)`: a component a test needs cannot start (SLURM, munge, the DeepSpeed op build). Under
 CI=true (CI sets it) the test fails with the reason, so CI cannot go green without the component; elsewhere
 (a laptop without root, say) it is skipped with the reason.
@@ -22,7 +25,9 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +63,32 @@ def unavailable(reason: str):
     if in_ci():
         pytest.fail(f"CI=true, and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+DEEPSPEED_OP_BUILD_TIMEOUT_S = 540  # measured: ~40 s on an idle 2-core machine, 7+ min under a load of 20
+
+
+def ensure_deepspeed_op(env: dict) -> None:
+    """DeepSpeed imports and builds its CPU op (its shared-memory allreduce) in env["TORCH_EXTENSIONS_DIR"],
+    once per machine (then cached), or the calling test cannot run (unavailable). Built here, before the test's
+    own DeepSpeed launch, so the launch is not timed with the build in it, and a build that overruns is
+    stopped with its lock removed: a build killed while it holds its lock makes every later one wait on it
+    forever (seen: bench/gpu_check.sh's step limit stopped a build, and the next run hung)."""
+    code = ("from deepspeed.comm.torch import build_shm_op\n"
+            "build_shm_op()  # None: not needed on this machine; an exception: it cannot be built")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=DEEPSPEED_OP_BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # the compiler too (its own process group), and the lock it held
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        (Path(env["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "lock").unlink(missing_ok=True)
+        unavailable(f"the DeepSpeed op build took more than {DEEPSPEED_OP_BUILD_TIMEOUT_S} s")
+    if proc.returncode != 0:
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        unavailable(f"DeepSpeed cannot start: importing it or building its CPU op failed ({tail})")
 
 
 def ensure_debian_packages(packages: list[str], commands: list[str]) -> None:

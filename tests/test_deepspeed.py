@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import unavailable
+from conftest import ensure_deepspeed_op
 from run_helpers import (
     REPO,
     TINY,
@@ -75,28 +74,9 @@ def generate_from(export: Path, tmp: Path) -> Path:
     return mids[0]
 
 
-OP_BUILD_TIMEOUT_S = 540  # measured: ~40 s on an idle 2-core machine, 7+ min under a load of 20
-
-
 @pytest.fixture(scope="module", autouse=True)
 def deepspeed_op():
-    """DeepSpeed imports and builds its CPU op (once per machine, then cached), or the tests cannot run."""
-    code = ("from deepspeed.comm.torch import build_shm_op\n"
-            "build_shm_op()  # None: not needed on this machine; an exception: it cannot be built")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=OP_BUILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        # the compiler too (its own process group), and the lock it held: a later build would wait on it forever
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        lock = Path(ENV["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "lock"
-        lock.unlink(missing_ok=True)
-        unavailable(f"the DeepSpeed op build took more than {OP_BUILD_TIMEOUT_S} s")
-    if proc.returncode != 0:
-        tail = " | ".join(err.strip().splitlines()[-3:])
-        unavailable(f"DeepSpeed cannot start: importing it or building its CPU op failed ({tail})")
+    ensure_deepspeed_op(ENV)
 
 
 @pytest.fixture(scope="module")

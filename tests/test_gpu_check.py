@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ensure_deepspeed_op
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_on_cpu_and_records_every_step(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# earlier results\n")
-    env = {**os.environ, "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # test_deepspeed's op folder: step 2b (DeepSpeed) then finds the op built, not building it within its limit
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    env = {**os.environ, "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "TORCH_EXTENSIONS_DIR": extensions}
     env.pop("ACCELERATE_USE_CPU", None)
+    ensure_deepspeed_op(env)
     r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(results)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
