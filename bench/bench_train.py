@@ -142,6 +142,43 @@ def run_bare(cfg, cache_dir: Path, steps: int, warmup: int, device: torch.device
     return measured_tokens, measured_s
 
 
+def measure_stage(args, stage: int, device: torch.device, peak: float | None, variants: list[str],
+                  launch: tuple[str, ...]) -> None:
+    """One stage's lines: the trainer against the bare loop, then the bare loop under torch.compile (--compile)
+    and the trainer variants, each printed as soon as its runs are done: a run stopped at a time limit
+    (gpu_check.sh's steps) during a compilation keeps the figures before it."""
+    from aurl.config import load_config, stage_config_path
+
+    path = stage_config_path(args.config, stage)
+    cfg = load_config(path, args.override)
+    n = args.warmup + args.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        aurl_s = run_aurl(path, stage, tmp / "aurl", n, tmp / "cache", tuple(args.override), launch)[args.warmup:]
+        tokens, bare_s = run_bare(cfg, tmp / "cache", args.steps, args.warmup, device)
+        # the same batches in both loops: equal target tokens, so the ratio of times is the ratio of rates
+        aurl_rate, bare_rate = tokens / sum(aurl_s), tokens / sum(bare_s)
+        median_overhead = 1 - statistics.median(bare_s) / statistics.median(aurl_s)
+        shape = f"{cfg.data.batch_size} x {cfg.optim.grad_accum} x {cfg.data.seq_len}"
+        mfu = f" {100 * bare_rate * flops_per_token(cfg) / peak:>8.1f}%" if peak else ""
+        print(f"{stage:<6} {cfg.model.mode:<10} {shape:<20} {aurl_rate:>11,.0f} {bare_rate:>11,.0f} "
+              f"{100 * (1 - aurl_rate / bare_rate):>8.1f}% {100 * median_overhead:>8.1f}%{mfu}", flush=True)
+        if args.compile:
+            c_tokens, c_secs = run_bare(cfg, tmp / "cache", args.steps, args.warmup, device, compile_model=True)
+            c_rate = c_tokens / sum(c_secs)
+            c_mfu = f", MFU {100 * c_rate * flops_per_token(cfg) / peak:.1f}%" if peak else ""
+            print(f"{'':<6} bare loop under torch.compile: {c_rate:,.0f} tok/s "
+                  f"({c_rate / bare_rate:.2f}x eager){c_mfu}", flush=True)
+        for v in variants:
+            secs = run_aurl(path, stage, tmp / v, n, tmp / "cache", (*args.override, *VARIANTS[v]),
+                            launch)[args.warmup:]
+            rate = tokens / sum(secs)
+            v_mfu = f", MFU {100 * rate * flops_per_token(cfg) / peak:.1f}%" if peak else ""
+            print(f"{'':<6} aurl with {' '.join(VARIANTS[v])}: {rate:,.0f} tok/s ({rate / aurl_rate:.2f}x the "
+                  f"plain trainer; median step {statistics.median(aurl_s) / statistics.median(secs):.2f}x)"
+                  f"{v_mfu}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=REPO / "configs" / "training_configs" / "quickstart",
@@ -168,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: --variants {','.join(unknown)}: unknown (known: {', '.join(VARIANTS)})")
 
-    from aurl.config import load_config, stage_config_path
-
     device = torch.device(args.device)
     peak = peak_flops(device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
@@ -178,35 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'stage':<6} {'mode':<10} {'batch x accum x seq':<20} {'aurl tok/s':>11} {'bare tok/s':>11} "
           f"{'overhead':>9} {'(median)':>9}" + (f" {'bare MFU':>9}" if peak else ""))
     for stage in [int(s) for s in args.stages.split(",")]:
-        path = stage_config_path(args.config, stage)
-        cfg = load_config(path, args.override)
-        n = args.warmup + args.steps
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            aurl_s = run_aurl(path, stage, tmp / "aurl", n, tmp / "cache", tuple(args.override), launch)[args.warmup:]
-            tokens, bare_s = run_bare(cfg, tmp / "cache", args.steps, args.warmup, device)
-            compiled = (run_bare(cfg, tmp / "cache", args.steps, args.warmup, device, compile_model=True)
-                        if args.compile else None)
-            variant_s = {v: run_aurl(path, stage, tmp / v, n, tmp / "cache", (*args.override, *VARIANTS[v]), launch)
-                         [args.warmup:] for v in variants}
-        # the same batches in both loops: equal target tokens, so the ratio of times is the ratio of rates
-        aurl_rate, bare_rate = tokens / sum(aurl_s), tokens / sum(bare_s)
-        median_overhead = 1 - statistics.median(bare_s) / statistics.median(aurl_s)
-        shape = f"{cfg.data.batch_size} x {cfg.optim.grad_accum} x {cfg.data.seq_len}"
-        mfu = f" {100 * bare_rate * flops_per_token(cfg) / peak:>8.1f}%" if peak else ""
-        print(f"{stage:<6} {cfg.model.mode:<10} {shape:<20} {aurl_rate:>11,.0f} {bare_rate:>11,.0f} "
-              f"{100 * (1 - aurl_rate / bare_rate):>8.1f}% {100 * median_overhead:>8.1f}%{mfu}", flush=True)
-        if compiled is not None:
-            c_rate = compiled[0] / sum(compiled[1])
-            c_mfu = f", MFU {100 * c_rate * flops_per_token(cfg) / peak:.1f}%" if peak else ""
-            print(f"{'':<6} bare loop under torch.compile: {c_rate:,.0f} tok/s "
-                  f"({c_rate / bare_rate:.2f}x eager){c_mfu}", flush=True)
-        for v, secs in variant_s.items():
-            rate = tokens / sum(secs)
-            v_mfu = f", MFU {100 * rate * flops_per_token(cfg) / peak:.1f}%" if peak else ""
-            print(f"{'':<6} aurl with {' '.join(VARIANTS[v])}: {rate:,.0f} tok/s ({rate / aurl_rate:.2f}x the "
-                  f"plain trainer; median step {statistics.median(aurl_s) / statistics.median(secs):.2f}x){v_mfu}",
-                  flush=True)
+        measure_stage(args, stage, device, peak, variants, launch)
     print("overhead = 1 - aurl/bare tokens/s (target <= 5 %); the same batches in both, each step timed from "
           "the end of the previous one")
     if peak:
