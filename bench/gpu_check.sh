@@ -65,7 +65,7 @@ if [ "$CPU" = 1 ]; then
   MEM=(--config configs/training_configs/tiny/tiny_stage3.yaml --seq-len 64 --batch 2 --steps 2)
   GEN=(configs/training_configs/tiny/tiny_stage1.yaml 16)
   DS_PRECISION=(--mixed_precision no); DS_OVERRIDE=train.mixed_precision=no
-  # each step's limit (steps 1, 2a, 2b, 3, 4), seconds: a 2-core machine may run this beside a parallel test
+  # each step's limit (steps 1, 2a (not run here), 2b, 3, 4), seconds: a 2-core machine may run this beside a test
   # suite, and on a fresh one step 2b waits for DeepSpeed's CPU op build (1-2 minutes, tests/test_deepspeed.py)
   LIMITS=(240 0 300 120 120)
 else
