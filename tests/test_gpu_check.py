@@ -14,20 +14,26 @@ import pytest
 from conftest import ensure_deepspeed_op
 
 REPO = Path(__file__).resolve().parents[1]
+# test_deepspeed's op folder: step 2b (DeepSpeed) then finds the op built, not building it within its limit
+EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+
+
+def run_check(results: Path, python: Path | str = sys.executable) -> subprocess.CompletedProcess:
+    """bash bench/gpu_check.sh --cpu --results RESULTS, its steps run by `python`, without the test
+    environment's ACCELERATE_USE_CPU (the check's launches set what they need)."""
+    env = {**os.environ, "PYTHON": str(python), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "TORCH_EXTENSIONS_DIR": EXTENSIONS}
+    env.pop("ACCELERATE_USE_CPU", None)
+    return subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(results)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu_and_records_every_step(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# earlier results\n")
-    # test_deepspeed's op folder: step 2b (DeepSpeed) then finds the op built, not building it within its limit
-    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    env = {**os.environ, "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "TORCH_EXTENSIONS_DIR": extensions}
-    env.pop("ACCELERATE_USE_CPU", None)
-    ensure_deepspeed_op(env)
-    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(results)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    ensure_deepspeed_op({**os.environ, "TORCH_EXTENSIONS_DIR": EXTENSIONS})
+    r = run_check(results)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     text = results.read_text()
     assert text.startswith("# earlier results\n")  # appended, nothing replaced
@@ -54,10 +60,7 @@ def test_gpu_check_records_a_failing_step_and_goes_on(tmp_path):
     wrapper.chmod(0o755)
     results = tmp_path / "RESULTS.md"
     results.write_text("# earlier results\n")
-    env = {**os.environ, "PYTHON": str(wrapper), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("ACCELERATE_USE_CPU", None)
-    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(results)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    r = run_check(results, python=wrapper)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     text = results.read_text()
     assert text.startswith("# earlier results\n\n## GPU check (bench/gpu_check.sh --cpu): CPU "), text[:500]

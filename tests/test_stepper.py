@@ -87,11 +87,12 @@ def test_the_compiled_step_serves_each_model_its_own_tokens():
             model = MusicTransformerVAEGAN(tiny("transformer", max_seq_len=48, d_ff=d_ff)).eval()
             with torch.no_grad():
                 model.tok_emb.weight.mul_(4)  # peaked distributions: the tokens tell the models apart
-            outs = [generate(model, prompt, 30, generator=make_generator(0), compile=compile) for compile in (False, True)]
+            outs = [generate(model, prompt, 30, generator=make_generator(0), compile=compile)
+                    for compile in (False, True)]
             assert torch.equal(outs[0], outs[1]), f"model {seed} (d_ff {d_ff})"
             compared += outs[0].shape[1] - 6
         # other sampling settings, same model and shapes: the settings are Python constants of the graph, guarded
-        outs = [generate(model, prompt, 30, temperature=0.7, top_k=5, generator=make_generator(0), compile=compile)
-                for compile in (False, True)]
+        outs = [generate(model, prompt, 30, temperature=0.7, top_k=5, generator=make_generator(0),
+                         compile=compile) for compile in (False, True)]
         assert torch.equal(outs[0], outs[1]), "top_k 5, temperature 0.7"
         assert compared == 3 * 30
