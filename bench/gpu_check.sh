@@ -6,12 +6,15 @@
 #   bash bench/gpu_check.sh                     # the full-size stage-1 and stage-2 configs, bf16, on GPU 0
 #   bash bench/gpu_check.sh --cpu               # the same steps at tiny sizes on CPU (tests/test_gpu_check.py)
 #   bash bench/gpu_check.sh --results FILE      # write the section to FILE instead of bench/RESULTS.md
+#   bash bench/gpu_check.sh --steps 2b,4        # only these steps (1, 2a, 2b, 3, 4): rerun what failed
 #
 # On the lent GPU machine (nvidia-h200: no network, Python 3.12 with torch 2.11, without music21, symusic or
 # DeepSpeed): first, here, `bash bench/gpu_wheels.sh` (fills the git-ignored .whl/), then one device run with
 # carry [".whl"], timeout_s 600, and this command (aurl is not installed there: PYTHONPATH reaches the repo;
 # only $OUT comes back, so the section is written there and copied into bench/RESULTS.md here):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && PYTHON=python3 bash bench/gpu_check.sh --results $OUT/RESULTS-gpu.md
+# After a fix, a second run can take only the steps that failed (append --steps with their ids): each
+# step prints its seconds, so the first run also says how much of a lease each one needs.
 #
 # Each step runs under its own time limit (coreutils timeout, its whole process group): a step that fails or
 # runs out of time is recorded as such (its name and exit code) and the next one runs, so one broken step
@@ -41,14 +44,29 @@ cd "$(dirname "$0")/.."
 
 CPU=0
 RESULTS=bench/RESULTS.md
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) CPU=1 ;;
     --results) RESULTS="${2:?--results needs a file}"; shift ;;
-    *) echo "gpu_check.sh: unknown argument $1 (known: --cpu, --results FILE)" >&2; exit 2 ;;
+    --steps) ONLY="${2:?--steps needs a list, e.g. 2b,4}"; shift ;;
+    *) echo "gpu_check.sh: unknown argument $1 (known: --cpu, --results FILE, --steps LIST)" >&2; exit 2 ;;
   esac
   shift
 done
+
+# --steps: checked now, like --results (a GPU lease is short: a typo must not cost a run)
+if [ -n "$ONLY" ]; then
+  for s in ${ONLY//,/ }; do
+    case "$s" in
+      1|2b|3|4) ;;
+      2a) if [ "$CPU" = 1 ]; then echo "gpu_check.sh: --steps 2a: step 2a does not run with --cpu" >&2; exit 2; fi ;;
+      *) echo "gpu_check.sh: --steps $ONLY: unknown step $s (known: 1, 2a, 2b, 3, 4)" >&2; exit 2 ;;
+    esac
+  done
+fi
+# wanted ID: true when step ID is to run (all of them without --steps)
+wanted() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 # checked now, not after the steps: the section is written only at the end
 if [ ! -d "$(dirname -- "$RESULTS")" ]; then
@@ -87,10 +105,13 @@ FAILED=$(mktemp)
 trap 'rm -f "$LOG" "$FAILED"' EXIT
 
 # step LIMIT_S NAME COMMAND...: COMMAND under its own limit (its whole process group is stopped then, the
-# processes it started too); a failure is printed and listed in $FAILED, and the check goes on
+# processes it started too), skipped unless --steps names it (NAME starts with the step's id and a dot); its
+# seconds are printed (what the limits above are set from), a failure is printed and listed in $FAILED, and
+# the check goes on
 step() {
-  local limit=$1 name=$2 rc=0
+  local limit=$1 name=$2 rc=0 start=$SECONDS
   shift 2
+  wanted "${name%%.*}" || return 0
   echo; echo "### $name"; echo
   timeout --kill-after=10 "$limit" "$@" || rc=$?
   if [ "$rc" -ne 0 ]; then
@@ -100,6 +121,7 @@ step() {
     esac
     echo "$name (exit $rc)" >> "$FAILED"
   fi
+  echo "(step ${name%%.*}: $((SECONDS - start)) s of its $limit s limit)"
 }
 {
   step "${LIMITS[0]}" "1. training tokens/s and MFU: plain trainer vs train.compile=true, bf16" \
@@ -162,7 +184,7 @@ EOF
 
 {
   echo
-  echo "## GPU check (bench/gpu_check.sh$([ "$CPU" = 1 ] && echo " --cpu")): $DEVICE_NAME, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "## GPU check (bench/gpu_check.sh$([ "$CPU" = 1 ] && echo " --cpu")$([ -n "$ONLY" ] && echo " --steps $ONLY")): $DEVICE_NAME, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo '```text'
   cat "$LOG"

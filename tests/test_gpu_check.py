@@ -18,14 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
 
-def run_check(results: Path, python: Path | str = sys.executable) -> subprocess.CompletedProcess:
-    """bash bench/gpu_check.sh --cpu --results RESULTS, its steps run by `python`, without the test
+def run_check(results: Path, *args: str, python: Path | str = sys.executable) -> subprocess.CompletedProcess:
+    """bash bench/gpu_check.sh --cpu --results RESULTS ARGS..., its steps run by `python`, without the test
     environment's ACCELERATE_USE_CPU (the check's launches set what they need)."""
     env = {**os.environ, "PYTHON": str(python), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "TORCH_EXTENSIONS_DIR": EXTENSIONS}
     env.pop("ACCELERATE_USE_CPU", None)
-    return subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(results)],
+    return subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--results", str(results), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def step_seconds(text: str) -> dict[str, int]:
+    """{step id: seconds} from the '(step ID: N s of its L s limit)' line each step that ran prints."""
+    return {m[0]: int(m[1]) for m in re.findall(r"^\(step (\w+): (\d+) s of its \d+ s limit\)$", text, re.M)}
 
 
 @pytest.mark.slow
@@ -45,6 +50,34 @@ def test_gpu_check_runs_on_cpu_and_records_every_step(tmp_path):
     assert len(rates) == 2, text  # --cpu: stage 1 plain and under deepspeed_zero2
     assert len(re.findall(r"^bf16\s+(off|on)\s+[\d,]+", text, re.M)) == 2
     assert len(re.findall(r"^batch +(1|16): [\d,]+ tokens/s", text, re.M)) == 2
+    # each step says how long it took (what the GPU limits are set from); --cpu has no step 2a
+    assert sorted(step_seconds(text)) == ["1", "2b", "3", "4"], text
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_only_the_steps_it_is_given(tmp_path):
+    """--steps 3,4: a second GPU run after a fix can take only the steps that failed; the section says so."""
+    results = tmp_path / "RESULTS.md"
+    r = run_check(results, "--steps", "3,4")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = results.read_text()
+    assert re.search(r"^## GPU check \(bench/gpu_check.sh --cpu --steps 3,4\): CPU ", text, re.M), text[:500]
+    assert re.findall(r"^### (\w+)\.", text, re.M) == ["3", "4"], text
+    assert sorted(step_seconds(text)) == ["3", "4"], text
+    assert len(re.findall(r"^bf16\s+(off|on)\s+[\d,]+", text, re.M)) == 2, text
+    assert len(re.findall(r"^batch +(1|16): [\d,]+ tokens/s", text, re.M)) == 2, text
+
+
+@pytest.mark.parametrize("steps, line", [
+    ("1,5", "gpu_check.sh: --steps 1,5: unknown step 5 (known: 1, 2a, 2b, 3, 4)"),
+    ("2a", "gpu_check.sh: --steps 2a: step 2a does not run with --cpu"),
+], ids=["unknown", "2a-on-cpu"])
+def test_gpu_check_refuses_a_step_it_cannot_run_before_any_step(tmp_path, steps, line):
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--steps", steps,
+                        "--results", str(results)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr.strip(), r.stdout) == (2, line, "")
+    assert not results.exists()
 
 
 @pytest.mark.slow
