@@ -73,7 +73,10 @@ def tracked_run(tmp_path_factory):
     """Three stages with --tracker both (W&B offline), killed with -9 mid stage 2, then the same command."""
     tmp = tmp_path_factory.mktemp("tracked")
     out, wandb_dir = tmp / "run", tmp / "wandb"
-    env = dict(BASE_ENV, WANDB_MODE="offline", WANDB_DIR=str(wandb_dir))
+    # TMPDIR: wandb's media and artifact temp folders, which a killed process cannot remove, stay in the test's
+    # own folder instead of piling up in /tmp (two per suite run before)
+    (tmp / "tmp").mkdir()
+    env = dict(BASE_ENV, WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), TMPDIR=str(tmp / "tmp"))
     proc = subprocess.Popen(train_cmd(out, "--tracker", "both"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     end, hit = time.time() + 240, False
