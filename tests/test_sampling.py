@@ -58,22 +58,32 @@ def test_slerp_ends_at_both_points_and_keeps_the_norm():
 
 
 def test_stop_at_end_pads_after_end():
+    """With stop_at_end a row may draw END, then only PAD; without it END is never drawn, however likely.
+    Mutations: END banned whatever stop_at_end (no row ever ends) -> fails; END never banned -> fails (the
+    model without stop_at_end draws it)."""
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer"))
     with torch.no_grad():
         model.tok_emb.weight[END_ID] *= 50  # make END likely
     out = generate(model, torch.full((3, 1), START_ID), 30, generator=make_generator(0), stop_at_end=True)
     assert out.shape == (3, 31)
+    ended = 0
     for row in out.tolist():
         if END_ID in row:
             assert all(t == PAD_ID for t in row[row.index(END_ID) + 1 :])
+            ended += 1
+    assert ended > 0  # the comparison above ran on some row
+    out = generate(model, torch.full((3, 1), START_ID), 30, generator=make_generator(0), stop_at_end=False)
+    assert END_ID not in out.flatten().tolist() and PAD_ID not in out[:, 1:].flatten().tolist()
 
 
 def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not():
     """An untrained model breaks the event grammar all the time; constrained decoding never does (only notes
-    still open at the length cut-off remain), and END comes only once every note is closed."""
+    still open at the length cut-off remain), and END comes only once every note is closed: END and every
+    NOTE_OFF are made likely (the NOTE_OFF rows set to END's), so rows close their notes and end (2 of 4,
+    after 3 and 4 notes). Mutation: the sampler's mask with END always legal (no `anything`) -> fails."""
     from aurl.grammar import grammar_errors
-    from aurl.vocab import NOTE_ON_OFFSET
+    from aurl.vocab import NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES
 
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer"))
@@ -82,16 +92,19 @@ def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not()
     raw = generate(model, prompt, 200, generator=make_generator(1), grammar=False)
     assert sum(grammar_errors(row)["note_off_without_on"] for row in raw.tolist()) > 0
     with torch.no_grad():
-        model.tok_emb.weight[END_ID] *= 20  # make END tempting
+        model.tok_emb.weight[END_ID] *= 20  # make END tempting, and closing a note as tempting (tied head)
+        model.tok_emb.weight[NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES] = model.tok_emb.weight[END_ID]
+    ended = 0
     for use_cache in (True, False):
         out = generate(model, prompt, 200, generator=make_generator(1), grammar=True, use_cache=use_cache,
                        stop_at_end=True)
         for row in out.tolist():
             errs = grammar_errors(row)
-            ended = END_ID in row
             assert errs["note_off_without_on"] == errs["duplicate_note_on"] == errs["special_inside"] == 0, errs
-            if ended:
+            if END_ID in row:
                 assert errs["unclosed_notes"] == 0, row
+                ended += any(NOTE_ON_OFFSET <= t < NOTE_OFF_OFFSET for t in row[2:])  # notes were opened first
+    assert ended >= 2  # the END rule was exercised
 
 
 def test_filters_and_interpolation():
