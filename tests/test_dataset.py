@@ -256,6 +256,80 @@ def test_each_transform_changes_the_share_of_windows_it_is_configured_for(choral
 
 
 
+def test_swing_is_in_phase_with_the_piece_and_leaves_the_prefix_first(chorale_cache):
+    """The loader swings each window in phase with the piece's beats (start_clock: the clock at the window's
+    start) and keeps its state prefix out of the warp (lead): on every window, the events on a beat of the
+    piece (every 32 steps; the chorales' events lie every 16) keep their place, those half a beat off move
+    later, and the prefix stays first, unchanged. Windows starting half a beat off are among them.
+    Mutations: window() passing start_clock=lambda: 0 -> fails; passing lead=0 -> fails."""
+    swing = AugmentConfig(enabled=True, transpose_prob=0.0, stretch_prob=0.0, velocity_prob=0.0, instrument_prob=0.0,
+                          swing_prob=1.0, swing_max=0.5, swing_beat_steps=32, humanize_prob=0.0)
+    ds = WindowDataset(chorale_cache, "train", seq_len=32, augment=swing, seed=0)
+    plain = WindowDataset(chorale_cache, "train", seq_len=32, seed=0)
+    on_beat = off_beat = off_phase_windows = 0
+    for e in range(3):
+        for i in range(len(ds)):
+            (toks, params), base = ds.window(e, i), plain.window(e, i)[0]
+            piece, start = ds.locate(e, i)
+            k = params["prefix"]
+            np.testing.assert_array_equal(toks[:k], base[:k])
+            clock = int(vocab.shift_steps(chorale_cache.tokens(chorale_cache.train_pieces[piece])[:start]).sum())
+            assert clock % 16 == 0
+            off_phase_windows += clock % 32 == 16
+            ev0, pos0 = _events_after(base, k)
+            ev1, pos1 = _events_after(toks, k)
+            n = min(len(ev0), len(ev1))
+            assert n > 5 and (ev0[:n] == ev1[:n]).all()
+            beat = (clock + pos0[:n]) % 32 == 0
+            assert (pos1[:n][beat] == pos0[:n][beat]).all(), (e, i, clock)
+            on_beat += int(beat.sum())
+            if params["swing"] >= 0.04:  # at least one step later: round(16 x swing) >= 1
+                assert (pos1[:n][~beat] > pos0[:n][~beat]).all(), (e, i, clock)
+                off_beat += int((~beat).sum())
+    assert on_beat > 500 and off_beat > 500 and off_phase_windows > 20
+
+
+def _events_after(tokens, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the non-shift tokens after the first k, their grid positions in the window)."""
+    t = np.asarray(tokens).astype(np.int64)
+    clock = np.cumsum(vocab.shift_steps(t))
+    ev = (vocab.shift_steps(t) == 0) & (np.arange(len(t)) >= k)
+    return t[ev], clock[ev]
+
+
+def test_a_time_warp_that_shortens_the_tokens_still_fills_the_window():
+    """Stretch 0.5 writes each 608-step gap (two shifts) as one: the window reads extra raw tokens
+    (WARP_MARGIN) so that a window inside the piece is still seq_len tokens long, with no PAD.
+    Mutation: WARP_MARGIN 0 -> fails (windows of ~26 tokens)."""
+    from test_val_tiling import MemoryCache
+
+    from aurl import codec
+    from aurl.data.midi_io import Note, Score
+
+    toks = codec.encode(Score.from_notes([Note(60 + i % 12, 10.0 * i, 10.0 * i + 0.5, 80) for i in range(100)]))
+    half = AugmentConfig(enabled=True, transpose_prob=0.0, stretch_prob=1.0, stretch_min=0.5, stretch_max=0.5,
+                         velocity_prob=0.0, instrument_prob=0.0, swing_prob=0.0, humanize_prob=0.0)
+    ds = WindowDataset(MemoryCache([toks.astype(np.int16)]), "train", seq_len=32, augment=half, seed=0)
+    inside = 0
+    for e in range(4):
+        for i in range(len(ds)):
+            _, start = ds.locate(e, i)
+            if start + 3 * 32 < len(toks):
+                assert len(ds.window(e, i)[0]) == 32, (e, i, start)
+                inside += 1
+    assert inside > 20
+
+
+def test_no_training_window_starts_just_after_start(cache):
+    """A draw that lands on token 1 starts at START itself (token 1 has no state to restate: the window would
+    be the opening without its START). Over 300 epochs such draws occur. Mutation: `x <= 0` for `x <= 1`
+    -> fails."""
+    ds = WindowDataset(cache, "train", seq_len=SEQ, seed=0)
+    starts = [ds.locate(e, i)[1] for e in range(300) for i in range(len(ds))]
+    assert 1 not in starts and starts.count(0) > 300 and len(set(starts)) > 100
+
+
+
 def _steps(n, micro, accum, world, epoch, start_sample=0, seed=5) -> list[list[tuple]]:
     """Each optimizer step (accum batches on each of `world` ranks) from a cursor: its micro-batches, as
     sorted tuples of sample indices, in a sorted list (which rank drew which does not change the step)."""
