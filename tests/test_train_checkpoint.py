@@ -108,3 +108,25 @@ def test_the_commit_reaches_the_disk_before_the_state_file_points_at_it(tmp_path
     rename = events.index(("replace", step_dir))
     assert ("fsync", meta) in events[:rename]
     assert events[rename + 1 :] == [("fsync", stage_dir), ("on_commit", step_dir)]
+
+
+def test_extra_state_is_committed_with_the_checkpoint_and_its_absence_refused(tmp_path):
+    """`extra` (the discriminator kept outside a DeepSpeed engine) is written inside the commit and restored
+    by load_extra; a checkpoint without it cannot resume a run that needs it. Mutations: save() not writing
+    extra_state.pt -> fails; load_extra returning quietly when the file is missing -> fails."""
+    import pytest
+
+    from aurl.console import UserError
+
+    acc, model, _ = _accelerator_and_model()
+    disc = torch.nn.Linear(3, 2)
+    saved = {k: v.clone() for k, v in disc.state_dict().items()}
+    path = ckpt.save(acc, tmp_path, 1, {"epoch": 0, "batch": 1}, extra={"disc": disc})
+    with torch.no_grad():
+        disc.weight.add_(1.0)
+    ckpt.load_extra(path, {"disc": disc})
+    assert len(saved) == 2 and all(torch.equal(saved[k], v) for k, v in disc.state_dict().items())
+    plain = ckpt.save(acc, tmp_path, 2, {"epoch": 0, "batch": 2})
+    with pytest.raises(UserError, match=ckpt.EXTRA):
+        ckpt.load_extra(plain, {"disc": disc})
+    ckpt.load_extra(plain, None)  # a run without extra state reads nothing
