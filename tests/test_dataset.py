@@ -154,6 +154,23 @@ def test_augmented_items_stay_in_vocab_and_are_deterministic(cache):
     assert plain.variant_report(epochs=2)["augmented_fraction"] == 0.0
 
 
+def test_augmentation_draws_depend_on_epoch_and_index(cache):
+    """Each sample's augmentation comes from its own (seed, epoch, index): one index gets other draws in other
+    epochs, one epoch other draws at other indices, and the same key the same draws. Mutations: the draws
+    seeded without the epoch -> fails; without the index -> fails."""
+    aug = AugmentConfig(enabled=True, transpose_prob=1.0, transpose_max=6, stretch_prob=0.0, velocity_prob=1.0,
+                        instrument_prob=0.0, swing_prob=0.0, humanize_prob=0.0)
+    ds = WindowDataset(cache, "train", seq_len=SEQ, augment=aug, seed=4)
+
+    def draws(e, i):
+        params = ds.window(e, i)[1]
+        return params.get("transpose"), params.get("velocity")
+
+    across_epochs = [{draws(e, i) for e in range(6)} for i in range(len(ds))]
+    across_index = [{draws(e, i) for i in range(len(ds))} for e in range(6)]
+    assert all(len(d) > 1 for d in across_epochs) and all(len(d) > 1 for d in across_index)
+    assert [draws(3, i) for i in range(len(ds))] == [draws(3, i) for i in range(len(ds))]
+
 def test_bad_arguments_are_user_errors(cache, tmp_path):
     with pytest.raises(UserError, match="seq_len"):
         WindowDataset(cache, "train", seq_len=4096)
