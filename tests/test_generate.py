@@ -169,7 +169,8 @@ def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(c
     """A model file trained on 24-token windows (max_seq_len 64): generation of 100 tokens feeds at most 24
     at once, says so, stays grammatical, and the cached and uncached paths agree. Once the window is full,
     the oldest quarter drops out: the model sees 18 to 24 tokens (sampling's docstring), each count reached.
-    Mutation: the restart keeping half the window (keep = L - L // 2) -> fails."""
+    A prompt longer than the window starts as a restart does. Mutations: the restart keeping half the window
+    (keep = L - L // 2) -> fails; a long prompt fed whole (win = 0) -> fails."""
     from aurl.grammar import grammar_errors
     from aurl.model.checkpoint import context_length, load_model_file
 
@@ -195,6 +196,10 @@ def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(c
         full = seen[seen.index(24):]
         assert set(full) == set(range(18, 25)) and full.count(18) >= 3, (use_cache, full)  # 3/4 kept at restart
     assert torch.equal(rows[True], rows[False])
+    for use_cache in (True, False):  # a prompt longer than the window: its last 3/4 window is fed first
+        seen.clear()
+        generate(model, rows[True][:, :40], 10, generator=make_generator(2), context=24, use_cache=use_cache)
+        assert seen[0] == 18 and max(seen) == 24, (use_cache, seen)
     for row in rows[True].tolist():
         errors = grammar_errors(row)
         assert errors.pop("unclosed_notes") >= 0 and sum(errors.values()) == 0, errors
