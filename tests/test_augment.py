@@ -179,12 +179,41 @@ def test_swing_delays_off_beats_only():
 
 
 def test_humanize_moves_each_position_at_most_h():
+    """Each grid position moves by at most h, earlier or later, the full +-h reached (120 positions 3 to 4 steps
+    apart). Mutation: the moves drawn from [-h, h) (never +h) -> fails."""
     notes = [Note(60 + i % 20, i * 0.1, i * 0.1 + 0.05, 80) for i in range(60)]
     w = codec.encode(Score.from_notes(notes))
     out, _ = augment_tokens(w, only(humanize_prob=1.0, humanize_steps=2), sample_rng(2, 0, 0))
     _, p0 = _events(w)
     _, p1 = _events(out)
-    assert np.abs(p1 - p0).max() <= 2 and (p1 != p0).any()
+    assert len(p0) == len(p1) > 100
+    assert (p1 - p0).min() == -2 and (p1 - p0).max() == 2
+
+
+def test_a_window_ending_in_a_gap_keeps_its_stretched_end():
+    """Trailing TIME_SHIFTs (a window cut inside a gap) are stretched like any gap, not dropped: the window's
+    clock ends at factor x its length. Mutation: the trailing pseudo-event left out -> fails."""
+    on, off, shift = vocab.note_on_id(60), vocab.note_off_id(60), vocab.time_shift_id
+    w = np.array([on, shift(32), off, shift(20)], dtype=np.int16)
+    out, _ = augment_tokens(w, only(stretch_prob=1.0, stretch_min=1.5, stretch_max=1.5), sample_rng(0, 0, 0))
+    ev, pos = _events(out)
+    assert ev.tolist() == [on, off] and pos.tolist() == [0, 48] and int(vocab.shift_steps(out).sum()) == 78
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_lead_tokens_stay_out_of_the_time_warps(seed):
+    """The first `lead` tokens (the loader's state prefix) stay first and unchanged under stretch, swing and
+    humanize; the rest is warped as it would be alone. Mutation: `lead` ignored by _warp_window -> fails (the
+    prefix's position 0 moves: a TIME_SHIFT lands before it)."""
+    toks = codec.encode(random_score(seed, n_notes=400, n_programs=6, drums=True, pitches=(50, 70)))
+    prefix = grammar.state_prefix(grammar.state_at(toks, 200))
+    w = np.concatenate([prefix, toks[200:700]])
+    cfg = only(stretch_prob=1.0, swing_prob=1.0, swing_max=0.5, humanize_prob=1.0, humanize_steps=2)
+    out, params = augment_tokens(w, cfg, sample_rng(seed, 0, 0), start_clock=lambda: 16, lead=len(prefix))
+    alone, _ = augment_tokens(w[len(prefix):], cfg, sample_rng(seed, 0, 0), start_clock=lambda: 16)
+    assert len(prefix) > 5 and {"stretch", "swing", "humanize"} <= set(params)
+    np.testing.assert_array_equal(out[: len(prefix)], prefix)
+    np.testing.assert_array_equal(out[len(prefix):], alone)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -152,9 +152,40 @@ def test_decode_rules_for_malformed_input():
     assert sorted((n.program, n.start, n.end) for n in dec.notes) == [(0, 0.0, 4 * step), (40, 0.0, 2 * step)]
     assert grammar.grammar_errors([vocab.START_ID, on(60), vocab.END_ID, vocab.PAD_ID])["unclosed_notes"] == 1
     assert grammar.grammar_errors([on(60), vocab.START_ID, off(60)])["special_inside"] == 1
+    # framing is not an error: a leading START, a trailing END, the PADs after it (a row that ended early)
+    assert sum(grammar.grammar_errors([vocab.START_ID, on(60), off(60), vocab.END_ID, vocab.PAD_ID,
+                                       vocab.PAD_ID]).values()) == 0
 
 
 def test_empty_score_encodes_to_framing_and_tempo():
     tokens = codec.encode(Score())
     assert [vocab.token_kind(t) for t in tokens] == ["start", "tempo", "end"]
     assert codec.decode(tokens).num_notes == 0
+
+
+def test_tempo_and_pedal_changes_on_one_grid_step_keep_the_last():
+    """Two tempo events (or pedal events) that round onto one grid step: the later one is the one in force
+    there, as in the MIDI file. Mutations: _tempo_events keeping the first event of a step -> fails;
+    _sustain_events keeping the first -> fails."""
+    step = vocab.STEP_SECONDS
+    score = Score.from_notes([Note(60, 0.0, 3.0, 80)], tempos=((0.0, 60.0), (step / 4, 150.0), (2.0, 90.0)),
+                             sustain=((0.5, True), (1.0, False), (1.0 + step / 4, True), (2.5, False)))
+    dec = codec.decode(codec.encode(score))
+    assert dec.tempo_time.tolist() == [0.0, 2.0]
+    np.testing.assert_array_equal(vocab.tempo_bin(dec.tempo_bpm), vocab.tempo_bin([150.0, 90.0]))
+    assert dec.sustain_time.tolist() == [0.5, 2.5] and dec.sustain_on.tolist() == [True, False]
+
+
+def test_instrument_and_velocity_are_written_only_where_they_change():
+    """The stream of a small two-instrument piece, token by token (the module docstring's order): INSTRUMENT /
+    VELOCITY only where the instrument or the velocity changes, offs before ons at one step. Mutations: a
+    VELOCITY before every NOTE_ON -> fails; an INSTRUMENT before every note event -> fails."""
+    on, off, shift, fam = vocab.note_on_id, vocab.note_off_id, vocab.time_shift_id, vocab.family_token
+    vel = lambda v: vocab.VELOCITY_OFFSET + int(vocab.velocity_bin(v))  # noqa: E731
+    score = Score.from_notes([Note(60, 0, 0.5, 80), Note(64, 0, 0.5, 80), Note(67, 0.5, 1, 80),
+                              Note(72, 0.5, 1, 100, 40)])  # program 40: strings (family 5)
+    want = [vocab.START_ID, vocab.TEMPO_OFFSET + int(vocab.tempo_bin(120.0)),
+            fam(0), vel(80), on(60), on(64), shift(32),
+            off(60), off(64), on(67), fam(5), vel(100), on(72), shift(32),
+            fam(0), off(67), fam(5), off(72), vocab.END_ID]
+    assert codec.encode(score).tolist() == want

@@ -154,6 +154,23 @@ def test_augmented_items_stay_in_vocab_and_are_deterministic(cache):
     assert plain.variant_report(epochs=2)["augmented_fraction"] == 0.0
 
 
+def test_augmentation_draws_depend_on_epoch_and_index(cache):
+    """Each sample's augmentation comes from its own (seed, epoch, index): one index gets other draws in other
+    epochs, one epoch other draws at other indices, and the same key the same draws. Mutations: the draws
+    seeded without the epoch -> fails; without the index -> fails."""
+    aug = AugmentConfig(enabled=True, transpose_prob=1.0, transpose_max=6, stretch_prob=0.0, velocity_prob=1.0,
+                        instrument_prob=0.0, swing_prob=0.0, humanize_prob=0.0)
+    ds = WindowDataset(cache, "train", seq_len=SEQ, augment=aug, seed=4)
+
+    def draws(e, i):
+        params = ds.window(e, i)[1]
+        return params.get("transpose"), params.get("velocity")
+
+    across_epochs = [{draws(e, i) for e in range(6)} for i in range(len(ds))]
+    across_index = [{draws(e, i) for i in range(len(ds))} for e in range(6)]
+    assert all(len(d) > 1 for d in across_epochs) and all(len(d) > 1 for d in across_index)
+    assert [draws(3, i) for i in range(len(ds))] == [draws(3, i) for i in range(len(ds))]
+
 def test_bad_arguments_are_user_errors(cache, tmp_path):
     with pytest.raises(UserError, match="seq_len"):
         WindowDataset(cache, "train", seq_len=4096)
@@ -253,6 +270,80 @@ def test_each_transform_changes_the_share_of_windows_it_is_configured_for(choral
         tol = 4 * np.sqrt(p * (1 - p) / n)
         assert abs(c["changed"] - p) <= tol, (name, c, round(tol, 3))
     assert 0.1 < report["start_share"] < 0.5 and 0.02 < report["end_share"] < 0.5
+
+
+
+def test_swing_is_in_phase_with_the_piece_and_leaves_the_prefix_first(chorale_cache):
+    """The loader swings each window in phase with the piece's beats (start_clock: the clock at the window's
+    start) and keeps its state prefix out of the warp (lead): on every window, the events on a beat of the
+    piece (every 32 steps; the chorales' events lie every 16) keep their place, those half a beat off move
+    later, and the prefix stays first, unchanged. Windows starting half a beat off are among them.
+    Mutations: window() passing start_clock=lambda: 0 -> fails; passing lead=0 -> fails."""
+    swing = AugmentConfig(enabled=True, transpose_prob=0.0, stretch_prob=0.0, velocity_prob=0.0, instrument_prob=0.0,
+                          swing_prob=1.0, swing_max=0.5, swing_beat_steps=32, humanize_prob=0.0)
+    ds = WindowDataset(chorale_cache, "train", seq_len=32, augment=swing, seed=0)
+    plain = WindowDataset(chorale_cache, "train", seq_len=32, seed=0)
+    on_beat = off_beat = off_phase_windows = 0
+    for e in range(3):
+        for i in range(len(ds)):
+            (toks, params), base = ds.window(e, i), plain.window(e, i)[0]
+            piece, start = ds.locate(e, i)
+            k = params["prefix"]
+            np.testing.assert_array_equal(toks[:k], base[:k])
+            clock = int(vocab.shift_steps(chorale_cache.tokens(chorale_cache.train_pieces[piece])[:start]).sum())
+            assert clock % 16 == 0
+            off_phase_windows += clock % 32 == 16
+            ev0, pos0 = _events_after(base, k)
+            ev1, pos1 = _events_after(toks, k)
+            n = min(len(ev0), len(ev1))
+            assert n > 5 and (ev0[:n] == ev1[:n]).all()
+            beat = (clock + pos0[:n]) % 32 == 0
+            assert (pos1[:n][beat] == pos0[:n][beat]).all(), (e, i, clock)
+            on_beat += int(beat.sum())
+            if params["swing"] >= 0.04:  # at least one step later: round(16 x swing) >= 1
+                assert (pos1[:n][~beat] > pos0[:n][~beat]).all(), (e, i, clock)
+                off_beat += int((~beat).sum())
+    assert on_beat > 500 and off_beat > 500 and off_phase_windows > 20
+
+
+def _events_after(tokens, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the non-shift tokens after the first k, their grid positions in the window)."""
+    t = np.asarray(tokens).astype(np.int64)
+    clock = np.cumsum(vocab.shift_steps(t))
+    ev = (vocab.shift_steps(t) == 0) & (np.arange(len(t)) >= k)
+    return t[ev], clock[ev]
+
+
+def test_a_time_warp_that_shortens_the_tokens_still_fills_the_window():
+    """Stretch 0.5 writes each 608-step gap (two shifts) as one: the window reads extra raw tokens
+    (WARP_MARGIN) so that a window inside the piece is still seq_len tokens long, with no PAD.
+    Mutation: WARP_MARGIN 0 -> fails (windows of ~26 tokens)."""
+    from test_val_tiling import MemoryCache
+
+    from aurl import codec
+    from aurl.data.midi_io import Note, Score
+
+    toks = codec.encode(Score.from_notes([Note(60 + i % 12, 10.0 * i, 10.0 * i + 0.5, 80) for i in range(100)]))
+    half = AugmentConfig(enabled=True, transpose_prob=0.0, stretch_prob=1.0, stretch_min=0.5, stretch_max=0.5,
+                         velocity_prob=0.0, instrument_prob=0.0, swing_prob=0.0, humanize_prob=0.0)
+    ds = WindowDataset(MemoryCache([toks.astype(np.int16)]), "train", seq_len=32, augment=half, seed=0)
+    inside = 0
+    for e in range(4):
+        for i in range(len(ds)):
+            _, start = ds.locate(e, i)
+            if start + 3 * 32 < len(toks):
+                assert len(ds.window(e, i)[0]) == 32, (e, i, start)
+                inside += 1
+    assert inside > 20
+
+
+def test_no_training_window_starts_just_after_start(cache):
+    """A draw that lands on token 1 starts at START itself (token 1 has no state to restate: the window would
+    be the opening without its START). Over 300 epochs such draws occur. Mutation: `x <= 0` for `x <= 1`
+    -> fails."""
+    ds = WindowDataset(cache, "train", seq_len=SEQ, seed=0)
+    starts = [ds.locate(e, i)[1] for e in range(300) for i in range(len(ds))]
+    assert 1 not in starts and starts.count(0) > 300 and len(set(starts)) > 100
 
 
 

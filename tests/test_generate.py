@@ -61,6 +61,8 @@ def test_files_read_back_with_expected_notes_and_same_seed_same_files(ckpts, tmp
 
 
 def test_prompt_is_continued(ckpts, tmp_path):
+    """The file holds the prompt's 12 notes, then new ones (measured: 18 notes in all). Mutation: the prompt's
+    END kept (the continuation then lies after END and is cut off) -> fails."""
     prompt = write_simple_midi(tmp_path / "prompt.mid", seed=1, n_notes=12)
     out = tmp_path / "out"
     assert main(["--checkpoint", str(ckpts["transformer"]), "--prompt", str(prompt), "--length", "30",
@@ -69,7 +71,7 @@ def test_prompt_is_continued(ckpts, tmp_path):
     first = sorted(pretty_midi.PrettyMIDI(str(prompt)).instruments[0].notes, key=lambda n: (n.start, n.pitch))[0]
     got = sorted((n for i in pretty_midi.PrettyMIDI(str(f)).instruments for n in i.notes),
                  key=lambda n: (n.start, n.pitch))
-    assert len(got) >= 12 and got[0].pitch == first.pitch
+    assert len(got) > 12 and got[0].pitch == first.pitch
 
 
 @pytest.mark.parametrize("mode,extra", [("prior", []), ("posterior", ["a"]), ("interpolate", ["a", "b"])])
@@ -165,7 +167,10 @@ def test_generation_within_the_window_is_what_it_always_was():
 
 def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(ckpts, tmp_path, capsys):
     """A model file trained on 24-token windows (max_seq_len 64): generation of 100 tokens feeds at most 24
-    at once, says so, stays grammatical, and the cached and uncached paths agree."""
+    at once, says so, stays grammatical, and the cached and uncached paths agree. Once the window is full,
+    the oldest quarter drops out: the model sees 18 to 24 tokens (sampling's docstring), each count reached.
+    A prompt longer than the window starts as a restart does. Mutations: the restart keeping half the window
+    (keep = L - L // 2) -> fails; a long prompt fed whole (win = 0) -> fails."""
     from aurl.grammar import grammar_errors
     from aurl.model.checkpoint import context_length, load_model_file
 
@@ -184,10 +189,17 @@ def test_generation_beyond_the_window_never_feeds_more_than_the_trained_window(c
     model.decode = spy
     rows = {}
     for use_cache in (True, False):
+        seen.clear()
         rows[use_cache] = generate(model, torch.full((3, 1), START_ID), 100, generator=make_generator(2),
                                    context=context_length(cfg, meta), use_cache=use_cache)
+        assert len(seen) == 101 and max(seen) == 24  # the window is used in full, never exceeded
+        full = seen[seen.index(24):]
+        assert set(full) == set(range(18, 25)) and full.count(18) >= 3, (use_cache, full)  # 3/4 kept at restart
     assert torch.equal(rows[True], rows[False])
-    assert len(seen) > 200 and max(seen) == 24  # the window is used in full, never exceeded
+    for use_cache in (True, False):  # a prompt longer than the window: its last 3/4 window is fed first
+        seen.clear()
+        generate(model, rows[True][:, :40], 10, generator=make_generator(2), context=24, use_cache=use_cache)
+        assert seen[0] == 18 and max(seen) == 24, (use_cache, seen)
     for row in rows[True].tolist():
         errors = grammar_errors(row)
         assert errors.pop("unclosed_notes") >= 0 and sum(errors.values()) == 0, errors
@@ -268,3 +280,39 @@ def test_the_latent_modes_read_their_sources(tmp_path):
     assert len(from_a) == len(from_b) == 3 and from_a != from_b
     a_to_b, a_to_a = files("interpolate", a, b), files("interpolate", a, a)
     assert len(a_to_b) == len(a_to_a) == 3 and a_to_b[-1] != a_to_a[-1]
+
+
+@pytest.fixture(scope="module")
+def ending_ckpt(tmp_path_factory):
+    """An untrained transformer that closes its notes and ends: END made likely and every NOTE_OFF as likely
+    (their rows set to END's; tied head), so --stop-at-end has something to stop at."""
+    from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NUM_PITCHES
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    with torch.no_grad():
+        model.tok_emb.weight[END_ID] *= 20
+        model.tok_emb.weight[NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES] = model.tok_emb.weight[END_ID]
+    return save_model_file(tmp_path_factory.mktemp("ending") / "ending.pt", model, tiny("transformer"), {}, {})
+
+
+@pytest.mark.parametrize("flag", [["--no-grammar"], ["--stop-at-end"], ["--prompt-tokens", "6"],
+                                  ["--latent-scale", "0"]], ids=lambda f: f[0])
+def test_each_sampling_flag_reaches_generation(ckpts, ending_ckpt, tmp_path, flag):
+    """Each flag that shapes the samples changes the files at the same seed: none is parsed and then ignored.
+    Mutations: run() passing grammar=True whatever --no-grammar, stop_at_end=False whatever --stop-at-end,
+    the prompt not cut to --prompt-tokens, sample_prior without --latent-scale -> the matching case fails."""
+    prompt = write_simple_midi(tmp_path / "prompt.mid", seed=1, n_notes=12)
+    checkpoint = ckpts["vae_gan"] if flag[0] == "--latent-scale" else ending_ckpt
+    args = ["--checkpoint", str(checkpoint), "--num", "2", "--length", "40", "--seed", "1", "--device", "cpu"]
+    if flag[0] == "--prompt-tokens":
+        args += ["--prompt", str(prompt)]
+    files = {}
+    for name, extra in (("default", []), ("flag", flag)):
+        assert main([*args, *extra, "--out", str(tmp_path / name)]) == 0
+        files[name] = [p.read_bytes() for p in sorted((tmp_path / name).glob("*.mid"))]
+    assert len(files["default"]) == len(files["flag"]) == 2
+    assert files["default"] != files["flag"]
+    if flag[0] == "--stop-at-end":  # the rows that end are shorter: fewer notes in all
+        notes = {name: sum(notes_in(p) for p in (tmp_path / name).glob("*.mid")) for name in files}
+        assert notes["flag"] < notes["default"], notes

@@ -40,13 +40,19 @@ def test_every_position_matches_the_samplers_state():
 
 def test_a_split_stream_continues_from_the_carried_state():
     """Two chunks, the second started from the first's end state, give the whole stream's states (how a KV
-    cache or a sliding window continues). Mutation: `before` ignored -> fails."""
-    for ids in _streams(10):
+    cache or a sliding window continues), also when the second chunk never names an instrument that holds a
+    note from the first (the note still sounds: END stays illegal). Mutations: `before` ignored -> fails;
+    only the instruments named in the chunk scanned (without `held`) -> fails."""
+    on, off, inst = vocab.note_on_id, vocab.note_off_id, vocab.family_token
+    held = torch.tensor([[inst(1), on(60), inst(0), on(62), vocab.TIME_SHIFT_OFFSET, off(62), vocab.TIME_SHIFT_OFFSET]])
+    for ids in [held, *_streams(10)]:
         here, anything, (after, family) = scoped_states(ids)
-        h1, a1, state = scoped_states(ids[:, :20])
-        h2, a2, (after2, family2) = scoped_states(ids[:, 20:], state)
+        cut = 4 if ids is held else 20
+        h1, a1, state = scoped_states(ids[:, :cut])
+        h2, a2, (after2, family2) = scoped_states(ids[:, cut:], state)
         assert torch.equal(torch.cat([h1, h2], 1), here) and torch.equal(torch.cat([a1, a2], 1), anything)
         assert torch.equal(after2, after) and torch.equal(family2, family)
+    assert scoped_states(held)[1][0].tolist() == [False] + [True] * 6  # instrument 1's note sounds to the end
 
 
 def test_sounding_feature_matches_the_grammar_walker_on_real_windows_and_on_any_tokens():
