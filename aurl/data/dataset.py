@@ -143,7 +143,9 @@ class WindowDataset(torch.utils.data.Dataset):
         return self.seq_len - len(self._state(piece, start)[0])
 
     def _end_start(self, piece: int) -> int:
-        """The latest start whose window (prefix included) still holds the piece's END."""
+        """The start of the window that ends with the piece's END: about the earliest start whose window (its
+        state prefix included) still holds END. The prefix's length depends on the start, so a few rounds
+        settle it, at most a few tokens late (that window is then a little short of seq_len, PAD-filled)."""
         if piece not in self._end_starts:
             n = int(self._length[piece])
             s = max(0, n - self.seq_len)
