@@ -202,3 +202,20 @@ def test_resume_with_a_changed_setting_is_refused_before_anything_is_written(tmp
     assert main([*args, "logging.log_every_steps=2", "checkpoint.keep=3", "train.stop_margin_s=1"]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert st.read_state(out)["stages"]["1"]["status"] == "completed"
+
+
+def test_a_resume_starts_at_the_checkpoints_global_sample_cursor():
+    """The checkpoint's cursor counts samples over all ranks, so 24 samples done on 2 processes are batch 4 of
+    a launch on 3 processes of micro-batch 2 (6 samples a batch); a checkpoint from before the global cursor
+    (a per-rank batch) resumes only on its own world size; a DeepSpeed checkpoint is converted to a universal
+    one only when the world size changes. Mutations: the cursor divided by the micro-batch alone -> 12, fails;
+    the old checkpoint's world-size check dropped -> no refusal, fails; needs_universal without the world
+    comparison -> fails."""
+    from aurl.train.elastic import Layout, needs_universal, start_batch
+
+    assert start_batch({"sample": 24, "world_size": 2}, Layout(3, 2, 1)) == 4
+    assert start_batch({"batch": 5, "world_size": 2}, Layout(2, 4, 1)) == 5
+    with pytest.raises(UserError, match="predates elastic resume: relaunch with --num_processes 2"):
+        start_batch({"batch": 5, "world_size": 2}, Layout(3, 4, 1))
+    assert needs_universal(True, 2, 3) and not needs_universal(True, 2, 2)
+    assert not needs_universal(False, 2, 3) and not needs_universal(True, None, 3)
