@@ -430,3 +430,20 @@ def test_synthetic_corpus_builds_incrementally_with_corrupt_files_named(tmp_path
     tc = TokenCache.open(cache)
     np.testing.assert_array_equal(tc.tokens(after[changed.relative_to(data).as_posix()]),
                                   codec.encode(read_midi(changed)))
+
+
+def test_the_journal_is_compacted_into_the_manifest_once_it_holds_over_an_eighth_of_it(tmp_path):
+    """16 pieces in the snapshot: a changed file journals 2 lines (its old entry removed, the new one), not
+    over 16 / 8, so the snapshot stays; one added file makes 3, and the build ends by writing the manifest whole
+    (the journal gone). Mutation: wants_compaction always False -> the journal stays, fails."""
+    data, cache = _folder(tmp_path, n=16), tmp_path / "cache"
+    _build(data, cache)
+    snapshot = (cache / "manifest.json").read_bytes()
+    write_simple_midi(data / "piece_02.mid", seed=99, n_notes=50)
+    _build(data, cache)
+    assert (cache / "manifest.json").read_bytes() == snapshot
+    assert (cache / "manifest.journal").read_text().count("\n") == 3  # base + 2
+    write_simple_midi(data / "added.mid", seed=100)
+    s = _build(data, cache)
+    assert s.pieces == 17 and not (cache / "manifest.journal").exists()
+    assert len(load_manifest(cache)["pieces"]) == 17 and (cache / "manifest.json").read_bytes() != snapshot
