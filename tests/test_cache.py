@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,9 +60,16 @@ def test_build_stores_exactly_the_encoded_tokens(tmp_path):
     assert "sub/piece_00.mid" in {p["path"] for p in tc.pieces} and "piece_01.MIDI" in {p["path"] for p in tc.pieces}
 
 
+def _shards(cache: Path) -> set[str]:
+    return {f.name for f in (cache / "shards").glob("*.bin")}
+
+
 def test_incremental_unchanged_changed_added_removed(tmp_path):
+    """Mutation: _reclaim_shards deleting nothing -> the two shards of the changed and the removed file stay,
+    and the shard check fails."""
     data, cache = _folder(tmp_path), tmp_path / "cache"
-    _build(data, cache)
+    _build(data, cache, flush_seconds=0)  # a flush (a shard) per file: a changed or removed file frees its shard
+    assert len(_shards(cache)) == 6
     fp0 = TokenCache.open(cache).fingerprint
     s = _build(data, cache)
     assert (s.tokenized, s.reused, s.removed) == (0, 6, 0)
@@ -80,6 +88,31 @@ def test_incremental_unchanged_changed_added_removed(tmp_path):
     assert tc.fingerprint != fp0 and "piece_04.mid" not in {p["path"] for p in tc.pieces}
     for p in tc.pieces:  # old shards still serve the unchanged pieces; the changed one is new
         np.testing.assert_array_equal(tc.tokens(p), codec.encode(read_midi(data / p["path"])))
+    assert _shards(cache) == {p["shard"] for p in tc.pieces} and len(_shards(cache)) == 5  # 4 kept, 1 new
+
+
+def test_a_file_of_the_same_name_size_and_mtime_in_another_folder_is_read_again(tmp_path):
+    """Size and mtime vouch for a file only in the folder the cache was built from: built from another folder,
+    every file is hashed, so a file with another pitch (same size, same mtime) is tokenized again.
+    Mutation: diff_folder trusting size and mtime whatever the folder (same_dir ignored) -> the old tokens
+    are kept and the comparison fails."""
+    from midi_factory import make_pretty_midi
+
+    a, b, cache = tmp_path / "a", tmp_path / "b", tmp_path / "cache"
+    for folder, pitch in ((a, 60), (b, 62)):
+        folder.mkdir()
+        for name in ("x.mid", "y.mid"):
+            make_pretty_midi([(pitch, 0, 1, 80), (pitch + 4, 1, 2, 80)]).write(str(folder / name))
+            os.utime(folder / name, ns=(10**18, 10**18))
+    assert (a / "x.mid").stat().st_size == (b / "x.mid").stat().st_size
+    assert (a / "x.mid").read_bytes() != (b / "x.mid").read_bytes()
+    _build(a, cache)
+    s = _build(b, cache)
+    assert (s.tokenized, s.reused) == (2, 0)
+    tc = TokenCache.open(cache)
+    assert len(tc.pieces) == 2
+    for p in tc.pieces:
+        np.testing.assert_array_equal(tc.tokens(p), codec.encode(read_midi(b / p["path"])))
 
 
 
@@ -102,7 +135,7 @@ def test_bad_files_are_skipped_with_reasons_and_kept_in_the_manifest(tmp_path):
     data, cache = _bad_folder(tmp_path), tmp_path / "cache"
     s = _build(data, cache)
     reasons = dict(s.skipped)
-    assert s.pieces == 2 and len(reasons) == 6
+    assert s.pieces == 2 and len(reasons) == 6 and s.new_skipped == 6  # (mutation: not counted -> fails)
     assert "empty" in reasons["bad/empty.mid"]
     assert "not a MIDI" in reasons["bad/text.mid"]
     assert "unreadable" in reasons["bad/truncated.mid"]
@@ -130,6 +163,13 @@ def test_no_usable_file_and_missing_folder_are_user_errors(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="not found"):
         _build(tmp_path / "nowhere", tmp_path / "cache")
+    # the options, refused with the value (mutations: each check dropped -> its line fails)
+    good = _folder(tmp_path / "good", n=1)
+    for kw, said in (({"val_fraction": 1.0}, "val_fraction must be in [0, 1), got 1.0"),
+                     ({"workers": -1}, "workers must be >= 0, got -1"),
+                     ({"timeout_s": 0}, "timeout_s must be > 0 seconds, got 0")):
+        with pytest.raises(UserError, match=re.escape(said)):
+            _build(good, tmp_path / "opts", **kw)
     with pytest.raises(UserError, match="no token cache"):
         TokenCache.open(tmp_path / "nothing")
 
@@ -390,3 +430,20 @@ def test_synthetic_corpus_builds_incrementally_with_corrupt_files_named(tmp_path
     tc = TokenCache.open(cache)
     np.testing.assert_array_equal(tc.tokens(after[changed.relative_to(data).as_posix()]),
                                   codec.encode(read_midi(changed)))
+
+
+def test_the_journal_is_compacted_into_the_manifest_once_it_holds_over_an_eighth_of_it(tmp_path):
+    """16 pieces in the snapshot: a changed file journals 2 lines (its old entry removed, the new one), not
+    over 16 / 8, so the snapshot stays; one added file makes 3, and the build ends by writing the manifest whole
+    (the journal gone). Mutation: wants_compaction always False -> the journal stays, fails."""
+    data, cache = _folder(tmp_path, n=16), tmp_path / "cache"
+    _build(data, cache)
+    snapshot = (cache / "manifest.json").read_bytes()
+    write_simple_midi(data / "piece_02.mid", seed=99, n_notes=50)
+    _build(data, cache)
+    assert (cache / "manifest.json").read_bytes() == snapshot
+    assert (cache / "manifest.journal").read_text().count("\n") == 3  # base + 2
+    write_simple_midi(data / "added.mid", seed=100)
+    s = _build(data, cache)
+    assert s.pieces == 17 and not (cache / "manifest.journal").exists()
+    assert len(load_manifest(cache)["pieces"]) == 17 and (cache / "manifest.json").read_bytes() != snapshot

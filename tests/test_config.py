@@ -27,6 +27,10 @@ def test_defaults_yaml_and_cli_precedence(tmp_path):
     assert cfg.train.seed == 5            # YAML beats default
     assert cfg.optim.lr == 0.01
     assert cfg.optim.grad_clip == 0.0     # int accepted for a float field
+    # ... and stored as a float, so `lr: 1` and `lr: 1.0` are one config (one hash: a resume is not refused)
+    # (mutation: the int kept -> the isinstance and the hash comparison fail)
+    assert isinstance(cfg.optim.grad_clip, float)
+    assert load_config(None, ["optim.lr=1"]).hash() == load_config(None, ["optim.lr=1.0"]).hash()
     assert cfg.data.batch_size == StageConfig().data.batch_size  # default
 
 
@@ -47,6 +51,7 @@ def test_model_and_augment_sections_are_their_owners_dataclasses():
     ({"augment": {"transpose": 2}}, "augment.transpose"),
     ({"train": {"epochs": "three"}}, "train.epochs"),
     ({"train": {"epochs": 2.5}}, "train.epochs"),
+    ({"train": {"epochs": True}}, "train.epochs"),  # a bool is no int here (mutation: accepted -> fails)
     ({"optim": {"lr": "fast"}}, "optim.lr"),
     ({"logging": {"progress_bar": "yes"}}, "logging.progress_bar"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision"),
@@ -110,6 +115,11 @@ def test_stage_config_path(tmp_path):
     assert stage_config_path(str(tmp_path / "tiny_stage{stage}.yaml"), 3).name == "tiny_stage3.yaml"
     with pytest.raises(UserError):
         stage_config_path(tmp_path / "missing", 1)
+    # two files naming stage 1: refused, not the first one taken (mutation: only none refused -> fails)
+    (tmp_path / "stage1_old.yaml").write_text("")
+    with pytest.raises(UserError, match=r"expected exactly one \*.yaml naming stage 1, found \['stage1_old.yaml', "
+                                        r"'tiny_stage1.yaml'\]"):
+        stage_config_path(tmp_path, 1)
 
 
 def test_config_hash_ignores_logging_but_not_model():
@@ -122,3 +132,9 @@ def test_config_hash_ignores_logging_but_not_model():
 def test_cli_values_parse_like_users_mean():
     cfg = load_config(None, ["optim.lr=1e-4", "train.mixed_precision=no", "logging.progress_bar=false"])
     assert cfg.optim.lr == 1e-4 and cfg.train.mixed_precision == "no" and cfg.logging.progress_bar is False
+    # only true/false are booleans: YAML 1.1's yes/no/on/off/y/n stay words (mutation: only "no" kept -> fails)
+    words = ["yes", "No", "on", "OFF", "y", "n"]
+    assert parse_overrides([f"s.k{i}={w}" for i, w in enumerate(words)]) == {"s": {f"k{i}": w for i, w in
+                                                                                  enumerate(words)}}
+    with pytest.raises(UserError, match="logging.progress_bar"):
+        load_config(None, ["logging.progress_bar=off"])

@@ -81,3 +81,37 @@ def test_zswap_gap_and_active_units_on_a_model():
     assert used["kl"] == pytest.approx(kl / (6 * 39), rel=1e-6)
     gens = window_generators(ids, ids != PAD, 0)
     assert len({float(torch.randn(1, generator=g)) for g in gens}) == 6  # one stream per distinct window
+
+
+def test_validation_sums_are_their_definition():
+    """vae_gan: ce is the cross-entropy given z = mu + sigma * eps (eps from the window's own generator), over
+    the tokens the loss mask scores (a 10-token prompt is not); D counts a real window right when its output is
+    > 0 and a fake one when < 0. The same modules in the same order: they agree exactly (measured), so ==.
+    Mutations: z = mu + exp(logvar) * eps (variance for sigma) -> ce 599.599, not 599.555, fails; the loss mask
+    ignored -> 117 tokens, not 90, fails; a fake counted right when D > 0 -> 3, not 0, fails."""
+    import torch.nn.functional as F
+
+    from aurl.model.elbo import validation_sums
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae_gan")).eval()
+    for lin in (model.latent_proj, model.to_logvar):
+        torch.nn.init.normal_(lin.weight, std=0.5)  # z matters, and sigma is far from 1
+    ids = real_windows(3, 40)
+    real = ids != PAD
+    mask = real.clone()
+    mask[:, :10] = False
+    with torch.no_grad():
+        got = validation_sums(model, ids, mask, seed=5)
+        mu, logvar = model.encode(ids, real)
+        assert float((0.5 * logvar).exp().min()) < 0.8 or float((0.5 * logvar).exp().max()) > 1.25
+        eps = torch.stack([torch.randn(8, generator=g) for g in window_generators(ids, real, 5)])
+        logits = model.decode(ids[:, :-1], mu + eps * (0.5 * logvar).exp())
+        ce = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")[:, 9:]
+        assert float(got["tokens"]) == ce.numel() == 3 * 30
+        assert float(got["ce"]) == float(ce.sum())
+        torch.nn.init.zeros_(model.disc.head.weight)
+        for bias, real_right, fake_right in ((10.0, 3, 0), (-10.0, 0, 3)):  # D says "real" / "fake" to all
+            torch.nn.init.constant_(model.disc.head.bias, bias)
+            d = validation_sums(model, ids, mask, seed=5)
+            assert (float(d["d_real_correct"]), float(d["d_fake_correct"])) == (real_right, fake_right), bias

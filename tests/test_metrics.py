@@ -81,6 +81,9 @@ def test_empty_beat_rate_default_tempo():
     # a note that merely touches a beat boundary does not fill the next beat
     assert empty_beat_rate([Note(60, 0.0, 0.5, 80), Note(62, 2.0, 2.5, 80)]) == pytest.approx(3 / 5)
     assert empty_beat_rate(melody(C_MAJOR)) == 0.0
+    # a point note (no duration) on a beat line fills the beat it starts (mutation: last not kept past first
+    # -> its beat reads empty, 3/4), so of beats 0..3 only 0 and 2 are empty
+    assert empty_beat_rate([Note(60, 0.5, 0.5, 80), Note(62, 1.5, 2.0, 80)]) == pytest.approx(2 / 4)
 
 
 def test_empty_beat_rate_follows_the_tempo_map():

@@ -152,3 +152,24 @@ def test_decoded_random_tokens_make_a_valid_midi_file(tmp_path, seed):
     # within a few ms even after thousands of seconds and dozens of tempo changes (30..240 BPM)
     _assert_close_notes(score, back, tol=vocab.STEP_SECONDS / 4)
     np.testing.assert_array_equal(codec.encode(back), codec.encode(score))
+
+
+def test_the_pedal_is_down_from_value_64_and_a_drum_tracks_pedal_is_ignored(tmp_path):
+    """CC64 is down at >= 64 (the MIDI spec's threshold), up below; a drum track's CC64 is no pedal. Four
+    changes on the piano, one on the drums: four read, as pretty_midi's reader reads them.
+    Mutations: down at > 64 -> the value-64 change reads up, fails; drum tracks' CC64 read -> five, fails."""
+    import pretty_midi
+    from midi_factory import make_pretty_midi
+
+    pm = make_pretty_midi([(60, 0.0, 2.0, 80)])
+    pm.instruments[0].control_changes += [pretty_midi.ControlChange(SUSTAIN_CC, v, t)
+                                          for t, v in ((0.25, 64), (0.5, 63), (1.0, 127), (1.5, 0))]
+    drums = pretty_midi.Instrument(program=0, is_drum=True)
+    drums.notes.append(pretty_midi.Note(velocity=90, pitch=36, start=0.0, end=0.1))
+    drums.control_changes.append(pretty_midi.ControlChange(SUSTAIN_CC, 127, 0.75))
+    pm.instruments.append(drums)
+    path = tmp_path / "pedal.mid"
+    pm.write(str(path))
+    got, ref = read_midi(path), read_midi_pretty(path)
+    assert got.sustain_on.tolist() == ref.sustain_on.tolist() == [True, False, True, False]
+    np.testing.assert_allclose(got.sustain_time, [0.25, 0.5, 1.0, 1.5], atol=1e-3)  # symusic: float32 seconds

@@ -218,6 +218,12 @@ def test_steps_per_epoch_on_a_cache(capsys, tmp_path):
     assert code == 0
     lines = [line for line in out.splitlines() if "steps per epoch:" in line]
     assert len(lines) == 3 and all(f"steps per epoch: {expected} ({windows} training windows" in x for x in lines), out
+    # built with val_fraction 0.1, as the stages are: no note; planned with 0.2, the re-split is said
+    # (mutation: the note dropped -> fails)
+    assert "re-split" not in out, out
+    code, out, _ = run_plan(capsys, "--gpus", str(gpus), f"data.cache_dir={tmp_path / 'cache'}",
+                            "data.val_fraction=0.2", "--stage", "1", "--output-dir", str(tmp_path / "o"))
+    assert code == 0 and "; split with val_fraction 0.1, this stage's 0.2 would re-split it" in out, out
     # more GPUs than windows per micro-batch: not one step, said as the stage would refuse it
     code, out, _ = run_plan(capsys, "--gpus", str(windows), f"data.cache_dir={tmp_path / 'cache'}",
                             f"data.seq_len={seq_len}", f"data.batch_size={batch}", "--stage", "1",
@@ -252,3 +258,20 @@ def test_eta_from_recorded_tokens_per_s(capsys, tmp_path):
         code, out, _ = run_plan(capsys, "--output-dir", str(out_dir), "--gpus", gpus, "--stage", "1")
         eta = [line for line in out.splitlines() if "ETA:" in line]
         assert code == 0 and len(eta) == 1 and eta[0].startswith("  ETA: 5 min 00 s for 300 steps"), (gpus, eta)
+
+
+def test_total_steps_and_the_recorded_rate():
+    """The stage's length: epochs x steps per epoch, capped by train.max_steps when set (0 = no cap); without a
+    cache, max_steps alone (or unknown). A rate counts only with the process count it was recorded on.
+    Mutations: total_steps ignoring max_steps -> 30, not 5, fails; recorded_rate without its world_size check
+    -> (5.0, 0) instead of None, fails."""
+    from aurl.config import load_config
+    from aurl.train.plan import recorded_rate, total_steps
+
+    cfg = load_config(None, ["train.epochs=3", "train.max_steps=5"])
+    assert total_steps(cfg, 10) == 5 and total_steps(cfg, 1) == 3 and total_steps(cfg, None) == 5
+    free = load_config(None, ["train.epochs=3", "train.max_steps=0"])
+    assert total_steps(free, 10) == 30 and total_steps(free, None) is None
+    assert recorded_rate({"stages": {"1": {"tokens_per_s": 5.0, "world_size": 2}}}, 1) == (5.0, 2)
+    assert recorded_rate({"stages": {"1": {"tokens_per_s": 5.0}}}, 1) is None
+    assert recorded_rate({"stages": {"1": {"tokens_per_s": 5.0, "world_size": 2}}}, 2) is None

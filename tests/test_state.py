@@ -32,8 +32,10 @@ def test_write_read_and_bak(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["{not json", "[]", '{"schema_version": 99, "stages": {}}',
-                                  '{"schema_version": 1, "stages": {"1": {"status": "weird"}}}'],
-                         ids=["truncated", "list", "schema", "status"])
+                                  '{"schema_version": 1, "stages": {"1": {"status": "weird"}}}',
+                                  '{"schema_version": 1, "stages": {"1": {"status": "running", "epoch": 0, '
+                                  '"step": "3", "batch": 0}}}'],
+                         ids=["truncated", "list", "schema", "status", "step-not-int"])
 def test_corrupt_state_is_detected_and_bak_offered(tmp_path, text):
     st.write_state(tmp_path, _state_with_stage())
     st.write_state(tmp_path, _state_with_stage())  # now a .bak exists
@@ -54,6 +56,35 @@ def test_mismatch_refusal_names_what_differs():
         st.check_resumable(entry, {**run, "seed": 3, "data_fingerprint": "zzz"}, 1)
     msg = str(e.value)
     assert "seed" in msg and "data_fingerprint" in msg and "config_hash" not in msg
+
+
+def test_a_zero_stage_or_a_setting_recorded_on_one_side_only_is_refused():
+    """A ZeRO checkpoint has another layout than a DDP one, so zero_stage is compared (None without DeepSpeed);
+    a setting that only one side has (a key added or dropped since) is a difference too.
+    Mutations: LAYOUT_KEYS emptied -> the zero_stage refusal fails; settings compared only on the keys both
+    have -> the one-sided refusal fails."""
+    entry = _state_with_stage(zero_stage=2, settings={"optim.lr": 0.1})["stages"]["1"]
+    run = {k: entry[k] for k in (*st.RESUME_KEYS, "zero_stage", "settings")}
+    st.check_resumable(entry, run, 1)
+    with pytest.raises(UserError, match="zero_stage: recorded 2, now None"):
+        st.check_resumable(entry, {**run, "zero_stage": None}, 1)
+    with pytest.raises(UserError, match="train.seq_len: recorded None, now 64"):
+        st.check_resumable(entry, {**run, "settings": {"optim.lr": 0.1, "train.seq_len": 64}}, 1)
+
+
+def test_the_keys_a_resume_may_change_are_exactly_the_documented_ones():
+    """Every config key but these (the module docstring's list) is recorded in a stage's settings, so a change
+    of any other (train.patience, data.seq_len, model.*, augment.*, optim.*) refuses the resume.
+    Mutation: train.patience added to RESUME_FREE_KEYS -> fails (as does dropping any listed key)."""
+    from aurl.config import load_config
+
+    cfg = load_config(None)
+    every = {f"{section}.{key}" for section, values in cfg.to_dict().items() for key in values}
+    free = every - set(st.resume_settings(cfg))
+    whole = {k for k in every if k.split(".")[0] in ("logging", "checkpoint", "eval")}
+    assert len(whole) >= 10 and len(every - free) >= 40, (len(whole), len(every - free))
+    assert free == whole | {"data.data_dir", "data.cache_dir", "data.num_workers", "train.stop_margin_s",
+                            "train.compile", "train.activation_checkpointing"}
 
 
 def test_another_world_size_resumes_when_it_splits_the_global_batch():
@@ -171,3 +202,20 @@ def test_resume_with_a_changed_setting_is_refused_before_anything_is_written(tmp
     assert main([*args, "logging.log_every_steps=2", "checkpoint.keep=3", "train.stop_margin_s=1"]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert st.read_state(out)["stages"]["1"]["status"] == "completed"
+
+
+def test_a_resume_starts_at_the_checkpoints_global_sample_cursor():
+    """The checkpoint's cursor counts samples over all ranks, so 24 samples done on 2 processes are batch 4 of
+    a launch on 3 processes of micro-batch 2 (6 samples a batch); a checkpoint from before the global cursor
+    (a per-rank batch) resumes only on its own world size; a DeepSpeed checkpoint is converted to a universal
+    one only when the world size changes. Mutations: the cursor divided by the micro-batch alone -> 12, fails;
+    the old checkpoint's world-size check dropped -> no refusal, fails; needs_universal without the world
+    comparison -> fails."""
+    from aurl.train.elastic import Layout, needs_universal, start_batch
+
+    assert start_batch({"sample": 24, "world_size": 2}, Layout(3, 2, 1)) == 4
+    assert start_batch({"batch": 5, "world_size": 2}, Layout(2, 4, 1)) == 5
+    with pytest.raises(UserError, match="predates elastic resume: relaunch with --num_processes 2"):
+        start_batch({"batch": 5, "world_size": 2}, Layout(3, 4, 1))
+    assert needs_universal(True, 2, 3) and not needs_universal(True, 2, 2)
+    assert not needs_universal(False, 2, 3) and not needs_universal(True, None, 3)

@@ -26,3 +26,15 @@ def test_split_is_by_piece_disjoint_seeded_and_stable_under_additions():
     none = [{"path": f"p{i}.mid"} for i in range(10)]
     assign_split(none, 0.0, seed=0)
     assert all(p["split"] == "train" for p in none)
+
+
+def test_a_folder_all_in_one_split_moves_the_piece_whose_hash_is_nearest_the_other():
+    """Mutation: the piece moved chosen from the wrong end (max for val, min for train) -> fails."""
+    from aurl.data.token_cache import _split_score
+
+    for fraction, moved in ((0.001, "val"), (0.999, "train")):
+        pieces = [{"path": f"p{i}.mid"} for i in range(5)]
+        assign_split(pieces, fraction, seed=2)
+        scores = {p["path"]: _split_score(2, p["path"]) for p in pieces}
+        nearest = (min if moved == "val" else max)(scores, key=scores.get)
+        assert [p["path"] for p in pieces if p["split"] == moved] == [nearest], (fraction, scores)

@@ -123,3 +123,29 @@ def test_sounding_embedding_is_carried_added_as_a_no_op_grown_and_reported_when_
     assert torch.allclose(dst.decode(x), src.decode(x), rtol=1e-3, atol=1e-3)  # RMSNorm eps, as above
     _, rep = move(src, cfg("transformer"))
     assert "sound_proj.weight" in rep.dropped and not rep.exact
+
+
+def test_shrinking_is_inexact_and_another_vocabulary_or_rank_is_refused():
+    """Fewer layers or a narrower layer cannot keep the function: the report says inexact (and names the
+    dropped block, or the shrunk tensor). Another vocabulary, or a tensor of another rank, is refused.
+    Mutations: the layer-count check dropped -> the 3 -> 2 layer transfer reads exact, fails; a shrunk
+    tensor left exact -> the d_ff transfer reads exact, fails; the vocab_size check dropped -> no refusal (the
+    embedding is cut), fails; the rank check dropped -> zip's error instead of the named one, fails."""
+    import dataclasses
+
+    import pytest
+
+    deep = trained(cfg("transformer", n_layers=3))
+    _, rep = move(deep, cfg("transformer"))
+    assert not rep.exact and any(n.startswith("decoder.blocks.2.") for n in rep.dropped) and not rep.grown
+    src = trained(cfg("transformer"))
+    _, rep = move(src, cfg("transformer", d_ff=32))
+    assert not rep.exact and any(": shrunk " in n for n in rep.notes)
+    assert rep.grown
+    dst = MusicTransformerVAEGAN(cfg("transformer")).eval()
+    other = dataclasses.replace(src.cfg, vocab_size=VOCAB_SIZE + 8)
+    with pytest.raises(ValueError, match=f"vocab_size differs: source {VOCAB_SIZE + 8}, destination {VOCAB_SIZE}"):
+        transfer_weights(src.state_dict(), other, dst)
+    state = {**src.state_dict(), "tok_emb.weight": src.state_dict()["tok_emb.weight"][:, 0]}
+    with pytest.raises(ValueError, match=r"tok_emb.weight: cannot grow a \(\d+,\) tensor into \(\d+, 32\)"):
+        transfer_weights(state, src.cfg, dst)
