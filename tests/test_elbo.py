@@ -115,3 +115,38 @@ def test_validation_sums_are_their_definition():
             torch.nn.init.constant_(model.disc.head.bias, bias)
             d = validation_sums(model, ids, mask, seed=5)
             assert (float(d["d_real_correct"]), float(d["d_fake_correct"])) == (real_right, fake_right), bias
+
+
+def test_the_fake_the_discriminator_judges_is_a_sample_of_the_model_not_the_real_window():
+    """vae_gan: validation's fake window is the real one's first token, then at each scored position the
+    Gumbel-max sample of the teacher-forced logits (the window's own generator, after its eps draw) and the
+    real token elsewhere. Recomputed here and compared token for token (3 windows x 40), with the number of
+    scored positions where the fake differs from the real window stated (an untrained model: nearly all).
+    Mutation: fake = input_ids (D judges the real window twice) -> 0 differing positions, fails."""
+    from aurl.model.elbo import validation_sums
+
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae_gan")).eval()
+    ids = real_windows(3, 40)
+    real = ids != PAD
+    mask = real.clone()
+    mask[:, :10] = False  # a prompt the loss does not score: the fake keeps it
+    judged = []
+    hook = model.disc.register_forward_hook(lambda module, args, out: judged.append(args[0].clone()))
+    with torch.no_grad():
+        validation_sums(model, ids, mask, seed=5)
+        hook.remove()
+        gens = window_generators(ids, real, 5)
+        eps = torch.stack([torch.randn(8, generator=g) for g in gens])
+        mu, logvar = model.encode(ids, real)
+        logits = model.decode(ids[:, :-1], mu + eps * (0.5 * logvar).exp())
+        u = torch.stack([torch.rand(tuple(logits.shape[1:]), generator=g) for g in gens])
+    sampled = (logits.float() - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)
+    scored = mask[:, 1:]
+    expected = torch.cat([ids[:, :1], torch.where(scored, sampled, ids[:, 1:])], dim=1)
+    assert len(judged) == 2 and torch.equal(judged[0], ids)  # the real window, then the fake
+    fake = judged[1]
+    assert fake.shape == expected.shape == (3, 40) and torch.equal(fake, expected)
+    assert torch.equal(fake[:, :10], ids[:, :10])  # the unscored prompt is the real one
+    differing = int((fake != ids).sum())
+    assert 80 <= differing <= int(scored.sum()) == 90, differing  # measured: 90 (all)
