@@ -6,6 +6,9 @@ unless it is already there.
 `ensure_deepspeed_op(env)`: DeepSpeed's CPU op built (once per machine, in env's TORCH_EXTENSIONS_DIR) before
 a test launches DeepSpeed, or unavailable().
 
+`spy_on_the_disk(monkeypatch)`: every os.fsync and os.replace from then on, recorded by the inode it acts on
+(the real call is made), for the tests of what reaches the disk before what (atomic writes, checkpoint commits).
+
 `unavailable(reason)`: a component a test needs cannot start (SLURM, munge, the DeepSpeed op build). Under
 CI=true (CI sets it) the test fails with the reason, so CI cannot go green without the component; elsewhere
 (a laptop without root, say) it is skipped with the reason.
@@ -52,6 +55,25 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: each module keeps its order
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+def spy_on_the_disk(monkeypatch) -> list[tuple[str, int]]:
+    """Record each os.fsync ("fsync", inode) and os.replace ("replace", inode of the source), then call the
+    real one. Undo with monkeypatch.undo() before reading the files back."""
+    events: list[tuple[str, int]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return fsync(fd)
+
+    def spy_replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    return events
 
 
 def in_ci() -> bool:

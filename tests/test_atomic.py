@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import spy_on_the_disk
 
 from aurl import atomic
 
@@ -51,30 +52,12 @@ def test_the_file_gets_open_s_mode_and_the_folders_are_made(tmp_path, umask, mod
     assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["w"], torch.arange(3))
 
 
-def _spy_on_the_disk(monkeypatch) -> list[tuple[str, int]]:
-    """Record each os.fsync and os.replace (by the inode they act on), then call the real one."""
-    events: list[tuple[str, int]] = []
-    fsync, replace = os.fsync, os.replace
-
-    def spy_fsync(fd):
-        events.append(("fsync", os.fstat(fd).st_ino))
-        return fsync(fd)
-
-    def spy_replace(src, dst):
-        events.append(("replace", os.stat(src).st_ino))
-        return replace(src, dst)
-
-    monkeypatch.setattr(atomic.os, "fsync", spy_fsync)
-    monkeypatch.setattr(atomic.os, "replace", spy_replace)
-    return events
-
-
 def test_the_bytes_reach_the_disk_before_the_rename_and_the_rename_after_it(tmp_path, monkeypatch):
     """The temp file is fsynced before os.replace puts it in place (else a power cut can leave the new name
     on empty blocks), and the folder after it (else the rename itself can be lost). Spies that call the real
     functions. Mutations: the file's os.fsync left out -> fails; the _fsync_dir after the rename left out
     -> fails."""
-    events = _spy_on_the_disk(monkeypatch)
+    events = spy_on_the_disk(monkeypatch)
     target = tmp_path / "state.json"
     atomic.atomic_write_json(target, {"step": 3})
     monkeypatch.undo()

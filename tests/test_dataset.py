@@ -171,6 +171,7 @@ def test_augmentation_draws_depend_on_epoch_and_index(cache):
     assert all(len(d) > 1 for d in across_epochs) and all(len(d) > 1 for d in across_index)
     assert [draws(3, i) for i in range(len(ds))] == [draws(3, i) for i in range(len(ds))]
 
+
 def test_bad_arguments_are_user_errors(cache, tmp_path):
     with pytest.raises(UserError, match="seq_len"):
         WindowDataset(cache, "train", seq_len=4096)
@@ -344,7 +345,6 @@ def test_no_training_window_starts_just_after_start(cache):
     ds = WindowDataset(cache, "train", seq_len=SEQ, seed=0)
     starts = [ds.locate(e, i)[1] for e in range(300) for i in range(len(ds))]
     assert 1 not in starts and starts.count(0) > 300 and len(set(starts)) > 100
-
 
 
 def _steps(n, micro, accum, world, epoch, start_sample=0, seed=5) -> list[list[tuple]]:

@@ -286,13 +286,11 @@ def test_the_latent_modes_read_their_sources(tmp_path):
 def ending_ckpt(tmp_path_factory):
     """An untrained transformer that closes its notes and ends: END made likely and every NOTE_OFF as likely
     (their rows set to END's; tied head), so --stop-at-end has something to stop at."""
-    from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NUM_PITCHES
+    from test_sampling import closes_and_ends
 
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer"))
-    with torch.no_grad():
-        model.tok_emb.weight[END_ID] *= 20
-        model.tok_emb.weight[NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES] = model.tok_emb.weight[END_ID]
+    closes_and_ends(model)
     return save_model_file(tmp_path_factory.mktemp("ending") / "ending.pt", model, tiny("transformer"), {}, {})
 
 

@@ -12,7 +12,7 @@ from test_vaegan import tiny
 from aurl.console import UserError
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.sampling import check_sampling_options, filter_logits, generate, interpolate, make_generator
-from aurl.vocab import END_ID, PAD_ID, START_ID
+from aurl.vocab import END_ID, NOTE_OFF_OFFSET, NUM_PITCHES, PAD_ID, START_ID
 
 LOGITS = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
 
@@ -77,13 +77,21 @@ def test_stop_at_end_pads_after_end():
     assert END_ID not in out.flatten().tolist() and PAD_ID not in out[:, 1:].flatten().tolist()
 
 
+def closes_and_ends(model) -> None:
+    """Make END tempting, and closing a note as tempting: the NOTE_OFF embedding rows set to END's (the head
+    is tied), so an untrained model's rows close their notes and end."""
+    with torch.no_grad():
+        model.tok_emb.weight[END_ID] *= 20
+        model.tok_emb.weight[NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES] = model.tok_emb.weight[END_ID]
+
+
 def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not():
     """An untrained model breaks the event grammar all the time; constrained decoding never does (only notes
     still open at the length cut-off remain), and END comes only once every note is closed: END and every
     NOTE_OFF are made likely (the NOTE_OFF rows set to END's), so rows close their notes and end (2 of 4,
     after 3 and 4 notes). Mutation: the sampler's mask with END always legal (no `anything`) -> fails."""
     from aurl.grammar import grammar_errors
-    from aurl.vocab import NOTE_OFF_OFFSET, NOTE_ON_OFFSET, NUM_PITCHES
+    from aurl.vocab import NOTE_OFF_OFFSET, NOTE_ON_OFFSET
 
     torch.manual_seed(0)
     model = MusicTransformerVAEGAN(tiny("transformer"))
@@ -91,9 +99,7 @@ def test_grammar_constrained_decoding_is_grammatical_where_raw_sampling_is_not()
     prompt = torch.cat([prompt, torch.full((4, 1), NOTE_ON_OFFSET + 39)], 1)  # a prompt with a note sounding
     raw = generate(model, prompt, 200, generator=make_generator(1), grammar=False)
     assert sum(grammar_errors(row)["note_off_without_on"] for row in raw.tolist()) > 0
-    with torch.no_grad():
-        model.tok_emb.weight[END_ID] *= 20  # make END tempting, and closing a note as tempting (tied head)
-        model.tok_emb.weight[NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + NUM_PITCHES] = model.tok_emb.weight[END_ID]
+    closes_and_ends(model)
     ended = 0
     for use_cache in (True, False):
         out = generate(model, prompt, 200, generator=make_generator(1), grammar=True, use_cache=use_cache,

@@ -4,6 +4,7 @@ ever sees committed checkpoints."""
 from __future__ import annotations
 
 import torch
+from conftest import spy_on_the_disk
 
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.config import ModelConfig
@@ -94,13 +95,8 @@ def test_the_commit_reaches_the_disk_before_the_state_file_points_at_it(tmp_path
     """meta.json is fsynced before the staging dir is renamed, and the stage folder after the rename, before
     on_commit (the state-file update) runs: the state file never points at a rename a power cut can undo.
     Spies that call the real os.fsync / os.replace. Mutation: save() without _fsync_dir(stage_dir) -> fails."""
-    import os
-
     acc, model, _ = _accelerator_and_model()
-    events = []
-    fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or fsync(fd))
-    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", os.stat(a).st_ino)) or replace(a, b))
+    events = spy_on_the_disk(monkeypatch)
     path = ckpt.save(acc, tmp_path, 1, {"epoch": 0, "batch": 1},
                      on_commit=lambda p: events.append(("on_commit", p.stat().st_ino)))
     monkeypatch.undo()
