@@ -83,6 +83,15 @@ def test_zswap_gap_and_active_units_on_a_model():
     assert len({float(torch.randn(1, generator=g)) for g in gens}) == 6  # one stream per distinct window
 
 
+def _teacher_forced(model, ids: torch.Tensor, real: torch.Tensor, seed: int):
+    """(logits, logvar, the windows' generators after their eps draw): what validation_sums decodes from,
+    recomputed by its definition, z = mu + sigma * eps with eps from each window's own generator."""
+    gens = window_generators(ids, real, seed)
+    eps = torch.stack([torch.randn(model.cfg.latent_dim, generator=g) for g in gens])
+    mu, logvar = model.encode(ids, real)
+    return model.decode(ids[:, :-1], mu + eps * (0.5 * logvar).exp()), logvar, gens
+
+
 def test_validation_sums_are_their_definition():
     """vae_gan: ce is the cross-entropy given z = mu + sigma * eps (eps from the window's own generator), over
     the tokens the loss mask scores (a 10-token prompt is not); D counts a real window right when its output is
@@ -103,10 +112,8 @@ def test_validation_sums_are_their_definition():
     mask[:, :10] = False
     with torch.no_grad():
         got = validation_sums(model, ids, mask, seed=5)
-        mu, logvar = model.encode(ids, real)
+        logits, logvar, _ = _teacher_forced(model, ids, real, 5)
         assert float((0.5 * logvar).exp().min()) < 0.8 or float((0.5 * logvar).exp().max()) > 1.25
-        eps = torch.stack([torch.randn(8, generator=g) for g in window_generators(ids, real, 5)])
-        logits = model.decode(ids[:, :-1], mu + eps * (0.5 * logvar).exp())
         ce = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")[:, 9:]
         assert float(got["tokens"]) == ce.numel() == 3 * 30
         assert float(got["ce"]) == float(ce.sum())
@@ -136,10 +143,7 @@ def test_the_fake_the_discriminator_judges_is_a_sample_of_the_model_not_the_real
     with torch.no_grad():
         validation_sums(model, ids, mask, seed=5)
         hook.remove()
-        gens = window_generators(ids, real, 5)
-        eps = torch.stack([torch.randn(8, generator=g) for g in gens])
-        mu, logvar = model.encode(ids, real)
-        logits = model.decode(ids[:, :-1], mu + eps * (0.5 * logvar).exp())
+        logits, _, gens = _teacher_forced(model, ids, real, 5)
         u = torch.stack([torch.rand(tuple(logits.shape[1:]), generator=g) for g in gens])
     sampled = (logits.float() - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)
     scored = mask[:, 1:]
