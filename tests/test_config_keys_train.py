@@ -63,6 +63,10 @@ def _(lab, key):
     vals = never.val()
     no_new_best = [s for s in sorted(vals) if s > 1 and vals[s] >= min(vals[t] for t in vals if t < s)]
     assert never.state["step"] == 6 and len(vals) == 6 and no_new_best, vals
+    # the count of validations since the last new best restarts at each new best (here the last, at step 6)
+    assert no_new_best[-1] < 6, vals
+    meta = json.loads((Path(never.state["last_checkpoint"]) / "meta.json").read_text())
+    assert meta["step"] == 6 and meta["bad_evals"] == 0 and meta["early_stopped"] is False, meta
     stop = no_new_best[0]
     assert stop % 3, (stop, vals)  # mid-epoch, as measured (4)
     assert one.rc == 0 and one.state["status"] == "completed" and one.state["step"] == stop
