@@ -73,6 +73,12 @@ def _(lab, key):
     assert one.checkpoints()[-1] == stop and Path(one.state["last_checkpoint"]).name == f"step_{stop:08d}"
     meta = json.loads((Path(one.state["last_checkpoint"]) / "meta.json").read_text())
     assert meta["early_stopped"] is True and meta["reason"] == "early_stop", meta
+    # the best model is the best validation's (step 3), not the last one's (the stop's, worse)
+    best_step = min((s for s in vals if s <= stop), key=vals.get)
+    assert best_step < stop and one.state["best_val_loss"] == vals[best_step]
+    for sidecar in ("stage1/best.json", "best_model.json"):
+        info = json.loads((one.out / "checkpoints" / sidecar).read_text())
+        assert (info["extra"]["step"], info["metrics"]["nll"]) == (best_step, vals[best_step]), (sidecar, info)
     rejects(key, -1)
 
 
