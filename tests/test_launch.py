@@ -85,7 +85,10 @@ def test_every_accelerate_config_parses_and_names_its_command():
 @pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
 def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, tmp_path):
     """The exact `accelerate launch` flags run.sh builds without a GPU, run for real with a tiny script in
-    place of `-m aurl.train`: two processes, one gloo group (an all-reduce over both ranks)."""
+    place of `-m aurl.train`: two processes, one gloo group (an all-reduce over both ranks). The script also
+    runs the two small collectives the trainer's ranks agree by: a stop request that reached rank 1 alone
+    (SIGUSR1) stops both at the same step boundary (StopFlag.should_stop), and the discriminator's gradient
+    averaged over the ranks under DeepSpeed (average_gradients: (1 + 2) / 2 on both)."""
     import torch
 
     if torch.cuda.is_available():
@@ -102,11 +105,24 @@ def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, 
         "t = torch.tensor([acc.process_index + 1.0])\n"
         "dist.all_reduce(t)\n"
         "print(f'rank {acc.process_index}/{acc.num_processes} {acc.device} {dist.get_backend()} sum {t.item()}')\n"
+        "import os, signal\n"
+        "from aurl.train.distributed import average_gradients\n"
+        "from aurl.train.preemption import StopFlag\n"
+        "flag = StopFlag().install()\n"
+        "before = flag.should_stop(acc)\n"
+        "if acc.process_index == 1:\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "after = flag.should_stop(acc)\n"
+        "p = torch.nn.Parameter(torch.zeros(3))\n"
+        "p.grad = torch.full((3,), acc.process_index + 1.0)\n"
+        "average_gradients([p], acc)\n"
+        "print(f'rank {acc.process_index} stop {before} {after} {flag.requested} grad {p.grad.tolist()}')\n"
         # a group left to the interpreter's exit sometimes aborts in gloo's destructor (seen once in a full run:
         # 'terminate called without an active exception', SIGABRT): tear it down like the trainer does
         "dist.barrier()\n"
         "dist.destroy_process_group()\n")
-    env = dict(os.environ, ACCELERATE_USE_CPU=env_line.partition("=")[2])
+    env = dict(os.environ, ACCELERATE_USE_CPU=env_line.partition("=")[2],
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     accelerate = Path(sys.executable).parent / "accelerate"
     p = subprocess.run([str(accelerate), "launch", *flags, str(script)], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
@@ -114,4 +130,7 @@ def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, 
     # The two processes share one pipe: their lines may interleave.
     ranks = sorted(re.findall(r"rank (\d)/(\d) cpu\S* gloo sum (\S+?)(?=rank|$|\s)", p.stdout))
     assert ranks == [("0", "2", "3.0"), ("1", "2", "3.0")], p.stdout
+    agreed = sorted(re.findall(r"rank (\d) stop (\w+) (\w+) (\w+) grad (\[[^]]*\])", p.stdout))
+    assert agreed == [("0", "False", "True", "None", "[1.5, 1.5, 1.5]"),
+                      ("1", "False", "True", "SIGUSR1", "[1.5, 1.5, 1.5]")], p.stdout
 
