@@ -104,6 +104,13 @@ def _(lab, key):
     assert calm.rc == 0 and calm.state["status"] == "completed" and calm.state["step"] == 4
     assert urgent.rc == STOPPED_EXIT == 75
     assert urgent.state["status"] == "stopped" and urgent.state["step"] < 4 and urgent.checkpoints()
+    # every step an epoch's last (6 micro-batches an epoch, grad_accum 6): the stop comes with the epoch end,
+    # whose commit is the stop's; no step runs after it
+    one_step_epochs = ("optim.grad_accum=6", "train.max_steps=0")
+    calm, urgent = lab.run(*one_step_epochs, f"{key}=0", env=env), lab.run(*one_step_epochs, f"{key}=7200", env=env)
+    assert calm.rc == 0 and calm.state["total_steps"] == 2 and calm.checkpoints() == [1, 2]
+    assert urgent.rc == STOPPED_EXIT and urgent.state["status"] == "stopped" and urgent.state["step"] == 1
+    assert urgent.checkpoints() == [1] and (urgent.state["epoch"], urgent.state["batch"]) == (1, 0)
     rejects(key, -1.0)
 
 
