@@ -228,8 +228,12 @@ def test_resume_requires_a_run_and_clear(tmp_path):
     run(out, "--stage", "1", "train.max_steps=2")
     r = subprocess.run(train_cmd(out, "--clear"), cwd=REPO, env=ENV, input="n\n", capture_output=True, text=True)
     assert (out / "training_state.json").exists() and "nothing deleted" in r.stdout
+    before = sorted(p.name for p in out.iterdir())
     run(out, "--clear", "--yes")
-    assert not (out / "training_state.json").exists() and not (out / "checkpoints").exists()
+    # the state (and its .bak), checkpoints, logs and lock go; the token cache stays (and the evaluations would)
+    assert set(before) == {"training_state.json", "training_state.json.bak", "checkpoints", "logs", "training.lock",
+                           "cache"}, before
+    assert sorted(p.name for p in out.iterdir()) == ["cache"], (before, sorted(out.iterdir()))
 
 
 def test_clear_refuses_while_live(tmp_path):
