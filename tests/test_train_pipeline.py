@@ -221,11 +221,27 @@ def test_corrupt_state_offers_bak(reference, tmp_path):
         assert r.returncode == 2 and "corrupt" in r.stderr and ".bak" in r.stderr
 
 
-def test_resume_requires_a_run_and_clear(tmp_path):
+def test_resume_requires_a_run_and_clear(tmp_path, capsys):
+    """--resume refuses a folder without a run; --status tells a live run (its lock held: this test process
+    plays it) from a finished one; --clear asks, then deletes what it names and keeps the cache."""
+    from aurl.train.__main__ import main
+    from aurl.train.state import RunLock
+
     out = tmp_path / "run"
     r = run(out, "--resume", check=False)
     assert r.returncode == 2 and "no run to resume" in r.stderr
     run(out, "--stage", "1", "train.max_steps=2")
+    capsys.readouterr()
+    assert main(["--status", "--output-dir", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("run ") and ": not running; current stage 1" in first, first
+    lock = RunLock(out).acquire()
+    try:
+        assert main(["--status", "--output-dir", str(out)]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert f": LIVE (pid {os.getpid()} on " in first and "; current stage 1" in first, first
+    finally:
+        lock.release()
     r = subprocess.run(train_cmd(out, "--clear"), cwd=REPO, env=ENV, input="n\n", capture_output=True, text=True)
     assert (out / "training_state.json").exists() and "nothing deleted" in r.stdout
     before = sorted(p.name for p in out.iterdir())
