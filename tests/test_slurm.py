@@ -285,11 +285,17 @@ def test_status_without_squeue_and_stage_status(tmp_path, monkeypatch, capsys):
     assert slurm.status_lines(tmp_path) == [] and slurm.job_states(["1"]) is None
     slurm.record_jobs(tmp_path, {"1": "7"})
     assert slurm.status_lines(tmp_path) == ["stage 1: SLURM job 7: squeue not available"]
-    (tmp_path / "training_state.json").write_text(json.dumps({"stages": {"1": {"status": "completed"}}}))
-    assert slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", "1"]) == 0
-    assert slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", "2"]) == 1
-    slurm.main(["stage-status", "--output-dir", str(tmp_path), "--stage", "2"])
-    assert capsys.readouterr().out.strip() == "none"
+    # stage 2 stopped early (committed: requeue it), stage 3 "running" (a crashed or still live trainer), no 4
+    stages = {"1": {"status": "completed"}, "2": {"status": "stopped"}, "3": {"status": "running"}}
+    (tmp_path / "training_state.json").write_text(json.dumps({"stages": stages}))
+    done, said = {}, {}
+    for stage in (1, 2, 3, 4):
+        done[stage] = slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", str(stage)])
+        capsys.readouterr()
+        assert slurm.main(["stage-status", "--output-dir", str(tmp_path), "--stage", str(stage)]) == 0
+        said[stage] = capsys.readouterr().out.strip()
+    assert done == {1: 0, 2: 1, 3: 1, 4: 1}  # a stage job exits 0 at once only when its stage is completed
+    assert said == {1: "completed", 2: "stopped", 3: "none", 4: "none"}
 
 
 @pytest.mark.parametrize("knobs", [{"AURL_REQUEUE_NODES": "0"}, {"AURL_REQUEUE_NODES": "one"},
