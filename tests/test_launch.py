@@ -134,3 +134,19 @@ def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, 
     assert agreed == [("0", "False", "True", "None", "[1.5, 1.5, 1.5]"),
                       ("1", "False", "True", "SIGUSR1", "[1.5, 1.5, 1.5]")], p.stdout
 
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
+def test_quickstart_sets_up_the_environment_and_passes_its_arguments_to_the_trainer(tmp_path):
+    """launch/quickstart.sh (the README's main command): launch/env.sh (idempotent: the suite's own .venv), then
+    `python -m aurl.train` from the repository root with every argument; here the read-only --status of an
+    empty output dir, started from another folder with only the system's folders on PATH (no `python` there
+    but the one env.sh puts first)."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"
+    r = subprocess.run(["bash", str(REPO / "launch" / "quickstart.sh"), "--status", "--output-dir", str(out)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines() == [f"no run in {out}"], r.stdout
+    assert not out.exists()
