@@ -65,6 +65,25 @@ def test_unknown_config_is_one_line_and_exit_2(stub_accelerate):
     assert r.returncode == 2 and "zero9" in r.stderr and "deepspeed_zero2" in r.stderr and not r.stdout
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
+def test_one_cpu_process_runs_the_trainer_itself_and_a_one_process_config_refuses_two(stub_accelerate, tmp_path):
+    """AURL_NUM_PROCESSES=1 without a GPU: plain `python -m aurl.train` (no accelerate: the stub would print
+    its arguments), here the read-only --status. A config of one process ('NO', single_gpu) asked for two:
+    one line naming both, exit 2, before any launch."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    r = _run(stub_accelerate, "--status", "--output-dir", str(out), AURL_NUM_PROCESSES="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"no run in {out}"] and "one CPU process: python -m aurl.train" in r.stderr
+    r = _run(stub_accelerate, "--stage", "1", AURL_ACCELERATE_CONFIG="single_gpu", AURL_NUM_PROCESSES="2")
+    assert r.returncode == 2 and not r.stdout, (r.stdout, r.stderr)
+    assert r.stderr.splitlines() == ["[aurl] error: accelerate_configs/single_gpu.yaml runs one process; 2 need "
+                                     "another config (AURL_ACCELERATE_CONFIG)"], r.stderr
+
+
 def test_every_accelerate_config_parses_and_names_its_command():
     from accelerate.commands.config.config_args import load_config_from_file
 
