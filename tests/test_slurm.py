@@ -176,6 +176,33 @@ def test_slurm_signal_stops_requeues_resumes_and_sigterm_stops(slurm_cluster, tm
     assert steps == list(range(1, entry["step"] + 1)), steps  # each step once: resumed, not restarted
 
 
+@pytest.mark.slow
+def test_a_stop_asked_before_the_trainer_runs_still_stops_it(slurm_cluster, tmp_path):  # noqa: F811
+    """A preemption notice can come at any time: here SIGUSR1 to the batch shell as soon as the job logs its
+    start, before srun, the node launchers and the trainers exist. stage.sh keeps forwarding it until the
+    trainer listens: the stage stops at a step boundary with a commit and the job requeues itself."""
+    out = tmp_path / "run"
+    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
+               AURL_TRAIN_ARGS="train.epochs=100000 train.max_steps=100000 data.batch_size=2 "
+                               "checkpoint.every_steps=100 eval.enabled=false")
+    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00",
+                            f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
+                            env=env, cwd=tmp_path).stdout.strip()
+    log_path = tmp_path / f"aurl-stage-{job}.out"
+    try:
+        _wait_for_log(log_path, r"stage 1: start on ", timeout=120)
+        slurm_cluster.run("scancel", "--signal=USR1", "--batch", job)
+        _wait_for_status(out, 1, "stopped", job, slurm_cluster, timeout=180)
+        assert _wait_for(lambda: "requeueing job" in log_path.read_text(), timeout=60), log_path.read_text()
+    finally:
+        slurm_cluster.run("scancel", job, check=False)  # the requeued run would train on
+    log = log_path.read_text()
+    assert log.count("got SIGUSR1") == 1 and "[stage 1] stop requested (" in log, log
+    assert re.search(r"srun exited with \d+; stage status: stopped", log), log
+    entry = stage_entry(out, 1)
+    assert entry["status"] == "stopped" and entry["step"] >= 1 and entry["last_checkpoint"], entry
+
+
 def _wait_for(pred, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
