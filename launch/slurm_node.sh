@@ -13,6 +13,17 @@
 # so it runs with SIGUSR1 ignored and this script forwards SIGUSR1 and SIGTERM to the training processes as
 # SIGUSR1 (the trainer only sets a flag, then all ranks stop together at a step boundary).
 set -euo pipefail
+# Trapped before anything else: stage.sh forwards a stop request to this job step every 2 s from the moment
+# it comes, which may be before this script gets here; untrapped, SIGUSR1 would kill it (and the step with
+# it) instead of reaching the trainer once it listens.
+stop_requested=0
+launcher=""
+forward() {
+    stop_requested=1
+    # The workers are the launcher's children (torchrun starts each in its own session).
+    [ -z "$launcher" ] || pkill -USR1 -P "$launcher" 2>/dev/null || true
+}
+trap forward USR1 TERM INT
 repo_root="${AURL_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 : "${SLURM_JOB_ID:?launch/slurm_node.sh runs inside a SLURM job step (srun)}"
 if [ "${AURL_SKIP_ENV:-0}" != 1 ]; then
@@ -51,14 +62,6 @@ fi
 echo "[aurl] node $machine_rank/$nodes on $(hostname) (${SLURMD_NODENAME:-?}): head $head_node ($head_addr:$port)," \
     "$per_node process(es) here, $config" >&2
 
-stop_requested=0
-launcher=""
-forward() {
-    stop_requested=1
-    # The workers are the launcher's children (torchrun starts each in its own session).
-    [ -z "$launcher" ] || pkill -USR1 -P "$launcher" 2>/dev/null || true
-}
-trap forward USR1 TERM INT
 (
     trap '' USR1
     exec accelerate launch "${launch_args[@]}" -m aurl.train "$@"

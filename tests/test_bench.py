@@ -66,8 +66,9 @@ def test_a_timeout_also_stops_the_scripts_children(tmp_path):
                       "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
                       f"open({str(pid_file)!r}, 'w').write(str(c.pid))\n"
                       "print('started', flush=True)\ntime.sleep(60)\n")
-    rc, out, _ = bench.run_script(script, [], timeout_s=3)
-    assert rc == 124 and "started" in out
+    rc, out, seconds = bench.run_script(script, [], timeout_s=3)
+    # at the timeout, not when the child ends by itself (60 s): the child held the output pipe open
+    assert rc == 124 and "started" in out and seconds < 30, seconds
     child = int(pid_file.read_text())
     for _ in range(50):  # killed at once; reaped by init shortly after
         try:
@@ -93,6 +94,13 @@ def test_results_keep_one_section_per_device_and_script(tmp_path):
     cpu = text[text.index("## CPU: x"):text.index("## GPU: y")]
     assert "boom" in cpu and "FAILED (exit 1)" in cpu and "other figure" in cpu and "30 tokens/s" not in cpu
     assert "figure: 30 tokens/s" in text[text.index("## GPU: y"):]  # the GPU section kept its own
+
+
+def test_a_script_that_fails_or_times_out_makes_the_run_exit_1(capsys):
+    """A real benchmark stopped by --timeout (124) is reported, and the whole run exits 1 (0 only when every
+    script succeeded): a CI step running the benchmarks must not pass on a failed one."""
+    assert bench.main(["--only", "data", "--timeout", "1", "--no-write"]) == 1
+    assert "--- data: exit 124" in capsys.readouterr().out
 
 
 def test_unknown_script_is_exit_2(capsys):

@@ -53,17 +53,32 @@ def _(lab, key):
 
 @probe("train.patience")
 def _(lab, key):
-    # a learning rate far too high and no clipping: the validation loss soon stops improving (lr 5 kept
-    # improving once windows carried their state and the sounding-notes feature came in; at lr 30 one measured
-    # run gave 12329, 3601, 5228, 4028, 3965, 3792: no new best after step 2)
-    noisy = ("optim.lr=30", "optim.grad_clip=0", "optim.warmup_steps=0", "train.val_every_steps=1", "train.max_steps=0")
+    # a learning rate far too high and no clipping: the validation loss soon stops improving. Measured
+    # 2026-12-02 at lr 100, a validation every step: 135958, 19655, 16641, 27075, 16960, 14432 (no new best at
+    # steps 4 and 5). The first step without a new best lies inside an epoch (3 steps each), so the stop there
+    # is committed by the early stop itself, not by an epoch end.
+    noisy = ("optim.lr=100", "optim.grad_clip=0", "optim.warmup_steps=0", "train.val_every_steps=1",
+             "train.max_steps=0")
     never, one = lab.run(*noisy), lab.run(*noisy, f"{key}=1")
-    vals = [v for _, v in sorted(never.val().items())]
-    assert never.state["step"] == 6 and any(b >= min(vals[:i]) for i, b in enumerate(vals) if i)  # no new best
-    assert one.state["step"] < 6 and one.rc == 0
-    meta = json.loads((one.out / "checkpoints" / "stage1" / Path(one.state["last_checkpoint"]).name
-                       / "meta.json").read_text())
-    assert meta["early_stopped"] is True
+    vals = never.val()
+    no_new_best = [s for s in sorted(vals) if s > 1 and vals[s] >= min(vals[t] for t in vals if t < s)]
+    assert never.state["step"] == 6 and len(vals) == 6 and no_new_best, vals
+    # the count of validations since the last new best restarts at each new best (here the last, at step 6)
+    assert no_new_best[-1] < 6, vals
+    meta = json.loads((Path(never.state["last_checkpoint"]) / "meta.json").read_text())
+    assert meta["step"] == 6 and meta["bad_evals"] == 0 and meta["early_stopped"] is False, meta
+    stop = no_new_best[0]
+    assert stop % 3, (stop, vals)  # mid-epoch, as measured (4)
+    assert one.rc == 0 and one.state["status"] == "completed" and one.state["step"] == stop
+    assert one.checkpoints()[-1] == stop and Path(one.state["last_checkpoint"]).name == f"step_{stop:08d}"
+    meta = json.loads((Path(one.state["last_checkpoint"]) / "meta.json").read_text())
+    assert meta["early_stopped"] is True and meta["reason"] == "early_stop", meta
+    # the best model is the best validation's (step 3), not the last one's (the stop's, worse)
+    best_step = min((s for s in vals if s <= stop), key=vals.get)
+    assert best_step < stop and one.state["best_val_loss"] == vals[best_step]
+    for sidecar in ("stage1/best.json", "best_model.json"):
+        info = json.loads((one.out / "checkpoints" / sidecar).read_text())
+        assert (info["extra"]["step"], info["metrics"]["nll"]) == (best_step, vals[best_step]), (sidecar, info)
     rejects(key, -1)
 
 
@@ -89,6 +104,13 @@ def _(lab, key):
     assert calm.rc == 0 and calm.state["status"] == "completed" and calm.state["step"] == 4
     assert urgent.rc == STOPPED_EXIT == 75
     assert urgent.state["status"] == "stopped" and urgent.state["step"] < 4 and urgent.checkpoints()
+    # every step an epoch's last (6 micro-batches an epoch, grad_accum 6): the stop comes with the epoch end,
+    # whose commit is the stop's; no step runs after it
+    one_step_epochs = ("optim.grad_accum=6", "train.max_steps=0")
+    calm, urgent = lab.run(*one_step_epochs, f"{key}=0", env=env), lab.run(*one_step_epochs, f"{key}=7200", env=env)
+    assert calm.rc == 0 and calm.state["total_steps"] == 2 and calm.checkpoints() == [1, 2]
+    assert urgent.rc == STOPPED_EXIT and urgent.state["status"] == "stopped" and urgent.state["step"] == 1
+    assert urgent.checkpoints() == [1] and (urgent.state["epoch"], urgent.state["batch"]) == (1, 0)
     rejects(key, -1.0)
 
 

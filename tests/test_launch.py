@@ -65,6 +65,25 @@ def test_unknown_config_is_one_line_and_exit_2(stub_accelerate):
     assert r.returncode == 2 and "zero9" in r.stderr and "deepspeed_zero2" in r.stderr and not r.stdout
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
+def test_one_cpu_process_runs_the_trainer_itself_and_a_one_process_config_refuses_two(stub_accelerate, tmp_path):
+    """AURL_NUM_PROCESSES=1 without a GPU: plain `python -m aurl.train` (no accelerate: the stub would print
+    its arguments), here the read-only --status. A config of one process ('NO', single_gpu) asked for two:
+    one line naming both, exit 2, before any launch."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    r = _run(stub_accelerate, "--status", "--output-dir", str(out), AURL_NUM_PROCESSES="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"no run in {out}"] and "one CPU process: python -m aurl.train" in r.stderr
+    r = _run(stub_accelerate, "--stage", "1", AURL_ACCELERATE_CONFIG="single_gpu", AURL_NUM_PROCESSES="2")
+    assert r.returncode == 2 and not r.stdout, (r.stdout, r.stderr)
+    assert r.stderr.splitlines() == ["[aurl] error: accelerate_configs/single_gpu.yaml runs one process; 2 need "
+                                     "another config (AURL_ACCELERATE_CONFIG)"], r.stderr
+
+
 def test_every_accelerate_config_parses_and_names_its_command():
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -85,7 +104,10 @@ def test_every_accelerate_config_parses_and_names_its_command():
 @pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
 def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, tmp_path):
     """The exact `accelerate launch` flags run.sh builds without a GPU, run for real with a tiny script in
-    place of `-m aurl.train`: two processes, one gloo group (an all-reduce over both ranks)."""
+    place of `-m aurl.train`: two processes, one gloo group (an all-reduce over both ranks). The script also
+    runs the two small collectives the trainer's ranks agree by: a stop request that reached rank 1 alone
+    (SIGUSR1) stops both at the same step boundary (StopFlag.should_stop), and the discriminator's gradient
+    averaged over the ranks under DeepSpeed (average_gradients: (1 + 2) / 2 on both)."""
     import torch
 
     if torch.cuda.is_available():
@@ -102,11 +124,24 @@ def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, 
         "t = torch.tensor([acc.process_index + 1.0])\n"
         "dist.all_reduce(t)\n"
         "print(f'rank {acc.process_index}/{acc.num_processes} {acc.device} {dist.get_backend()} sum {t.item()}')\n"
+        "import os, signal\n"
+        "from aurl.train.distributed import average_gradients\n"
+        "from aurl.train.preemption import StopFlag\n"
+        "flag = StopFlag().install()\n"
+        "before = flag.should_stop(acc)\n"
+        "if acc.process_index == 1:\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "after = flag.should_stop(acc)\n"
+        "p = torch.nn.Parameter(torch.zeros(3))\n"
+        "p.grad = torch.full((3,), acc.process_index + 1.0)\n"
+        "average_gradients([p], acc)\n"
+        "print(f'rank {acc.process_index} stop {before} {after} {flag.requested} grad {p.grad.tolist()}')\n"
         # a group left to the interpreter's exit sometimes aborts in gloo's destructor (seen once in a full run:
         # 'terminate called without an active exception', SIGABRT): tear it down like the trainer does
         "dist.barrier()\n"
         "dist.destroy_process_group()\n")
-    env = dict(os.environ, ACCELERATE_USE_CPU=env_line.partition("=")[2])
+    env = dict(os.environ, ACCELERATE_USE_CPU=env_line.partition("=")[2],
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     accelerate = Path(sys.executable).parent / "accelerate"
     p = subprocess.run([str(accelerate), "launch", *flags, str(script)], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
@@ -114,4 +149,23 @@ def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, 
     # The two processes share one pipe: their lines may interleave.
     ranks = sorted(re.findall(r"rank (\d)/(\d) cpu\S* gloo sum (\S+?)(?=rank|$|\s)", p.stdout))
     assert ranks == [("0", "2", "3.0"), ("1", "2", "3.0")], p.stdout
+    agreed = sorted(re.findall(r"rank (\d) stop (\w+) (\w+) (\w+) grad (\[[^]]*\])", p.stdout))
+    assert agreed == [("0", "False", "True", "None", "[1.5, 1.5, 1.5]"),
+                      ("1", "False", "True", "SIGUSR1", "[1.5, 1.5, 1.5]")], p.stdout
 
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
+def test_quickstart_sets_up_the_environment_and_passes_its_arguments_to_the_trainer(tmp_path):
+    """launch/quickstart.sh (the README's main command): launch/env.sh (idempotent: the suite's own .venv), then
+    `python -m aurl.train` from the repository root with every argument; here the read-only --status of an
+    empty output dir, started from another folder with only the system's folders on PATH (no `python` there
+    but the one env.sh puts first)."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"
+    r = subprocess.run(["bash", str(REPO / "launch" / "quickstart.sh"), "--status", "--output-dir", str(out)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines() == [f"no run in {out}"], r.stdout
+    assert not out.exists()

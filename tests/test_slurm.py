@@ -176,6 +176,33 @@ def test_slurm_signal_stops_requeues_resumes_and_sigterm_stops(slurm_cluster, tm
     assert steps == list(range(1, entry["step"] + 1)), steps  # each step once: resumed, not restarted
 
 
+@pytest.mark.slow
+def test_a_stop_asked_before_the_trainer_runs_still_stops_it(slurm_cluster, tmp_path):  # noqa: F811
+    """A preemption notice can come at any time: here SIGUSR1 to the batch shell as soon as the job logs its
+    start, before srun, the node launchers and the trainers exist. stage.sh keeps forwarding it until the
+    trainer listens: the stage stops at a step boundary with a commit and the job requeues itself."""
+    out = tmp_path / "run"
+    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
+               AURL_TRAIN_ARGS="train.epochs=100000 train.max_steps=100000 data.batch_size=2 "
+                               "checkpoint.every_steps=100 eval.enabled=false")
+    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00",
+                            f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
+                            env=env, cwd=tmp_path).stdout.strip()
+    log_path = tmp_path / f"aurl-stage-{job}.out"
+    try:
+        _wait_for_log(log_path, r"stage 1: start on ", timeout=120)
+        slurm_cluster.run("scancel", "--signal=USR1", "--batch", job)
+        _wait_for_status(out, 1, "stopped", job, slurm_cluster, timeout=180)
+        assert _wait_for(lambda: "requeueing job" in log_path.read_text(), timeout=60), log_path.read_text()
+    finally:
+        slurm_cluster.run("scancel", job, check=False)  # the requeued run would train on
+    log = log_path.read_text()
+    assert log.count("got SIGUSR1") == 1 and "[stage 1] stop requested (" in log, log
+    assert re.search(r"srun exited with \d+; stage status: stopped", log), log
+    entry = stage_entry(out, 1)
+    assert entry["status"] == "stopped" and entry["step"] >= 1 and entry["last_checkpoint"], entry
+
+
 def _wait_for(pred, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -285,11 +312,17 @@ def test_status_without_squeue_and_stage_status(tmp_path, monkeypatch, capsys):
     assert slurm.status_lines(tmp_path) == [] and slurm.job_states(["1"]) is None
     slurm.record_jobs(tmp_path, {"1": "7"})
     assert slurm.status_lines(tmp_path) == ["stage 1: SLURM job 7: squeue not available"]
-    (tmp_path / "training_state.json").write_text(json.dumps({"stages": {"1": {"status": "completed"}}}))
-    assert slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", "1"]) == 0
-    assert slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", "2"]) == 1
-    slurm.main(["stage-status", "--output-dir", str(tmp_path), "--stage", "2"])
-    assert capsys.readouterr().out.strip() == "none"
+    # stage 2 stopped early (committed: requeue it), stage 3 "running" (a crashed or still live trainer), no 4
+    stages = {"1": {"status": "completed"}, "2": {"status": "stopped"}, "3": {"status": "running"}}
+    (tmp_path / "training_state.json").write_text(json.dumps({"stages": stages}))
+    done, said = {}, {}
+    for stage in (1, 2, 3, 4):
+        done[stage] = slurm.main(["stage-done", "--output-dir", str(tmp_path), "--stage", str(stage)])
+        capsys.readouterr()
+        assert slurm.main(["stage-status", "--output-dir", str(tmp_path), "--stage", str(stage)]) == 0
+        said[stage] = capsys.readouterr().out.strip()
+    assert done == {1: 0, 2: 1, 3: 1, 4: 1}  # a stage job exits 0 at once only when its stage is completed
+    assert said == {1: "completed", 2: "stopped", 3: "none", 4: "none"}
 
 
 @pytest.mark.parametrize("knobs", [{"AURL_REQUEUE_NODES": "0"}, {"AURL_REQUEUE_NODES": "one"},

@@ -53,15 +53,18 @@ def wandb_records(path: Path):
 
 
 def wandb_run(run_dir: Path) -> dict:
-    """run id, group, job type, config keys and history rows of one offline-run dir."""
+    """run id, group, job type, config keys, history rows and the x-axis of each metric (its step_metric, by
+    name or glob) of one offline-run dir."""
     files = list(run_dir.glob("run-*.wandb"))
     assert len(files) == 1, run_dir
-    info: dict = {"history": []}
+    info: dict = {"history": [], "step_metric": {}}
     for rec in wandb_records(files[0]):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             info.update(id=rec.run.run_id, group=rec.run.run_group, job_type=rec.run.job_type,
                         config={u.key for u in rec.run.config.update})
+        elif kind == "metric":
+            info["step_metric"][rec.metric.glob_name or rec.metric.name] = rec.metric.step_metric
         elif kind == "history":
             info["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
                                     for i in rec.history.item})
@@ -115,6 +118,9 @@ def test_wandb_offline_one_run_per_stage_id_kept_across_resume(tracked_run):
         assert last["id"] == run_id
         assert last["group"] == state["run_id"] and last["job_type"] == f"stage{s}"
         assert {"model", "optim", "train", "data"} <= last["config"]
+        # every metric is plotted against the logged optimizer step, not W&B's own counter (a resumed stage
+        # logs steps again that W&B's counter would drop)
+        assert last["step_metric"].get("*") == "step", last["step_metric"]
         total = state["stages"][s]["total_steps"]
         train_steps = {h["step"] for h in last["history"] if "train/loss" in h}
         val_steps = {h["step"] for h in last["history"] if "val/loss" in h}

@@ -221,15 +221,35 @@ def test_corrupt_state_offers_bak(reference, tmp_path):
         assert r.returncode == 2 and "corrupt" in r.stderr and ".bak" in r.stderr
 
 
-def test_resume_requires_a_run_and_clear(tmp_path):
+def test_resume_requires_a_run_and_clear(tmp_path, capsys):
+    """--resume refuses a folder without a run; --status tells a live run (its lock held: this test process
+    plays it) from a finished one; --clear asks, then deletes what it names and keeps the cache."""
+    from aurl.train.__main__ import main
+    from aurl.train.state import RunLock
+
     out = tmp_path / "run"
     r = run(out, "--resume", check=False)
     assert r.returncode == 2 and "no run to resume" in r.stderr
     run(out, "--stage", "1", "train.max_steps=2")
+    capsys.readouterr()
+    assert main(["--status", "--output-dir", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("run ") and ": not running; current stage 1" in first, first
+    lock = RunLock(out).acquire()
+    try:
+        assert main(["--status", "--output-dir", str(out)]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert f": LIVE (pid {os.getpid()} on " in first and "; current stage 1" in first, first
+    finally:
+        lock.release()
     r = subprocess.run(train_cmd(out, "--clear"), cwd=REPO, env=ENV, input="n\n", capture_output=True, text=True)
     assert (out / "training_state.json").exists() and "nothing deleted" in r.stdout
+    before = sorted(p.name for p in out.iterdir())
     run(out, "--clear", "--yes")
-    assert not (out / "training_state.json").exists() and not (out / "checkpoints").exists()
+    # the state (and its .bak), checkpoints, logs and lock go; the token cache stays (and the evaluations would)
+    assert set(before) == {"training_state.json", "training_state.json.bak", "checkpoints", "logs", "training.lock",
+                           "cache"}, before
+    assert sorted(p.name for p in out.iterdir()) == ["cache"], (before, sorted(out.iterdir()))
 
 
 def test_clear_refuses_while_live(tmp_path):
@@ -382,7 +402,8 @@ def test_a_tracker_failing_mid_run_does_not_stop_training(reference, tmp_path):
     _remove_while_written(tb)
     log, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, log[-3000:]
-    assert "tracker TensorBoardTracker failed" in log and "dropped" in log, log[-3000:]
+    failures = [line for line in log.splitlines() if "tracker TensorBoardTracker failed" in line]
+    assert len(failures) == 1 and "dropped" in failures[0], log[-3000:]  # once: a dropped tracker is not called again
     assert stage_entry(out, 1)["status"] == "completed"
     ref = [r for r in records(reference) if r["stage"] == 1]
     assert assert_replays_reference(ref, [records(out)], [None]) >= len(ref)
