@@ -154,7 +154,6 @@ def test_the_cpu_command_really_starts_two_connected_processes(stub_accelerate, 
                       ("1", "False", "True", "SIGUSR1", "[1.5, 1.5, 1.5]")], p.stdout
 
 
-
 @pytest.mark.skipif(sys.platform != "linux", reason="bash launcher")
 def test_quickstart_sets_up_the_environment_and_passes_its_arguments_to_the_trainer(tmp_path):
     """launch/quickstart.sh (the README's main command): launch/env.sh (idempotent: the suite's own .venv), then
