@@ -62,3 +62,18 @@ def test_the_value_does_not_depend_on_the_batch_size_and_the_model_goes_back_to_
     assert figures[0]["tokens"] == figures[1]["tokens"] == 10 * 23
     # float32 logits summed in float64: the two batchings differ by 1.3e-7 (measured 2026-12-01)
     assert figures[0]["loss"] == pytest.approx(figures[1]["loss"], abs=1e-5) and figures[0]["loss"] > 1
+
+
+@pytest.mark.parametrize("precision, autocast_dtype", [("no", None), ("bf16", torch.bfloat16)])
+def test_validation_runs_in_the_precision_the_stage_trains_in(precision, autocast_dtype):
+    """Under train.mixed_precision=bf16 the validation forward runs under the training forward's bf16 autocast
+    (the best-model value is then computed in bf16, as the stage trains), in fp32 otherwise. Mutation:
+    evaluate without its autocast (validation in fp32 under bf16) -> the bf16 case fails."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer")).train()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    cfg = replace(_stage(5, 0), train=replace(_stage(5, 0).train, mixed_precision=precision))
+    evaluate(model, make_val_loader(Windows(), cfg, 0, 1), make_accelerator("no"), cfg, 5)
+    assert seen == [autocast_dtype] * 2  # 10 windows, 2 batches of 5

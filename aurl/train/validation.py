@@ -1,7 +1,9 @@
 """The trainer's validation: the figures that select a stage's best model, over every validation window once.
 
 evaluate() runs the model's phase="validate" (aurl.model.elbo), the same code aurl.evaluate's likelihood
-uses, so the trainer's best-model value and the stage-end report's NLL are one number.
+uses, so the trainer's best-model value and the stage-end report's NLL are one number. One caveat: a stage
+that trains in bf16 (train.mixed_precision) validates under the same bf16 autocast, for the speed it trains
+at, while the stage-end evaluation scores in fp32; there the two differ by bf16's rounding.
 """
 
 from __future__ import annotations
