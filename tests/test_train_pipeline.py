@@ -290,6 +290,8 @@ LAUNCH_ENV = {**{k: v for k, v in ENV.items() if k not in ("AURL_ACCELERATE_CONF
                                                              "ACCELERATE_USE_CPU")},
               "AURL_SKIP_ENV": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
               "CUDA_VISIBLE_DEVICES": ""}  # run.sh then picks the CPU config on a GPU machine too
+
+
 @pytest.fixture(scope="session")
 def two_process_reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference2")
