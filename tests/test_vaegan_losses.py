@@ -1,0 +1,169 @@
+"""aurl.model.vaegan's losses term by term: which targets the CE scores, the KL's free bits and per-token scale,
+the reparameterized z, the GAN's signs, the fakes, word dropout's share, the warm-up boundary and BN-VAE's first
+running statistics. Each test reads what the model computes (forward hooks, metrics), never a copy of it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_vaegan import batch, tiny
+
+from aurl.model import MusicTransformerVAEGAN
+from aurl.vocab import PAD_ID, VOCAB_SIZE
+
+
+def _capture(module, pre: bool = False) -> list:
+    """What a module receives (pre: its first argument) or returns, call by call."""
+    seen = []
+    if pre:
+        module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    else:
+        module.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    return seen
+
+
+def test_the_training_loss_scores_exactly_the_targets_the_loss_mask_marks():
+    """A window's state prefix (loss_mask False) and its PAD tail are never targets: the loss is the mean CE over
+    the targets t with loss_mask[t] (not loss_mask[t - 1]), and metrics["tokens"] counts them. Measured difference
+    to the recomputed mean: ~1e-7."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer")).eval()
+    x, m = batch(b=2, t=20)
+    m[:, :5] = False  # a 5-token state prefix
+    x[1, 16:] = PAD_ID
+    m[1, 16:] = False
+    out = model(x, m, return_logits=True)
+    scored = m[:, 1:] & (x[:, 1:] != PAD_ID)
+    assert int(scored.sum()) == 15 + 11 == float(out.metrics["tokens"])
+    ce = F.cross_entropy(out.logits.reshape(-1, VOCAB_SIZE), x[:, 1:].reshape(-1), reduction="none")
+    ref = ce[scored.reshape(-1)].mean()
+    assert torch.allclose(out.loss, ref, atol=1e-5) and torch.allclose(out.metrics["recon"], ref, atol=1e-5)
+
+
+def test_the_vae_loss_adds_beta_times_the_free_bits_kl_on_the_per_token_scale():
+    """loss = recon + beta * sum_d max(KL_d, free_bits) * windows / targets (KL per window, CE per token). Half
+    the latent dims can carry nats of KL (3 of them do, above free_bits), the rest ~1e-4 (charged free_bits), so
+    both the clamp and the scale show. Eval mode: z = mu, deterministic. Measured relative difference ~4e-9."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae", kl_beta_max=0.3, free_bits=0.5)).eval()
+    with torch.no_grad():
+        model.to_mu.weight.normal_(std=2.0)
+        model.to_mu.weight[4:] = 0.0
+    x, m = batch(b=3, t=20)
+    out = model(x, m, step=10)
+    with torch.no_grad():
+        mu, logvar = model.encode(x, x != PAD_ID)
+    kl_dim = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0)
+    above = kl_dim > 0.5
+    assert int(above.sum()) == 3 and not above[4:].any()  # both sides of the clamp are exercised
+    kl_fb = torch.clamp(kl_dim, min=0.5).sum()
+    assert float(out.metrics["kl"]) == pytest.approx(float(kl_dim.sum()), rel=1e-5)
+    assert float(out.metrics["kl/free_bits_loss"]) == pytest.approx(float(kl_fb), rel=1e-5)
+    n_tok = float(out.metrics["tokens"])
+    assert n_tok == 3 * 19
+    expected = float(out.metrics["recon"]) + 0.3 * float(kl_fb) * 3 / n_tok
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_training_samples_z_with_the_posterior_std_and_evaluation_uses_mu():
+    """z = mu + eps * exp(logvar / 2) in training, z = mu in evaluation. Here mu = 0 and logvar = log 4 for every
+    window, so z is N(0, 2^2): the std of its 512 draws was measured 2.01 (the estimate's own std is ~3 %); we
+    allow 10 %. exp(logvar) would give 4, z = mu 0."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae"))
+    with torch.no_grad():
+        for lin in (model.to_mu, model.to_logvar):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        model.to_logvar.bias.fill_(math.log(4.0))
+    z_seen = _capture(model.latent_proj, pre=True)
+    x, m = batch(b=64, t=16)
+    model.train()(x, m)
+    model.eval()(x, m)
+    assert len(z_seen) == 2 and z_seen[0].shape == (64, 8)
+    assert abs(float(z_seen[0].std()) / 2.0 - 1.0) < 0.1, float(z_seen[0].std())
+    assert float(z_seen[0].mean().abs()) < 0.3
+    assert not z_seen[1].any()
+
+
+def test_the_gan_losses_have_the_non_saturating_signs():
+    """D's logit says "real": D's phase minimizes softplus(-D(real)) + softplus(D(fake)), the generator's
+    adversarial term is softplus(-D(fake)) (the non-saturating loss: G raises D's logit on its fakes); d/real and
+    d/fake are D's P(real) = sigmoid(logit). The logits are read where D returns them (a forward hook)."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae_gan")).train()
+    with torch.no_grad():
+        model.disc.head.bias.fill_(0.7)  # logits well off 0, so a flipped sign cannot agree by accident
+    d_out = _capture(model.disc)
+    x, m = batch()
+    d = model(x, m, step=10, phase="discriminator")
+    d_loss = float(d.loss.detach())
+    assert len(d_out) == 2  # real, then fake
+    d_real, d_fake = d_out
+    assert d_loss == pytest.approx(float(F.softplus(-d_real).mean() + F.softplus(d_fake).mean()), rel=1e-6)
+    assert float(d.metrics["d/real"]) == pytest.approx(float(torch.sigmoid(d_real).mean()), rel=1e-6)
+    assert float(d.metrics["d/fake"]) == pytest.approx(float(torch.sigmoid(d_fake).mean()), rel=1e-6)
+    g = model(x, m, step=10)
+    assert len(d_out) == 3
+    assert float(g.metrics["g/adv"]) == pytest.approx(float(F.softplus(-d_out[2]).mean()), rel=1e-6)
+
+
+def test_fakes_keep_the_real_first_token_and_the_real_tokens_where_nothing_is_scored():
+    """The fakes are the real first token, then Gumbel samples where there is a target and the real tokens
+    elsewhere (padding and the state prefix tell D nothing). Logits that put all their mass on one token that
+    the windows never hold make the samples certain."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae_gan"))
+    x, m = batch(b=2, t=12)
+    x[x == 5] = 6
+    tgt_mask = m[:, 1:].clone()
+    tgt_mask[0, :3] = False
+    tgt_mask[1, 8:] = False
+    logits = torch.full((2, 11, VOCAB_SIZE), -1e4)
+    logits[..., 5] = 0.0
+    fake = model._fakes(logits, x, tgt_mask)
+    assert fake.shape == (2, 12, VOCAB_SIZE) and torch.equal(fake.sum(-1), torch.ones(2, 12))
+    ids = fake.argmax(-1)
+    assert torch.equal(ids[:, 0], x[:, 0])
+    kept = ~tgt_mask
+    assert int(kept.sum()) == 6 and torch.equal(ids[:, 1:][kept], x[:, 1:][kept])
+    assert int(tgt_mask.sum()) == 16 and (ids[:, 1:][tgt_mask] == 5).all()
+
+
+def test_word_dropout_zeroes_the_share_of_decoder_inputs_it_names():
+    """model.word_dropout = 0.25 zeroes about a quarter of the decoder's 504 input embeddings in training (the
+    decoder's input read by a hook; latent_proj starts at zero, so a zeroed token's row is exactly 0): measured
+    0.214; the binomial std is 0.019, we allow 0.08. None in evaluation."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae", word_dropout=0.25))
+    seen = _capture(model.decoder, pre=True)
+    x, m = batch(b=8, t=64)
+    model.train()(x, m)
+    model.eval()(x, m)
+    assert len(seen) == 2 and seen[0].shape[:2] == (8, 63)
+    share = float((seen[0] == 0).all(-1).float().mean())
+    assert abs(share - 0.25) < 0.08, share
+    assert not (seen[1] == 0).all(-1).any()
+
+
+def test_the_adversarial_weight_is_full_at_the_start_step_without_a_warm_up():
+    model = MusicTransformerVAEGAN(tiny("vae_gan", adv_weight_max=0.1, adv_start_step=50, adv_warmup_steps=0))
+    assert [model.adv_weight(s) for s in (49, 50, 51)] == [0.0, 0.1, 0.1]
+
+
+def test_bn_vae_running_statistics_start_at_the_first_batch():
+    """BN-VAE: after one training batch, evaluation standardizes that batch's mu with its own statistics (the
+    running ones start there, not at (0, 1), which a fresh encoder's spread of ~1e-4 would make meaningless):
+    per dim, eval mu has mean ~0 (measured max 9e-8; we allow 1e-3) and biased variance gamma^2 * 15/16 = 0.234
+    (measured within 5e-6; we allow 1e-2). With the running mean started at 0, they sat up to 0.68 off 0."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae", mu_bn_gamma=0.5))
+    x, m = batch(b=16, t=16)
+    model.train().encode(x, m)
+    mu, _ = model.eval().encode(x, m)
+    assert mu.shape == (16, 8)
+    assert float(mu.mean(0).abs().max()) < 1e-3
+    assert float((mu.var(0, unbiased=False) - 0.25 * 15 / 16).abs().max()) < 1e-2
