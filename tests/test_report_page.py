@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from aurl.evaluate.report import write_report
+from aurl.evaluate.report import per_sample, write_report
 
 
 def _evaluation(run, name: str, step: int, recorded_root: str, listening: bool, bar: dict) -> None:
@@ -40,3 +40,39 @@ def test_an_evaluation_without_a_quality_bar_sits_beside_one_with_it(tmp_path):
     rows = {name: re.search(rf'<a href="#{name}">.*?</tr>', page).group(0) for name in ("stage1", "stage2")}
     assert rows["stage1"].endswith('<td><span class="yes">yes</span></td><td><span class="no">NO</span></td></tr>')
     assert rows["stage2"].endswith("<td>-</td><td>-</td></tr>")
+
+
+def test_the_page_orders_stages_by_number_and_links_the_files_beside_each_report(tmp_path):
+    """Stages in number order (stage2 before stage10, other names after); the sample files linked relative to the
+    page from each report's own folder, though the reports recorded where the run was when evaluated; a sample
+    without audio says so; a criterion an evaluation lacks is a dash."""
+    run = tmp_path / "run"
+    moved_from = "/old/place/run"  # the run folder was copied here after it was evaluated
+    _evaluation(run, "stage10", 10, moved_from, listening=True, bar={"all_valid_midi": True})
+    _evaluation(run, "stage2", 2, moved_from, listening=False, bar={"all_valid_midi": False, "extra": True})
+    _evaluation(run, "adhoc", 5, moved_from, listening=True, bar={})
+    page = write_report(run).read_text()
+    sections = re.findall(r'<h2 id="([^"]+)">', page)
+    assert sections == ["stage2", "stage10", "adhoc"]
+    glance = re.findall(r'<a href="#([^"]+)">', page)
+    assert glance == sections
+    links = re.findall(r'href="([^"#][^"]*)"', page) + re.findall(r'src="([^"]*)"', page)
+    midis = [link for link in links if link.endswith(".mid")]
+    wavs = [link for link in links if link.endswith(".wav")]
+    assert len(midis) == 6 and len(wavs) == 4  # stage2 was not rendered: its two cards say so
+    assert all(not link.startswith(("/", "old")) and (run / link).is_file() for link in midis + wavs), links
+    assert page.count("no audio (no synthesizer when evaluated") == 2
+    # stage10 and adhoc lack "extra", adhoc all_valid_midi too: a dash, not a "NO"
+    rows = re.findall(r"<tr><td><a href=\"#(\w+)\">.*?</tr>", page)
+    assert rows == sections
+    cells = {name: re.search(rf'<a href="#{name}">.*?</tr>', page).group(0) for name in sections}
+    assert cells["stage2"].count('class="no"') == 1 and cells["stage2"].count('class="yes"') == 1
+    assert cells["stage10"].endswith("<td>-</td></tr>") and cells["adhoc"].count("<td>-</td>") == 2
+
+
+def test_per_sample_gives_every_file_even_without_listening_or_metrics():
+    result = {"samples": {"files": ["a.mid", "b.mid", "c.mid"], "metrics": [{"polyphony": 1.0}]}}
+    assert per_sample(result) == [("a.mid", None, {"polyphony": 1.0}), ("b.mid", None, {}), ("c.mid", None, {})]
+    result["listening"] = {"samples": ["a.wav", None, "c.wav"]}
+    assert [wav for _, wav, _ in per_sample(result)] == ["a.wav", None, "c.wav"]
+    assert per_sample({}) == []
