@@ -62,6 +62,9 @@ def test_the_vae_loss_adds_beta_times_the_free_bits_kl_on_the_per_token_scale():
     kl_fb = torch.clamp(kl_dim, min=0.5).sum()
     assert float(out.metrics["kl"]) == pytest.approx(float(kl_dim.sum()), rel=1e-5)
     assert float(out.metrics["kl/free_bits_loss"]) == pytest.approx(float(kl_fb), rel=1e-5)
+    for name, value in (("kl/dim_mean", kl_dim.mean()), ("kl/dim_min", kl_dim.min()), ("kl/dim_max", kl_dim.max())):
+        assert float(out.metrics[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-9), name
+    assert float(out.metrics["kl/dim_max"]) > 1.0 > 1e-3 > float(out.metrics["kl/dim_min"])
     n_tok = float(out.metrics["tokens"])
     assert n_tok == 3 * 19
     expected = float(out.metrics["recon"]) + 0.3 * float(kl_fb) * 3 / n_tok
@@ -168,3 +171,44 @@ def test_bn_vae_running_statistics_start_at_the_first_batch():
     assert mu.shape == (16, 8)
     assert float(mu.mean(0).abs().max()) < 1e-3
     assert float((mu.var(0, unbiased=False) - 0.25 * 15 / 16).abs().max()) < 1e-2
+
+
+def test_latent_stats_agree_with_the_training_metrics_of_the_batch():
+    """The histograms' figures (latent_stats) and the logged metrics of the same batch in eval mode: the KL per
+    dim sums to metrics["kl"], and the dims whose batch variance of mu (biased, as _kl_term's) exceeds
+    active_unit_threshold are metrics["kl/active_units"]. The threshold sits where the biased and unbiased
+    estimates (ratio 3/2 at 3 windows) of three dims fall on either side of it."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae")).eval()
+    with torch.no_grad():
+        model.to_mu.weight.normal_(std=2.0)
+    x, m = batch(b=3, t=20)
+    stats = model.latent_stats(x, m)
+    var = stats["mu_var_per_dim"]
+    # 20 % above the second largest dim's biased variance, below its unbiased one (x 1.5): 1 active unit
+    threshold = sorted(var.tolist())[6] * 1.2
+    model.cfg.active_unit_threshold = threshold
+    out = model(x, m)
+    assert float(out.metrics["kl"]) == pytest.approx(float(stats["kl_per_dim"].sum()), rel=1e-5)
+    assert float(out.metrics["kl/active_units"]) == int((var > threshold).sum()) == 1
+    with torch.no_grad():
+        mu, _ = model.encode(x, m)
+    torch.testing.assert_close(var, mu.var(0, unbiased=False))
+
+
+def test_activation_checkpointing_recomputes_the_encoder_and_the_decoder_blocks():
+    """train.activation_checkpointing: in training, each decoder and encoder block runs again in the backward
+    pass (its activations were not kept): two forward calls per block per step instead of one."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae")).train()
+    calls = {"decoder": 0, "encoder": 0}
+    for part in calls:
+        # a pre-hook: the recomputation stops early once it has what backward needs (no forward hook fires)
+        getattr(model, part).blocks[0].register_forward_pre_hook(
+            lambda mod, args, part=part: calls.__setitem__(part, calls[part] + 1))
+    x, m = batch()
+    for on, expected in ((False, 1), (True, 2)):
+        model.set_activation_checkpointing(on)
+        calls.update(decoder=0, encoder=0)
+        model(x, m).loss.backward()
+        assert calls == {"decoder": expected, "encoder": expected}, (on, calls)
