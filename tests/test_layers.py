@@ -87,3 +87,24 @@ def test_residual_output_projections_start_scaled_down_by_the_depth():
             assert abs(std / sigma - 1.0) < 0.1, (w.shape, std, sigma)
             compared += 1
     assert compared == 32
+
+
+def test_dropout_acts_on_both_residual_branches_in_training_only():
+    """Block: x + drop(attn(norm x)), then + drop(mlp(norm x)). With one branch silenced (its output projection
+    zeroed), what the other adds in training is, element by element, 0 or 1 / (1 - p) = 2 times what it adds in
+    eval; about half of the 2 x 8 x 16 = 256 elements are kept (measured 0.56 and 0.50; binomial std 0.03)."""
+    from aurl.model.layers import Block
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 16)
+    cos, sin = Rotary(8, 10000.0, 32)(0, 8, x.device)
+    for silenced in ("attn.o", "mlp.down"):
+        block = Block(16, 2, 32, dropout=0.5)
+        torch.nn.init.zeros_(block.get_submodule(silenced).weight)
+        with torch.no_grad():
+            added_eval = block.eval()(x, cos, sin, causal=True) - x
+            added_train = block.train()(x, cos, sin, causal=True) - x
+        kept = added_train != 0
+        assert added_eval.numel() == 256 and bool((added_eval != 0).all()), silenced
+        assert torch.allclose(added_train[kept], 2 * added_eval[kept], atol=1e-6), silenced
+        assert 0.35 < float(kept.float().mean()) < 0.65, (silenced, float(kept.float().mean()))
