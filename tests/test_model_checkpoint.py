@@ -236,3 +236,16 @@ def test_resolve_device_refuses_a_bad_name_and_cuda_without_a_gpu():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="--device cuda: no CUDA device here"):
             resolve_device("cuda")
+
+
+def test_starting_from_a_file_whose_weights_cannot_be_transferred_is_a_user_error(saved, tmp_path):
+    """A tensor of the wrong rank (a damaged or hand-edited file) is refused as the user's input, one line naming
+    the file and the tensor, not a ValueError traceback from the transfer."""
+    from aurl.model import init_from_model_file
+
+    path, _ = saved
+    blob = torch.load(path, weights_only=True)
+    blob["model_state"]["tok_emb.weight"] = torch.zeros(7)
+    torch.save(blob, tmp_path / "flat.pt")
+    with pytest.raises(UserError, match=r"flat\.pt: cannot start this model from it \(tok_emb\.weight: cannot grow"):
+        init_from_model_file(tmp_path / "flat.pt", MusicTransformerVAEGAN(cfg()))
