@@ -212,3 +212,49 @@ def test_activation_checkpointing_recomputes_the_encoder_and_the_decoder_blocks(
         calls.update(decoder=0, encoder=0)
         model(x, m).loss.backward()
         assert calls == {"decoder": expected, "encoder": expected}, (on, calls)
+
+
+def test_word_dropout_spares_the_sounding_feature_and_the_transformer_mode():
+    """Word dropout zeroes a token's embedding, not the sounding-notes feature added to it (state, not
+    content): each decoder input row is either embedding + feature or the feature alone. And it is a vae
+    setting: a transformer with model.word_dropout 0.5 trains on exactly what one with 0 does."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae", word_dropout=0.5, sounding_embedding=True)).train()
+    with torch.no_grad():
+        model.sound_proj.weight.normal_(std=0.5)
+    seen = _capture(model.decoder, pre=True)
+    x, m = batch(b=4, t=48)
+    model(x, m)
+    inp = x[:, :-1]
+    with torch.no_grad():
+        emb, feat = model.tok_emb(inp), model.sounding_feature(inp)
+    rows = seen[0].reshape(-1, 32)
+    kept = torch.isclose(rows, (emb + feat).reshape(-1, 32), atol=1e-6).all(-1)
+    dropped = torch.isclose(rows, feat.reshape(-1, 32), atol=1e-6).all(-1)
+    sounding = feat.reshape(-1, 32).abs().sum(-1) > 0
+    assert bool((kept | dropped).all()) and rows.shape[0] == 4 * 47
+    assert int((dropped & sounding).sum()) > 20  # measured 51 dropped tokens with notes sounding: feature kept
+
+    twins = []
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        twins.append(MusicTransformerVAEGAN(tiny("transformer", word_dropout=p)).train())
+    torch.manual_seed(1)
+    a = twins[0](x, m).loss.detach()
+    torch.manual_seed(1)
+    assert torch.equal(twins[1](x, m).loss.detach(), a)
+
+
+def test_the_posterior_log_variance_is_clamped():
+    """logvar is kept within [-12, 8]: an encoder far off (bias +-100 here) gives a finite KL and loss instead of
+    exp(100) = inf."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("vae")).eval()
+    x, m = batch()
+    for bias, bound in ((100.0, 8.0), (-100.0, -12.0)):
+        with torch.no_grad():
+            model.to_logvar.bias.fill_(bias)
+            _, logvar = model.encode(x, m)
+        assert torch.equal(logvar, torch.full_like(logvar, bound))
+        out = model(x, m)
+        assert torch.isfinite(out.loss) and torch.isfinite(out.metrics["kl"])
