@@ -204,3 +204,19 @@ def test_midi_seconds_of_a_file_without_notes_or_unreadable_is_zero(tmp_path):
     (tmp_path / "junk.mid").write_bytes(b"not a midi file")
     make_pretty_midi([(60, 0.5, 2.25, 100)]).write(str(tmp_path / "one.mid"))
     assert [audio.midi_seconds(tmp_path / n) for n in ("empty.mid", "junk.mid", "one.mid")] == [0.0, 0.0, 2.25]
+
+
+def test_a_synthesizer_that_fails_gives_no_audio_and_one_warning_naming_the_file(tmp_path, capsys):
+    """render_midi never fails its caller: a synthesizer command that exits non-zero (here the real `false`)
+    returns None with a warning naming the MIDI file and the exit code, and writes no WAV."""
+    import shutil
+    from pathlib import Path
+
+    midi = tmp_path / "a.mid"
+    make_pretty_midi([(60, 0.0, 0.5, 100)]).write(str(midi))
+    font = tmp_path / "font.sf2"
+    font.write_bytes(b"")
+    assert audio.render_midi(midi, synth=audio.Synthesizer(shutil.which("false"), Path(font))) is None
+    err = [line for line in capsys.readouterr().err.splitlines() if "FluidSynth failed" in line]
+    assert len(err) == 1 and str(midi) in err[0] and "exit code 1" in err[0]
+    assert not midi.with_suffix(".wav").exists()

@@ -70,3 +70,32 @@ def test_stopping_early_kills_a_busy_worker_at_once(tmp_path):
     t0 = time.monotonic()
     results.close()
     assert time.monotonic() - t0 < 3.0
+
+
+def test_a_hung_reader_is_given_up_on_after_the_timeout(tmp_path):
+    """A hung reader is given up on after timeout_s (2 s here), counted from when its file was sent: from when
+    the worker is inside the hanging reader (its marker file) to the skip, measured 1.8 s (three runs; the
+    clock starts a little before the worker reads the file, and the pool polls every 0.5 s); we allow 4.5 s.
+    A pool that waited three times as long would take about 6 s."""
+    import time
+
+    hang = write_simple_midi(tmp_path / "hang.mid", seed=1)
+    results = read_files([str(hang)], crashing_reader, 60.0, 1, timeout_s=2)
+    t0 = None
+
+    def when_inside():
+        nonlocal t0
+        while t0 is None:
+            if hang.with_suffix(".hanging").exists():
+                t0 = time.monotonic()
+            time.sleep(0.02)
+
+    import threading
+
+    watcher = threading.Thread(target=when_inside, daemon=True)
+    watcher.start()
+    path, (_, result) = next(results)
+    elapsed = time.monotonic() - t0
+    assert path == str(hang) and result == ("skip", "reader timed out after 2 s")
+    assert elapsed < 4.5, elapsed
+    results.close()
