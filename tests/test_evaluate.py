@@ -67,6 +67,8 @@ def test_cli_writes_json_midi_and_pictures(run_dir, capsys):
     for m in report["metrics"].values():
         assert {"data", "samples", "overlap"} <= set(m)
     assert report["stage"] == "stage1" and report["step"] == 7
+    # which data the numbers are against: the cache's fingerprint, to compare reports across runs
+    assert report["cache_fingerprint"] == TokenCache.open(run_dir / "cache").fingerprint is not None
     assert len(s["files"]) == 3 and all((out / f"sample_{i:03d}.mid").is_file() for i in range(3))
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 5  # 3 samples + data vs samples + metric histograms
