@@ -135,6 +135,7 @@ def test_no_audio_flag_renders_nothing(synth, tiny_run, tmp_path):
                  "8", "--max-val-tokens", "50", "--no-pictures", "--no-audio", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sample_000.mid").is_file() and (tmp_path / "reference" / "excerpt_000.mid").is_file()
     assert not list(tmp_path.rglob("*.wav"))
+    assert not list(tmp_path.rglob("*.png"))  # --no-pictures: the reference excerpts get no piano roll either
 
 
 def test_missing_soundfont_and_off_render_nothing(tmp_path, monkeypatch, capsys):
