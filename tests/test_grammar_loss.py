@@ -105,3 +105,16 @@ def test_the_term_and_its_metric_average_over_the_scored_positions_only():
     torch.testing.assert_close(term, per_position[scored].mean())
     torch.testing.assert_close(mass, log_p.exp()[scored].mean())
     assert float(per_position[~scored].min()) > 10 * float(term)  # the unscored ones would move both
+
+
+def test_a_model_certain_of_a_forbidden_token_gets_a_large_finite_term():
+    """All the mass on PAD (forbidden everywhere): P_illegal rounds to 1 in float32, and -log(1 - P) would be inf
+    (a NaN gradient); log P is kept at most -1e-6 below 0, so the term is -log(1e-6) ~ 13.8 nats, finite."""
+    inputs = torch.as_tensor(_windows(0)[0][:8])[None]
+    logits = torch.zeros(1, 8, vocab.VOCAB_SIZE)
+    logits[..., vocab.PAD_ID] = 200.0
+    logits.requires_grad_(True)
+    term, mass = unlikelihood(logits, inputs, torch.ones(1, 8, dtype=torch.bool))
+    assert float(mass) == 1.0 and torch.isfinite(term) and abs(float(term.detach()) - 13.8155) < 1e-2
+    term.backward()
+    assert torch.isfinite(logits.grad).all()
