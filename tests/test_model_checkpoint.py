@@ -249,3 +249,18 @@ def test_starting_from_a_file_whose_weights_cannot_be_transferred_is_a_user_erro
     torch.save(blob, tmp_path / "flat.pt")
     with pytest.raises(UserError, match=r"flat\.pt: cannot start this model from it \(tok_emb\.weight: cannot grow"):
         init_from_model_file(tmp_path / "flat.pt", MusicTransformerVAEGAN(cfg()))
+
+
+def test_unwrap_looks_through_compile_and_ddp_like_wrappers_in_any_nesting():
+    """The one unwrap: torch.compile's module (._orig_mod, compiled lazily: nothing is compiled here) and a
+    DDP-like .module, nested either way, give back the model itself."""
+    from aurl.model.checkpoint import unwrap
+
+    class Wrapper(torch.nn.Module):  # like DDP: the real model under .module
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    model = MusicTransformerVAEGAN(cfg("transformer"))
+    for wrapped in (torch.compile(model), Wrapper(torch.compile(model)), torch.compile(Wrapper(model)), model):
+        assert unwrap(wrapped) is model
