@@ -76,3 +76,31 @@ def test_per_sample_gives_every_file_even_without_listening_or_metrics():
     result["listening"] = {"samples": ["a.wav", None, "c.wav"]}
     assert [wav for _, wav, _ in per_sample(result)] == ["a.wav", None, "c.wav"]
     assert per_sample({}) == []
+
+
+def test_tracker_media_marks_a_metric_a_sample_lacks_as_nan_not_zero(tmp_path):
+    """The trackers' sample table: one row per sample with its sound and piano roll where they exist, and its
+    metrics in METRIC_NAMES order; an undefined metric (None in eval.json, e.g. groove consistency of a piece
+    without beats) is NaN, which trackers show as missing, never 0, which reads as a measured value."""
+    import math
+
+    from aurl.evaluate.metrics import METRIC_NAMES
+    from aurl.evaluate.report import tracker_media
+
+    (tmp_path / "sample_000.png").write_bytes(b"png")
+    (tmp_path / "sample_000.wav").write_bytes(b"RIFF")
+    metrics = [{name: 0.5 for name in METRIC_NAMES} | {"groove_consistency": None}, {}]
+    result = {"samples": {"files": [str(tmp_path / "sample_000.mid"), str(tmp_path / "sample_001.mid")],
+                          "metrics": metrics},
+              "listening": {"samples": [str(tmp_path / "sample_000.wav"), None]},
+              "quality_bar": {"all_valid_midi": True}}
+    media = tracker_media(result)
+    columns, rows = media.tables["eval/samples"]
+    assert columns[:3] == ["sample", "audio", "piano roll"] and columns[3:] == list(METRIC_NAMES)
+    assert len(rows) == 2 and rows[0][:3] == [0, tmp_path / "sample_000.wav", tmp_path / "sample_000.png"]
+    assert rows[1][:3] == [1, None, None]
+    first = dict(zip(METRIC_NAMES, rows[0][3:], strict=True))
+    assert math.isnan(first.pop("groove_consistency")) and set(first.values()) == {0.5}
+    assert all(math.isnan(v) for v in rows[1][3:]) and len(rows[1][3:]) == len(METRIC_NAMES) == 7
+    assert list(media.audio) == ["eval/audio/sample_000"] and list(media.images) == ["eval/piano_roll/sample_000"]
+    assert "| all_valid_midi | yes |" in media.text["eval/quality_bar"]
