@@ -39,6 +39,12 @@ def test_corpus_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_corpus_dir() == tmp_path / "xdg" / "aurl" / "bach_chorales"
     assert os.environ["XDG_CACHE_HOME"] == str(tmp_path / "xdg")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home_default = tmp_path / "home" / ".cache" / "aurl" / "bach_chorales"  # the XDG default, ~/.cache
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # empty counts as unset (XDG base directory spec)
+    assert default_corpus_dir() == home_default
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_corpus_dir() == home_default
 
 
 def test_a_chorale_that_fails_to_convert_is_named_and_the_others_are_written(tmp_path, capsys):
