@@ -279,3 +279,10 @@ def test_activation_checkpointing_changes_no_loss_and_still_gives_logits_when_as
         torch.manual_seed(1)
         assert model(x, m, step=10, return_logits=True).logits.shape == (3, 23, VOCAB_SIZE), on
     assert torch.allclose(losses[1], losses[0], atol=1e-5), losses
+
+
+def test_an_unknown_phase_is_refused_rather_than_trained_as_the_generator():
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    x, m = batch()
+    with pytest.raises(ValueError, match="phase must be 'generator', 'discriminator' or 'validate', got 'gen'"):
+        model(x, m, phase="gen")
