@@ -204,7 +204,8 @@ def vocab_hash() -> str:
 def assemble(tokens: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """Interleave event tokens (sorted, non-decreasing grid positions ``steps``) with TIME_SHIFT tokens.
 
-    The gap before each new position (from 0 for the first) becomes ceil(gap / 512) shifts. Vectorized:
+    The gap before each new position (from 0 for the first) becomes ceil(gap / 511) shifts (NUM_TIME_SHIFTS: the
+    longest is 511 steps since version 2), the last one taking the remainder. Vectorized:
     the loader's time augmentations call this per window.
     """
     tokens = np.asarray(tokens)

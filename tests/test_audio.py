@@ -135,6 +135,7 @@ def test_no_audio_flag_renders_nothing(synth, tiny_run, tmp_path):
                  "8", "--max-val-tokens", "50", "--no-pictures", "--no-audio", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sample_000.mid").is_file() and (tmp_path / "reference" / "excerpt_000.mid").is_file()
     assert not list(tmp_path.rglob("*.wav"))
+    assert not list(tmp_path.rglob("*.png"))  # --no-pictures: the reference excerpts get no piano roll either
 
 
 def test_missing_soundfont_and_off_render_nothing(tmp_path, monkeypatch, capsys):
@@ -162,3 +163,61 @@ def test_generate_audio_writes_a_wav_beside_each_midi(synth, tiny_run, tmp_path)
     for m in midis:
         x, rate = audio.read_wav(m.with_suffix(".wav"))
         assert len(x) / rate >= audio.midi_seconds(m) and rms(x) > 1e-3
+
+
+def test_finish_averages_the_channels_normalises_and_cuts_at_minus_60_db():
+    """_finish on FluidSynth's interleaved stereo floats, built here: the channels are averaged (left-only and
+    right-only halves both sound), the peak becomes PEAK, the tail is cut after the last sample above -60 dB of
+    the peak (1.06e-3 of the peak is kept, 0.94e-3 is not), TAIL_SECONDS past min_seconds at most, and a
+    render shorter than min_seconds is padded with silence."""
+    rate = audio.SAMPLE_RATE
+    left, right = np.zeros(rate), np.zeros(rate)  # 1 s
+    left[:100], right[100:200] = 1.0, 1.0
+    left[1000], left[2000] = 1.06e-3, 0.94e-3  # halved by the channel mean, as the peak (0.5) is
+    out = audio._finish(np.stack([left, right], axis=1).reshape(-1).astype(np.float32), min_seconds=0.0)
+    assert len(out) == 1001
+    assert np.allclose(out[:200], audio.PEAK) and out[1000] == pytest.approx(1.06e-3 * audio.PEAK)
+    padded = audio._finish(np.stack([left, right], axis=1).reshape(-1).astype(np.float32), min_seconds=1.5)
+    assert len(padded) == int(1.5 * rate) and not padded[rate:].any()
+    long = np.ones(4 * rate * 2, np.float32)  # 4 s of sound, cut at 1 s + TAIL_SECONDS
+    assert len(audio._finish(long, min_seconds=1.0)) == int((1.0 + audio.TAIL_SECONDS) * rate)
+
+
+def test_wav_samples_are_clipped_to_full_scale_and_read_back_in_it(tmp_path):
+    """write_wav clips to [-1, 1] (1.5 would wrap around to a negative 16-bit value); read_wav maps the 16-bit
+    range onto [-1, 1) (-32768 reads as exactly -1)."""
+    x, rate = audio.read_wav(audio.write_wav(tmp_path / "a.wav", np.array([1.5, -1.5, 0.5, -1.0])))
+    assert rate == audio.SAMPLE_RATE
+    assert np.allclose(x, [32767 / 32768, -32767 / 32768, 16384 / 32768, -32767 / 32768], atol=0)
+    import wave
+
+    with wave.open(str(tmp_path / "b.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.array([-32768, -32768, 32767, 0], "<i2").tobytes())
+    x, rate = audio.read_wav(tmp_path / "b.wav")
+    assert rate == 8000 and x.tolist() == [-1.0, 32767 / 65536]
+
+
+def test_midi_seconds_of_a_file_without_notes_or_unreadable_is_zero(tmp_path):
+    write_midi(Score(), tmp_path / "empty.mid")
+    (tmp_path / "junk.mid").write_bytes(b"not a midi file")
+    make_pretty_midi([(60, 0.5, 2.25, 100)]).write(str(tmp_path / "one.mid"))
+    assert [audio.midi_seconds(tmp_path / n) for n in ("empty.mid", "junk.mid", "one.mid")] == [0.0, 0.0, 2.25]
+
+
+def test_a_synthesizer_that_fails_gives_no_audio_and_one_warning_naming_the_file(tmp_path, capsys):
+    """render_midi never fails its caller: a synthesizer command that exits non-zero (here the real `false`)
+    returns None with a warning naming the MIDI file and the exit code, and writes no WAV."""
+    import shutil
+    from pathlib import Path
+
+    midi = tmp_path / "a.mid"
+    make_pretty_midi([(60, 0.0, 0.5, 100)]).write(str(midi))
+    font = tmp_path / "font.sf2"
+    font.write_bytes(b"")
+    assert audio.render_midi(midi, synth=audio.Synthesizer(shutil.which("false"), Path(font))) is None
+    err = [line for line in capsys.readouterr().err.splitlines() if "FluidSynth failed" in line]
+    assert len(err) == 1 and str(midi) in err[0] and "exit code 1" in err[0]
+    assert not midi.with_suffix(".wav").exists()

@@ -67,6 +67,8 @@ def test_cli_writes_json_midi_and_pictures(run_dir, capsys):
     for m in report["metrics"].values():
         assert {"data", "samples", "overlap"} <= set(m)
     assert report["stage"] == "stage1" and report["step"] == 7
+    # which data the numbers are against: the cache's fingerprint, to compare reports across runs
+    assert report["cache_fingerprint"] == TokenCache.open(run_dir / "cache").fingerprint is not None
     assert len(s["files"]) == 3 and all((out / f"sample_{i:03d}.mid").is_file() for i in range(3))
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 5  # 3 samples + data vs samples + metric histograms
@@ -175,7 +177,9 @@ def test_data_excerpts_match_the_sample_length(run_dir):
     (["--checkpoint", "{run}/checkpoints/missing.pt"], "no such file"),
     (["--checkpoint", "{run}/checkpoints/best_model.pt", "--cache", "{run}/nocache"], "no token cache"),
     (["--checkpoint", "{run}/checkpoints/best_model.pt", "--length", "0"], "--length"),
-], ids=["missing-checkpoint", "missing-cache", "bad-length"])
+    (["--checkpoint", "{run}/checkpoints/best_model.pt", "--max-val-tokens", "-1"],
+     "--max-val-tokens must be >= 0, got -1"),
+], ids=["missing-checkpoint", "missing-cache", "bad-length", "bad-max-val-tokens-named-as-typed"])
 def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, args, match):
     assert main([a.format(run=run_dir) for a in args]) == 2
     err = capsys.readouterr().err
@@ -189,3 +193,18 @@ def test_flag_errors_are_one_line_and_exit_2(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "error" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_stage_end_budget_is_the_one_the_readme_states():
+    """README (Stage-end evaluation): "4 samples of 256 tokens, 20,000 validation tokens" by default."""
+    import re
+    from pathlib import Path
+
+    from aurl.evaluate.config import StageEvalConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"\((\d+) samples of (\d+) tokens, ([\d,]+) validation tokens\)", readme)
+    assert found, "README no longer states the stage-end budget"
+    stated = (int(found.group(1)), int(found.group(2)), int(found.group(3).replace(",", "")))
+    default = StageEvalConfig()
+    assert (default.num_samples, default.length, default.max_val_tokens) == stated == (4, 256, 20_000)

@@ -9,7 +9,7 @@ from midi_factory import random_score
 from aurl import codec, grammar, vocab
 from aurl.model import MusicTransformerVAEGAN
 from aurl.model.config import ModelConfig
-from aurl.model.grammar_loss import illegal_mask, unlikelihood
+from aurl.model.grammar_loss import illegal_log_mass, illegal_mask, unlikelihood
 from aurl.model.sampling import _grammar_state, _mask_ungrammatical
 
 
@@ -84,3 +84,37 @@ def test_training_on_the_term_moves_mass_off_forbidden_tokens():
             ends.append(float(unlikelihood(logits, ids[:, :-1], mask[:, 1:])[1]))
     print("illegal mass without / with the term:", ends)
     assert ends[1] <= 0.8 * ends[0], ends
+
+
+
+def test_the_term_and_its_metric_average_over_the_scored_positions_only():
+    """unlikelihood() averages -log(1 - P_illegal) and P_illegal over the positions target_mask scores: positions
+    it leaves out (a state prefix, PAD) count for nothing, however much illegal mass they carry. Here the 5
+    unscored positions put all but ~e^-20 of their mass on PAD (illegal everywhere), the 7 scored ones are
+    uniform; both figures equal the means over the 7 (measured difference <= 7.5e-9; assert_close at float32)."""
+    inputs = torch.as_tensor(_windows(0)[0][:12])[None]
+    target_mask = torch.ones(1, 12, dtype=torch.bool)
+    target_mask[0, [0, 1, 2, 7, 11]] = False
+    logits = torch.zeros(1, 12, vocab.VOCAB_SIZE)
+    logits[~target_mask, vocab.PAD_ID] = 20.0
+    term, mass = unlikelihood(logits, inputs, target_mask)
+    log_p = illegal_log_mass(logits, illegal_mask(inputs))[0]
+    scored = target_mask[0]
+    assert int(scored.sum()) == 7
+    per_position = -torch.log(-torch.expm1(log_p))
+    torch.testing.assert_close(term, per_position[scored].mean())
+    torch.testing.assert_close(mass, log_p.exp()[scored].mean())
+    assert float(per_position[~scored].min()) > 10 * float(term)  # the unscored ones would move both
+
+
+def test_a_model_certain_of_a_forbidden_token_gets_a_large_finite_term():
+    """All the mass on PAD (forbidden everywhere): P_illegal rounds to 1 in float32, and -log(1 - P) would be inf
+    (a NaN gradient); log P is kept at most -1e-6 below 0, so the term is -log(1e-6) ~ 13.8 nats, finite."""
+    inputs = torch.as_tensor(_windows(0)[0][:8])[None]
+    logits = torch.zeros(1, 8, vocab.VOCAB_SIZE)
+    logits[..., vocab.PAD_ID] = 200.0
+    logits.requires_grad_(True)
+    term, mass = unlikelihood(logits, inputs, torch.ones(1, 8, dtype=torch.bool))
+    assert float(mass) == 1.0 and torch.isfinite(term) and abs(float(term.detach()) - 13.8155) < 1e-2
+    term.backward()
+    assert torch.isfinite(logits.grad).all()

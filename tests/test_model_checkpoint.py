@@ -165,3 +165,102 @@ def test_model_file_without_the_sounding_key_loads_with_it_off(tmp_path):
     on = MusicTransformerVAEGAN(tiny("transformer", sounding_embedding=True)).eval()
     loaded, cfg, _ = load_model_file(save_model_file(tmp_path / "new.pt", on, on.cfg))
     assert cfg.sounding_embedding is True and loaded.sound_proj is not None
+
+
+def test_refuses_another_format_version_a_bad_config_and_extra_weights(saved, tmp_path):
+    """Each refusal names the file and what is wrong: a format version this code does not read, a config that
+    fails ModelConfig.validate (load_model_state checks it, so init_from_model_file refuses it too), a tensor
+    the config has no place for."""
+    path, _ = saved
+    cases = {
+        "v2.pt": (lambda b: b.update(format_version=2), "format version 2, this code reads 1"),
+        "heads.pt": (lambda b: b["config"].update(n_heads=3), r"model\.n_heads = 3"),
+        "extra.pt": (lambda b: b["model_state"].update({"flux.weight": torch.zeros(2)}),
+                     r"unexpected 1 tensors \(e\.g\. flux\.weight\)"),
+    }
+    for name, (edit, match) in cases.items():
+        blob = torch.load(path, weights_only=True)
+        edit(blob)
+        torch.save(blob, tmp_path / name)
+        with pytest.raises(UserError, match=rf"checkpoint {tmp_path / name}: .*{match}"):
+            load_model_file(tmp_path / name)
+    with pytest.raises(UserError, match=rf"checkpoint {tmp_path / 'heads.pt'}: model\.n_heads = 3"):
+        load_model_state(tmp_path / "heads.pt")
+    assert len(cases) == 3
+
+
+def test_a_config_field_the_file_lacks_is_named_in_a_warning(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny("transformer"))
+    path = save_model_file(tmp_path / "old.pt", model, tiny("transformer"))
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]["sounding_output_bias"], blob["config"]["grammar_unlikelihood"]
+    torch.save(blob, path)
+    load_model_file(path)
+    err = capsys.readouterr().err
+    assert "model config lacks grammar_unlikelihood, sounding_output_bias; using today's defaults" in err
+
+
+def test_save_refuses_a_config_that_is_not_the_models_and_a_window_outside_its_context(tmp_path):
+    from aurl.model.checkpoint import context_length
+
+    model = MusicTransformerVAEGAN(cfg("transformer"))
+    with pytest.raises(ValueError, match="not the config this model was built with"):
+        save_model_file(tmp_path / "m.pt", model, replace(cfg("transformer"), d_model=64))
+    for bad in (0, cfg().max_seq_len + 1):
+        with pytest.raises(ValueError, match=rf"seq_len {bad} outside \[1, max_seq_len=64\]"):
+            save_model_file(tmp_path / "m.pt", model, cfg("transformer"), seq_len=bad)
+    assert not (tmp_path / "m.pt").exists()
+    # a (hand-edited) window longer than the model's context is capped at max_seq_len
+    assert context_length(cfg(), {"seq_len": 10_000}) == 64
+
+
+def test_a_state_dict_under_nested_wrappers_is_saved_with_plain_names(tmp_path):
+    """DDP (module.), torch.compile (_orig_mod.) and their nesting, twice the same one included: the file holds
+    the model's own names, so it loads."""
+    model = MusicTransformerVAEGAN(cfg("transformer"))
+    plain = model.state_dict()
+    for prefix in ("module.", "module._orig_mod.", "module.module.", "_orig_mod._orig_mod."):
+        path = save_model_file(tmp_path / "m.pt", {prefix + k: v for k, v in plain.items()}, cfg("transformer"))
+        state, _, _ = load_model_state(path)
+        assert sorted(state) == sorted(plain) and len(state) == len(plain) > 10
+        load_model_file(path)
+
+
+def test_resolve_device_refuses_a_bad_name_and_cuda_without_a_gpu():
+    from aurl.model.checkpoint import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="--device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda: no CUDA device here"):
+            resolve_device("cuda")
+
+
+def test_starting_from_a_file_whose_weights_cannot_be_transferred_is_a_user_error(saved, tmp_path):
+    """A tensor of the wrong rank (a damaged or hand-edited file) is refused as the user's input, one line naming
+    the file and the tensor, not a ValueError traceback from the transfer."""
+    from aurl.model import init_from_model_file
+
+    path, _ = saved
+    blob = torch.load(path, weights_only=True)
+    blob["model_state"]["tok_emb.weight"] = torch.zeros(7)
+    torch.save(blob, tmp_path / "flat.pt")
+    with pytest.raises(UserError, match=r"flat\.pt: cannot start this model from it \(tok_emb\.weight: cannot grow"):
+        init_from_model_file(tmp_path / "flat.pt", MusicTransformerVAEGAN(cfg()))
+
+
+def test_unwrap_looks_through_compile_and_ddp_like_wrappers_in_any_nesting():
+    """The one unwrap: torch.compile's module (._orig_mod, compiled lazily: nothing is compiled here) and a
+    DDP-like .module, nested either way, give back the model itself."""
+    from aurl.model.checkpoint import unwrap
+
+    class Wrapper(torch.nn.Module):  # like DDP: the real model under .module
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    model = MusicTransformerVAEGAN(cfg("transformer"))
+    for wrapped in (torch.compile(model), Wrapper(torch.compile(model)), torch.compile(Wrapper(model)), model):
+        assert unwrap(wrapped) is model

@@ -67,6 +67,28 @@ def test_trainer_records_give_a_recon_series(tmp_path):
     assert_png(plot_loss_curves(recs, tmp_path / "loss.png"))
     assert_png(plot_loss_curves(recs, tmp_path / "total.png", metric="loss"))
 
+def test_jsonl_records_keep_finite_losses_and_add_recon_only_to_the_total(tmp_path):
+    """A record whose loss is not a finite number is skipped (a diverged step, a null); the recon record is
+    added beside a total loss only (a record that names its metric already is one curve), and only if finite."""
+    src = tmp_path / "metrics.jsonl"
+    rows = [{"stage": 1, "step": 1, "split": "train", "loss": 5.0, "recon": float("inf")},
+            {"stage": 1, "step": 2, "split": "train", "loss": float("nan"), "recon": 4.0},
+            {"stage": 1, "step": 3, "split": "train", "loss": None},
+            {"stage": 1, "step": 4, "split": "val", "loss": 4.5, "metric": "loss", "recon": 4.4},
+            {"stage": 1, "step": 5, "split": "train", "loss": 4.0, "recon": 3.5}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = [(r["step"], r.get("metric", "loss"), r["loss"]) for r in load_loss_records(src)]
+    assert got == [(1, "loss", 5.0), (4, "loss", 4.5), (5, "loss", 4.0), (5, "recon", 3.5)]
+
+
+def test_stage_offsets_never_shift_a_stage_back_and_put_named_stages_last():
+    recs = [{"stage": "stage1", "step": s} for s in range(10)] + [{"stage": "stage2", "step": s} for s in (50, 60)]
+    assert stage_offsets(recs) == {"stage1": 0, "stage2": 0}  # a gap after stage1: left where it is
+    named = [{"stage": "finetune", "step": 0}, {"stage": "stage3", "step": 0}, {"stage": "stage1", "step": 4}]
+    assert list(stage_offsets(named)) == ["stage1", "stage3", "finetune"]
+    assert stage_offsets(named) == {"stage1": 0, "stage3": 5, "finetune": 6}
+
+
 def test_loss_curves_with_no_records(tmp_path):
     assert_png(plot_loss_curves([], tmp_path / "empty.png"))
     assert load_loss_records(tmp_path / "missing") == []
@@ -83,6 +105,7 @@ def test_loss_records_from_tensorboard(tmp_path):
             w.add_scalar("train/lr", 1e-3, step)
         w.add_scalar("val/loss", base - 0.3, 4)
         w.add_scalar("recon/validation", base - 0.2, 4)  # another loss, split named second
+        w.add_scalar("train/loss", float("nan"), 5)  # a diverged step: no point to draw
         w.close()
     recs = load_loss_records(tmp_path / "tb")
     assert sum(r.get("metric") == "recon" and r["split"] == "val" for r in recs) == 2

@@ -37,4 +37,5 @@ def test_reports_oldest_first_unreadable_left_out_pictures_found(tmp_path):
                           "nll_per_token": 2.5, "nll_kind": "exact", "quality_bar": {"all_valid_midi": True},
                           "stage": "stage1", "step": 4}
     assert reports[1]["pictures"] == listed[:1] and reports[1]["nll_per_token"] is None
+    assert reports[1]["quality_bar"] == {} and reports[1]["nll_kind"] is None  # absent: empty, not None
     assert latest_eval(tmp_path) == reports[1]

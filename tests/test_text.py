@@ -58,3 +58,10 @@ def test_the_latent_the_discriminator_and_unconstrained_sampling_get_their_say()
     assert lines[3] == "  latent           12/16 active units, z-swap gap 0.1250 nats/token (> 0: z carries its window)"
     assert lines[4] == "  discriminator    accuracy on real windows 0.75, on generated 0.50"
     assert "(unclosed_notes 2, unconstrained sampling); clean samples" in format_report(result)
+
+
+def test_the_pictures_and_the_json_are_named_last():
+    result = _result("exact", samples=True) | {"pictures": ["out/eval/a.png", "out/eval/b.png"],
+                                               "json": "out/eval/eval.json"}
+    assert format_report(result).splitlines()[-2:] == ["pictures: 2 PNG in out/eval", "json: out/eval/eval.json"]
+    assert format_report(_result("exact", samples=True)).splitlines()[-1].startswith("quality bar:")

@@ -68,6 +68,42 @@ def test_mu_and_discriminator_do_not_depend_on_trailing_pad():
         assert (model.disc(other, other != PAD) - outs[0][2]).abs().max() > 100 * PAD_TOLERANCE
 
 
+def test_the_encoder_and_the_discriminator_read_the_state_prefix_and_d_ignores_the_fakes_pad():
+    """In the training phases the encoder and D read every real token of a window, the unscored state prefix
+    included (loss_mask False there), and never PAD: z and D's logit on the real windows are the same whatever
+    loss_mask says of the prefix; D's logit on the fakes of a window does not change with 5 PADs after it (the fakes copy the
+    real tokens where nothing is scored, PAD too, and D masks PAD; measured 7e-9 and 1.1e-8). The
+    decoder here writes token 5 whatever it reads (every embedding one vector, token 5's ten times longer),
+    so the fakes are certain: no Gumbel noise differs between the padded and unpadded batches."""
+    torch.manual_seed(0)
+    model = MusicTransformerVAEGAN(tiny()).eval()
+    with torch.no_grad():
+        v = torch.randn(32)
+        model.tok_emb.weight.copy_(v.expand_as(model.tok_emb.weight))
+        model.tok_emb.weight[5] = 10 * v
+        torch.nn.init.normal_(model.latent_proj.weight, std=0.5)  # z reaches the decoder input, for the hook
+    z_seen, d_seen = [], []
+    model.latent_proj.register_forward_pre_hook(lambda m, args: z_seen.append(args[0].detach().clone()))
+    model.disc.register_forward_hook(lambda m, args, out: d_seen.append(out.detach().clone()))
+    x = real_windows(3, 30)
+    scored = x != PAD
+    prefix_unscored = scored.clone()
+    prefix_unscored[:, :6] = False
+    with torch.no_grad():
+        model(x, scored)
+        model(x, prefix_unscored)
+        model(x, scored, phase="discriminator")
+        model(x, prefix_unscored, phase="discriminator")
+        model(padded(x, 5), padded(scored, 5) & (padded(x, 5) != PAD), phase="discriminator")
+    assert len(z_seen) == 2 + 3 and len(d_seen) == 2 + 2 * 3  # generator phase: D on the fakes; D phase: real, fake
+    assert torch.equal(z_seen[0], z_seen[1]) and z_seen[0].abs().max() > 0
+    # (the fakes themselves follow loss_mask: sampled where a token is scored, copied where not)
+    (d_real, d_fake), (p_real, _), (pad_real, pad_fake) = d_seen[2:4], d_seen[4:6], d_seen[6:8]
+    assert torch.equal(d_real, p_real)
+    assert (pad_real - d_real).abs().max() <= PAD_TOLERANCE and (pad_fake - d_fake).abs().max() <= PAD_TOLERANCE
+    assert (d_fake - d_real).abs().max() > 100 * PAD_TOLERANCE  # the fakes are not the real windows
+
+
 def test_bn_vae_mu_is_pad_invariant_and_batch_independent_in_eval():
     """mu_bn_gamma: in training the batch's means have variance gamma^2 per dim (no dim can collapse); in eval
     running statistics, so a window's mu depends neither on its PAD nor on the other windows of its batch."""

@@ -175,12 +175,24 @@ def test_kv_cache_equals_full_recompute(mode):
     assert torch.allclose(torch.cat(parts, 1), model.decode(x, z), atol=1e-5)
 
 
-@pytest.mark.parametrize("field,value", [("mode", "gan"), ("n_heads", 3), ("dropout", 1.5), ("vocab_size", 10)])
+@pytest.mark.parametrize("field,value", [("mode", "gan"), ("n_heads", 3), ("dropout", 1.5), ("vocab_size", 10),
+                                         ("n_heads", 32), ("disc_heads", 32), ("sounding_embedding", "yes")],
+                         ids=["mode", "n_heads-split", "dropout", "vocab_size", "n_heads-odd-head-size",
+                              "disc_heads-odd-head-size", "sounding_embedding-not-bool"])
 def test_bad_config_names_the_field(field, value):
+    """A model file's config is checked by ModelConfig.validate alone (a YAML's also by aurl.config): RoPE needs
+    heads of even size (32 / 32 = 1), in the discriminator too; a flag must be a bool."""
     with pytest.raises(UserError, match=f"model.{field}"):
         cfg = tiny("transformer")
         setattr(cfg, field, value)
         MusicTransformerVAEGAN(cfg)
+
+
+def test_encoder_layers_zero_is_refused_in_vae_modes_only():
+    assert tiny("transformer", encoder_layers=0).validate().encoder_layers == 0
+    for mode in ("vae", "vae_gan"):
+        with pytest.raises(UserError, match="model.encoder_layers = 0: must be >= 1 in vae modes"):
+            tiny(mode, encoder_layers=0).validate()
 
 
 @pytest.mark.parametrize("mode", MODES)

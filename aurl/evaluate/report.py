@@ -168,7 +168,8 @@ def _summary(evals: list[tuple[Path, dict]]) -> str:
     rows = []
     for folder, r in evals:
         v, bar = r.get("validation") or {}, r.get("quality_bar") or {}
-        marks = ['<span class="yes">yes</span>' if bar[c] else '<span class="no">NO</span>' if c in bar else "-"
+        # an evaluation without samples (num_samples 0) has no quality bar: a dash under each criterion
+        marks = ["-" if c not in bar else '<span class="yes">yes</span>' if bar[c] else '<span class="no">NO</span>'
                  for c in criteria]
         rows.append([f'<a href="#{_e(folder.name)}">{_e(folder.name)}</a>', _e(r.get("step")),
                      _num(v.get("nll_per_token"), 4), _num(v.get("nll_per_note")), *marks])

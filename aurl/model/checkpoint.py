@@ -29,9 +29,14 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 def unwrap(model):
     """The model inside DDP / DeepSpeed (.module) and torch.compile (._orig_mod) wrappers: the one unwrap."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
+    while True:
+        # `is None`, not `or`: a compiled module's truth value calls its __len__, which raises for a model
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
 
 
 def resolve_device(name: str) -> torch.device:
