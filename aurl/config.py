@@ -155,6 +155,17 @@ class StageConfig:
 
 SECTIONS = {f.name: f for f in dataclasses.fields(StageConfig)}
 
+# Keys that only some modes read: in a stage of another mode a value other than the default would be parsed
+# and then ignored, so it is refused by name (a setting for stage 3 alone: stage3.model.word_dropout=0.2).
+MODE_ONLY_KEYS = {
+    **{f"model.{k}": ("vae", "vae_gan") for k in ("latent_dim", "encoder_layers", "kl_beta_max", "kl_warmup_steps",
+                                                   "free_bits", "active_unit_threshold", "mu_bn_gamma",
+                                                   "word_dropout")},
+    **{f"model.{k}": ("vae_gan",) for k in ("disc_d_model", "disc_layers", "disc_heads", "adv_weight_max",
+                                            "adv_start_step", "adv_warmup_steps", "gumbel_tau")},
+    "optim.disc_lr": ("vae_gan",),
+}
+
 
 # ---------------------------------------------------------------------------------------------------------
 # typed coercion
@@ -273,6 +284,7 @@ def build_config(raw: dict | None, overrides: dict[str, dict[str, Any]] | None =
             raise UserError(f"config section {section}: {e}") from e
     cfg = StageConfig(**kwargs)
     validate(cfg)
+    check_mode_only_keys(cfg, source)
     return cfg
 
 
@@ -317,6 +329,18 @@ def validate(cfg: StageConfig) -> None:
     if lg.log_every_steps < 1:
         bad("logging.log_every_steps", lg.log_every_steps, "must be >= 1")
     check_eval_options(cfg.eval, lambda key: f"eval.{key}")
+
+
+def check_mode_only_keys(cfg: StageConfig, source: str) -> None:
+    """Refuse a key of MODE_ONLY_KEYS set away from its default in a stage whose model.mode does not read it
+    (`source`: the stage's YAML, named in the message)."""
+    defaults = StageConfig()
+    for key, modes in MODE_ONLY_KEYS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if cfg.model.mode not in modes and value != getattr(getattr(defaults, section), name):
+            raise UserError(f"{source}: config key {key} = {value!r}: only model.mode {' or '.join(modes)} uses it, "
+                            f"this stage's mode is {cfg.model.mode} (to set it for one stage: stageN.{key}=...)")
 
 
 def check_augment_options(a: AugmentConfig) -> None:

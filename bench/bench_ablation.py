@@ -6,7 +6,7 @@
 What the discriminator buys: two stage-3 runs of the trainer (`python -m aurl.train --stage 3`), both from
 the same stage-2 best weights (RUN/checkpoints/stage2/best.pt; with no such file, stages 1 and 2 are run first
 into RUN), the same cache, seed, data order and number of steps; the only difference is
-`model.adv_weight_max=0` in the second (its discriminator still trains, so its accuracy is still measured,
+`stage3.model.adv_weight_max=0` in the second (its discriminator still trains, so its accuracy is still measured,
 but the generator gets no adversarial gradient). Each run's stage-end evaluation (the config's `eval:`
 section: validation bound, samples, music metrics against the validation data) is then printed side by side:
 negative ELBO, the latent's figures, the discriminator's accuracy on real and generated windows, grammar and
@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "training_configs" / "quickstart"
-VARIANTS = {"with adversarial": [], "without (adv_weight_max=0)": ["model.adv_weight_max=0"]}
+VARIANTS = {"with adversarial": [], "without (adv_weight_max=0)": ["stage3.model.adv_weight_max=0"]}
 
 
 def _cmd(config: Path, out: Path, stage_args: list[str], extra: list[str]) -> list[str]:

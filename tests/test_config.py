@@ -66,6 +66,34 @@ def test_bad_key_or_type_is_refused_naming_the_key(raw, key):
     assert key in str(e.value)
 
 
+def test_a_key_the_stages_mode_does_not_read_is_refused_away_from_its_default():
+    """Every key of MODE_ONLY_KEYS, set away from its default in a stage whose mode does not read it, is
+    refused naming the YAML, the key, its value and the mode (parsed and then ignored otherwise); at its default,
+    or in a mode that reads it, it is accepted. Mutation: check_mode_only_keys not called -> fails (a
+    transformer stage takes model.word_dropout 0.5); its default comparison dropped -> fails (the defaults
+    refused)."""
+    from aurl.config import MODE_ONLY_KEYS
+
+    defaults, refused = StageConfig(), 0
+    for key, modes in MODE_ONLY_KEYS.items():
+        section, name = key.split(".")
+        default = getattr(getattr(defaults, section), name)
+        other = (default * 2 or 1) if isinstance(default, int) else default / 2 + 0.25  # in range, sizes still valid
+        for mode in ("transformer", "vae", "vae_gan"):
+            raw = {"model": {"mode": mode}, section: {**({"mode": mode} if section == "model" else {}), name: other}}
+            build_config({"model": {"mode": mode}, section: {name: default}}, source="s.yaml")  # the default: fine
+            if mode in modes:
+                assert getattr(getattr(build_config(raw, source="s.yaml"), section), name) == other
+                continue
+            with pytest.raises(UserError) as e:
+                build_config(raw, source="s.yaml")
+            assert str(e.value) == (f"s.yaml: config key {key} = {other!r}: only model.mode {' or '.join(modes)} "
+                                    f"uses it, this stage's mode is {mode} (to set it for one stage: "
+                                    f"stageN.{key}=...)")
+            refused += 1
+    assert len(MODE_ONLY_KEYS) == 16 and refused == 8 + 8 * 2  # 8 vae keys in transformer; 8 gan keys in two modes
+
+
 def test_bad_overrides():
     with pytest.raises(UserError, match="section.key=value"):
         parse_overrides(["epochs=3"])
