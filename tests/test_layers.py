@@ -23,21 +23,29 @@ def test_rope_scores_depend_only_on_the_offset():
     assert abs(score(5, 2) - score(5, 4)) > 1e-3  # another offset, another score
 
 
+def _cached_and_full(length: int, chunks: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attention layer over `length` random positions: fed chunk by chunk (start, stop) through a KV cache,
+    and in one full causal pass."""
+    torch.manual_seed(0)
+    attn, rot = Attention(d_model=16, n_heads=2), Rotary(8, 10000.0, 32)
+    x = torch.randn(2, length, 16)
+    cos, sin = rot(0, length, x.device)
+    full = attn(x, cos, sin, causal=True)
+    cache = KVCache(1, 2, 2, 32, 8, x.device, x.dtype)
+    parts = []
+    for start, stop in chunks:
+        c, s = rot(start, stop - start, x.device)
+        parts.append(attn(x[:, start:stop], c, s, causal=True, cache=cache, layer=0))
+        cache.length += stop - start
+    return torch.cat(parts, 1), full
+
+
 def test_attention_with_a_kv_cache_equals_full_causal_attention():
     """Feeding tokens one at a time through the cache gives the full causal pass's outputs (measured
     difference ~1e-7 in float32)."""
-    torch.manual_seed(0)
-    attn, rot = Attention(d_model=16, n_heads=2), Rotary(8, 10000.0, 32)
-    x = torch.randn(2, 6, 16)
-    cos, sin = rot(0, 6, x.device)
-    full = attn(x, cos, sin, causal=True)
-    cache = KVCache(1, 2, 2, 32, 8, x.device, x.dtype)
-    steps = []
-    for t in range(6):
-        c, s = rot(t, 1, x.device)
-        steps.append(attn(x[:, t : t + 1], c, s, causal=True, cache=cache, layer=0))
-        cache.length += 1
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    cached, full = _cached_and_full(6, [(t, t + 1) for t in range(6)])
+    assert cached.shape == full.shape == (2, 6, 16)
+    assert torch.allclose(cached, full, atol=1e-5)
 
 
 def test_padding_mask_is_none_without_padding_and_keeps_the_first_key():
@@ -52,18 +60,7 @@ def test_padding_mask_is_none_without_padding_and_keeps_the_first_key():
 def test_a_chunk_after_a_cached_prefix_equals_full_causal_attention():
     """A multi-token chunk fed after a cached prefix (the offset causal mask) gives the full causal pass's
     outputs at all 7 positions (measured difference ~1e-7 in float32); a mask one key too wide does not."""
-    torch.manual_seed(0)
-    attn, rot = Attention(d_model=16, n_heads=2), Rotary(8, 10000.0, 32)
-    x = torch.randn(2, 7, 16)
-    cos, sin = rot(0, 7, x.device)
-    full = attn(x, cos, sin, causal=True)
-    cache = KVCache(1, 2, 2, 32, 8, x.device, x.dtype)
-    parts = []
-    for start, stop in ((0, 4), (4, 7)):  # the prefix (pos = 0), then a chunk of 3 at pos = 4
-        c, s = rot(start, stop - start, x.device)
-        parts.append(attn(x[:, start:stop], c, s, causal=True, cache=cache, layer=0))
-        cache.length += stop - start
-    cached = torch.cat(parts, 1)
+    cached, full = _cached_and_full(7, [(0, 4), (4, 7)])  # the prefix (pos = 0), then a chunk of 3 at pos = 4
     assert cached.shape == full.shape == (2, 7, 16)
     assert torch.allclose(cached, full, atol=1e-5)
 
