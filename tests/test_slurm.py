@@ -32,6 +32,21 @@ def _env(cluster, out: Path, **knobs) -> dict[str, str]:
     return env
 
 
+def _submit_stage1(cluster, tmp_path: Path, train_args: str, *sbatch_flags: str) -> tuple[Path, str]:
+    """slurm/stage.sh 1 on both nodes (10-minute limit), the tiny configs with these trainer overrides; the run
+    folder is tmp_path/run, the job's log tmp_path/aurl-stage-<job>.out. Returns (run folder, job id)."""
+    out = tmp_path / "run"
+    env = _env(cluster, out, AURL_CONFIG=TINY_CONFIG, AURL_TRAIN_ARGS=train_args)
+    job = cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00", *sbatch_flags,
+                      f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
+                      env=env, cwd=tmp_path).stdout.strip()
+    return out, job
+
+
+# a stage 1 that trains on until it is stopped
+ENDLESS = "train.epochs=100000 train.max_steps=100000 data.batch_size=2 checkpoint.every_steps=100 eval.enabled=false"
+
+
 def _wait_for_checkpoint(out: Path, stage: int, job: str, timeout: float) -> None:
     """Until the stage has committed a checkpoint: it is then in the middle of its training."""
     folder = out / "checkpoints" / f"stage{stage}"
@@ -98,13 +113,8 @@ def test_deadline_stop_without_a_signal_requeues_and_resumes(slurm_cluster, tmp_
     margin longer than the time limit, so at its first step boundary; no signal): it commits, records
     "stopped" and exits; the stage job requeues itself; the next run (its time limit raised meanwhile, as
     an operator would, so that its deadline is far) resumes from that commit and completes the stage."""
-    out = tmp_path / "run"
-    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
-               AURL_TRAIN_ARGS="train.stop_margin_s=3000 data.batch_size=2 checkpoint.every_steps=1 "
-                                   "eval.enabled=false")
-    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00",
-                            f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
-                            env=env, cwd=tmp_path).stdout.strip()
+    out, job = _submit_stage1(slurm_cluster, tmp_path, "train.stop_margin_s=3000 data.batch_size=2 "
+                              "checkpoint.every_steps=1 eval.enabled=false")
     _wait_for_status(out, 1, "stopped", job, slurm_cluster, timeout=180)
     stopped_at = json.loads((out / "training_state.json").read_text())["stages"]["1"]["step"]
     slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=02:00:00")  # deadline: in 70 min
@@ -142,13 +152,7 @@ def test_slurm_signal_stops_requeues_resumes_and_sigterm_stops(slurm_cluster, tm
     time limit (the requeued run gets no new warning for 110 min). Run 2 resumes from that commit and trains
     on; `scancel --signal=TERM --batch` (what a time limit or a plain scancel sends) stops it gracefully too,
     not requeued (SLURM decides for SIGTERM)."""
-    out = tmp_path / "run"
-    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
-               AURL_TRAIN_ARGS="train.epochs=100000 train.max_steps=100000 data.batch_size=2 "
-                               "checkpoint.every_steps=100 eval.enabled=false")
-    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00", "--signal=B:USR1@600",
-                            f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
-                            env=env, cwd=tmp_path).stdout.strip()
+    out, job = _submit_stage1(slurm_cluster, tmp_path, ENDLESS, "--signal=B:USR1@600")
     log_path = tmp_path / f"aurl-stage-{job}.out"
     try:
         _wait_for_status(out, 1, "stopped", job, slurm_cluster, timeout=180)
@@ -181,13 +185,7 @@ def test_a_stop_asked_before_the_trainer_runs_still_stops_it(slurm_cluster, tmp_
     """A preemption notice can come at any time: here SIGUSR1 to the batch shell as soon as the job logs its
     start, before srun, the node launchers and the trainers exist. stage.sh keeps forwarding it until the
     trainer listens: the stage stops at a step boundary with a commit and the job requeues itself."""
-    out = tmp_path / "run"
-    env = _env(slurm_cluster, out, AURL_CONFIG=TINY_CONFIG,
-               AURL_TRAIN_ARGS="train.epochs=100000 train.max_steps=100000 data.batch_size=2 "
-                               "checkpoint.every_steps=100 eval.enabled=false")
-    job = slurm_cluster.run("sbatch", "--parsable", "--nodes", "2", "--time", "00:10:00",
-                            f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "stage.sh"), "1",
-                            env=env, cwd=tmp_path).stdout.strip()
+    out, job = _submit_stage1(slurm_cluster, tmp_path, ENDLESS)
     log_path = tmp_path / f"aurl-stage-{job}.out"
     try:
         _wait_for_log(log_path, r"stage 1: start on ", timeout=120)
